@@ -1,0 +1,3 @@
+from geogla.cli import main
+
+raise SystemExit(main())

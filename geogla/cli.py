@@ -1,0 +1,123 @@
+"""The ``geogla`` command line.
+
+Exit codes: 0 success; 2 a problem the user can fix (one sentence on stderr, no traceback);
+1 an unexpected failure (a bug: the traceback is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import NoReturn, Sequence
+import warnings
+
+from geogla.errors import ConfigError, GeoglaError, UserInputError
+
+RANDOM_WEIGHTS_BANNER = (
+    "WARNING: --weights random: CLIP and the VFM have RANDOM weights. The labels are meaningless; "
+    "this mode only exercises and benchmarks the pipeline.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one sentence and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"geogla: error: {message[0].upper() + message[1:]}.\n")
+        raise SystemExit(2)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers such as 1,2,3, got {text!r}") from None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="geogla", description="Open-vocabulary segmentation of large aerial, satellite and "
+                     "drone images (ProxyCLIP + GLA, training-free).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="segment a scene into a class COG and a styled GeoPackage")
+    run.add_argument("scene", help="the input raster (GeoTIFF, JPEG, PNG, ... anything GDAL reads)")
+    run.add_argument("--classes", required=True,
+                     help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"')
+    run.add_argument("-o", "--out", default="geogla-out", help="output folder (default: ./geogla-out)")
+    run.add_argument("--model", default="default", help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8)")
+    run.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
+                     help="'random' runs without weights (labels meaningless; for testing and benchmarks)")
+    run.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
+    run.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
+    run.add_argument("--crop", type=int, help="window size in pixels (default: the preset's, 224)")
+    run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
+    run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
+                     help="gla: attention across all windows (default); proxyclip: each window alone")
+    run.add_argument("--background", metavar="NAME",
+                     help="class given to pixels whose top probability is below --prob-threshold")
+    run.add_argument("--prob-threshold", type=float, default=0.0, metavar="P",
+                     help="probability under which a pixel becomes background (default 0: off)")
+    run.add_argument("--logit-scale", type=float, default=40.0, help="softmax scale of the cosine logits (40)")
+    run.add_argument("--bands", type=_int_list, metavar="B,B,B",
+                     help="bands fed to the models as R,G,B (1-based; one band is repeated)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr)")
+    run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from geogla.classes import parse_classes
+    from geogla.gla import GLAConfig
+    from geogla.models import get_preset
+    from geogla.runconfig import RunConfig
+    from pipelines.run import run_scene
+
+    classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
+    preset = get_preset(args.model)
+    attention = GLAConfig() if args.attention == "gla" else GLAConfig.proxyclip()
+    config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
+                       vfm_weights=args.vfm_weights, crop=args.crop or preset.crop,
+                       stride=args.stride or preset.stride, attention=attention, logit_scale=args.logit_scale,
+                       device=args.device)
+
+    def banner() -> None:
+        if args.weights == "random":
+            print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+
+    result = run_scene(args.scene, args.out, config, bands=args.bands, store_url=args.store,
+                       overwrite=args.overwrite, on_start=banner)
+    if result.resumed:
+        print(f"Resumed the run store {result.store_url}.", file=sys.stderr)
+    for kind, path in result.outputs.items():
+        print(f"{kind}: {path}")
+    spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.timings.items()) if v >= 0.05)
+    print(f"done in {result.wall:.1f}s ({spent})", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``geogla`` command; returns the exit code."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            # The banner above already says it, once and loudly.
+            warnings.filterwarnings("ignore", message=".*[Rr]andom weights.*")
+            if args.command == "run":
+                return _run(args)
+            raise ConfigError(f"Unknown command {args.command}.")
+    except UserInputError as exc:
+        print(f"geogla: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geogla: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except GeoglaError:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""Opening a scene and reading it window by window with rasterio.
+
+A :class:`Scene` is a small, JSON-serialisable description of an input raster (its path, where it
+lies, which bands feed the models and how they are scaled to [0, 1]); reading functions take it and
+open the file themselves, so a Dask task can carry a scene to any worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import os
+from pathlib import Path
+from typing import Any
+import warnings
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from geogla.env import gdal_env
+from geogla.errors import SceneError
+from geogla.georef import GeoRef
+
+#: Longest side of the decimated read that the scene-wide percentile stretch is computed from.
+STRETCH_SAMPLE_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An input raster as geogla reads it.
+
+    ``band_indexes`` are the three 1-based bands fed to the models as R, G, B (a single band is
+    repeated).  ``stretch`` is ``None`` for 8-bit data, which passes through (value / 255), else one
+    ``(low, high)`` pair per fed band: the scene-wide percentile stretch that maps ``low`` to 0 and
+    ``high`` to 1, identical for every window.
+    """
+
+    path: str
+    georef: GeoRef
+    band_count: int
+    band_indexes: tuple[int, int, int]
+    dtype: str
+    stretch: tuple[tuple[float, float], ...] | None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
+                "band_indexes": list(self.band_indexes), "dtype": self.dtype,
+                "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Scene":
+        stretch = d.get("stretch")
+        return cls(path=d["path"], georef=GeoRef.from_json(d["georef"]), band_count=int(d["band_count"]),
+                   band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
+                   dtype=d["dtype"],
+                   stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None)
+
+
+def _open(path: str) -> Any:
+    """Open ``path`` with rasterio, turning GDAL's failures into one clear :class:`SceneError`."""
+    if "://" not in path and not os.path.exists(path):
+        raise SceneError(f"The scene {path} does not exist.")
+    if "://" not in path and os.path.isdir(path):
+        raise SceneError(f"The scene {path} is a folder, not a raster file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        if "not recognized as being in a supported file format" in str(exc) or "not recognized as a supported" in str(exc):
+            raise SceneError(f"The scene {path} is not a raster that GDAL can read.") from None
+        raise SceneError(f"The scene {path} cannot be opened: {_first_line(exc)}.") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+
+
+def _default_bands(ds: Any) -> tuple[int, int, int]:
+    interp = list(ds.colorinterp)
+    rgb = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(c in interp for c in rgb):
+        r, g, b = (interp.index(c) + 1 for c in rgb)
+        return (r, g, b)
+    data_bands = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha] or [1]
+    if len(data_bands) >= 3:
+        return (data_bands[0], data_bands[1], data_bands[2])
+    return (data_bands[0],) * 3  # panchromatic (or grey + alpha): one band repeated into RGB
+
+
+def _choose_bands(ds: Any, bands: Sequence[int] | None) -> tuple[int, int, int]:
+    if bands is None:
+        return _default_bands(ds)
+    if len(bands) not in (1, 3):
+        raise SceneError(f"--bands takes one band or three bands, got {len(bands)}.")
+    for b in bands:
+        if not 1 <= b <= ds.count:
+            raise SceneError(f"Band {b} does not exist: the scene {ds.name} has {ds.count} band(s).")
+    return (bands[0],) * 3 if len(bands) == 1 else (bands[0], bands[1], bands[2])
+
+
+def _check_readable(ds: Any, indexes: Sequence[int]) -> None:
+    """Read the first and last block so that a truncated or corrupt file fails now, not mid-run."""
+    h, w = ds.block_shapes[0]
+    last = Window(max(ds.width - w, 0) // w * w, max(ds.height - h, 0) // h * h,
+                  min(w, ds.width), min(h, ds.height))
+    for win in (Window(0, 0, min(w, ds.width), min(h, ds.height)), last):
+        ds.read(sorted(set(indexes)), window=win)
+
+
+def _percentile_stretch(ds: Any, indexes: Sequence[int], low: float, high: float) -> tuple[tuple[float, float], ...]:
+    """Scene-wide (low, high) percentiles per band from a decimated read, ignoring nodata."""
+    scale = max(ds.width, ds.height) / STRETCH_SAMPLE_SIDE
+    shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
+    data = ds.read(list(indexes), out_shape=(len(indexes), *shape), masked=True)
+    out = []
+    for band in data:
+        values = band.compressed()
+        if values.size == 0:
+            out.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(values.astype(np.float64), [low, high])
+        out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return tuple(out)
+
+
+def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
+               stretch_percentiles: tuple[float, float] = (2.0, 98.0)) -> Scene:
+    """Open and check a scene; raise :class:`SceneError` with one sentence if it cannot be used.
+
+    ``bands`` picks and orders the bands fed to the models (1-based; one band is repeated into
+    three).  By default the bands declared red, green and blue are used, else the first three, else
+    the first band repeated.  Non-8-bit data get one scene-wide percentile stretch.
+    """
+    path = str(path)
+    with gdal_env():
+        ds = _open(path)
+        try:
+            indexes = _choose_bands(ds, bands)
+            try:
+                _check_readable(ds, indexes)
+                dtype = ds.dtypes[indexes[0] - 1]
+                stretch = None if dtype == "uint8" else _percentile_stretch(ds, indexes, *stretch_percentiles)
+            except RasterioError as exc:
+                raise SceneError(f"The scene {path} cannot be read (truncated or corrupt?): {_first_line(exc)}.") from None
+            return Scene(path=os.path.abspath(path) if "://" not in path else path, georef=GeoRef.from_dataset(ds),
+                         band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch)
+        finally:
+            ds.close()
+
+
+class SceneReader:
+    """Reads windows of one scene; open it once per task, use it for a batch of windows.
+
+    Use as a context manager: ``with SceneReader(scene) as r: rgb, valid = r.read(box)``.
+    """
+
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+        self._env = gdal_env()
+        self._ds: Any = None
+
+    def __enter__(self) -> "SceneReader":
+        self._env.__enter__()
+        try:
+            self._ds = _open(self.scene.path)
+        except BaseException:
+            self._env.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._ds is not None:
+                self._ds.close()
+        finally:
+            self._env.__exit__(None, None, None)
+
+    def read(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Read pixels ``[y1:y2, x1:x2]`` as ``(rgb, valid)``.
+
+        ``rgb`` is float32 ``(3, h, w)`` in [0, 1]; ``valid`` is bool ``(h, w)``, False on nodata
+        (the file's nodata value, mask band or alpha band) and on padding beyond the image edge,
+        where ``rgb`` is 0.
+        """
+        y1, x1, y2, x2 = box
+        sc = self.scene
+        h, w = y2 - y1, x2 - x1
+        rgb = np.zeros((3, h, w), dtype=np.float32)
+        valid = np.zeros((h, w), dtype=bool)
+        ry1, rx1 = max(y1, 0), max(x1, 0)
+        ry2, rx2 = min(y2, sc.georef.height), min(x2, sc.georef.width)
+        if ry2 <= ry1 or rx2 <= rx1:
+            return rgb, valid
+        win = Window(rx1, ry1, rx2 - rx1, ry2 - ry1)
+        idx = list(sc.band_indexes)
+        try:
+            data = self._ds.read(idx, window=win).astype(np.float32)
+            ok = self._ds.dataset_mask(window=win) > 0
+        except RasterioError as exc:
+            raise SceneError(f"The scene {sc.path} cannot be read at rows {ry1}-{ry2}, columns {rx1}-{rx2} "
+                             f"(truncated or corrupt?): {_first_line(exc)}.") from None
+        if sc.stretch is None:
+            data /= 255.0
+        else:
+            for b, (lo, hi) in enumerate(sc.stretch):
+                data[b] = np.clip((data[b] - lo) / (hi - lo), 0.0, 1.0)
+        data[:, ~ok] = 0.0
+        sl = (slice(ry1 - y1, ry2 - y1), slice(rx1 - x1, rx2 - x1))
+        rgb[:, sl[0], sl[1]] = data
+        valid[sl] = ok
+        return rgb, valid
+
+    def read_valid(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The validity mask of ``[y1:y2, x1:x2]`` (see :meth:`read`), without reading the pixels."""
+        y1, x1, y2, x2 = box
+        sc = self.scene
+        valid = np.zeros((y2 - y1, x2 - x1), dtype=bool)
+        ry1, rx1 = max(y1, 0), max(x1, 0)
+        ry2, rx2 = min(y2, sc.georef.height), min(x2, sc.georef.width)
+        if ry2 > ry1 and rx2 > rx1:
+            try:
+                mask = self._ds.dataset_mask(window=Window(rx1, ry1, rx2 - rx1, ry2 - ry1))
+            except RasterioError as exc:
+                raise SceneError(f"The scene {sc.path} cannot be read (truncated or corrupt?): "
+                                 f"{_first_line(exc)}.") from None
+            valid[ry1 - y1:ry2 - y1, rx1 - x1:rx2 - x1] = mask > 0
+        return valid

@@ -1,0 +1,186 @@
+"""The run store: one Zarr v3 group per run holding every stage's inputs and outputs.
+
+Layout (``L`` windows, ``N`` tokens per window, ``P`` prompts, ``H`` x ``W`` the scene)::
+
+    <run>.zarr/                  attrs["geogla"]: format, scene, config, grid, fingerprint
+      windows/box       (L, 4)      int32    window (y1, x1, y2, x2) in working pixels
+      windows/valid     (L,)        bool     False: window is all nodata, not encoded
+      windows/encoded   (L,)        bool     per-window done flags of the encode stage
+      keys              (L, N, Dk)  float32  VFM keys, L2-normalised
+      values            (L, N, Dv)  float32  CLIP last-block value tokens on the VFM grid
+      text              (P, E)      float32  prompt embeddings
+      logits            (L, N, P)   float32  per-token cosine logits after attention
+      classes           (H, W)      uint8    stitched class ids, 255 = nodata
+      blocks/stitched   (B,)        bool     per-block done flags of the stitch stage
+      done/<stage>                  empty groups marking finished stages
+
+Window arrays are chunked by encode batch and ``classes`` by output block, so that every task
+writes whole chunks that no other task touches.  Done flags are written after the data they mark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import hashlib
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+import zarr
+
+from geogla.errors import OutputError, StoreError
+from geogla.grid import WindowGrid
+from geogla.runconfig import RunConfig
+from geogla.scene import Scene
+
+FORMAT = 1
+STAGES = ("encode", "text", "attend", "stitch", "outputs")
+
+
+def fingerprint(scene: Scene, config: RunConfig) -> str:
+    """A hash of everything that determines a run's results (not of where or how fast it runs)."""
+    blob = json.dumps({"scene": scene.to_json(), "config": config.result_json()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+@dataclass
+class RunStore:
+    """An open run store.  Create with :meth:`create_or_resume`, reopen with :meth:`open`."""
+
+    url: str
+    group: zarr.Group
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, mode: str = "r+") -> "RunStore":
+        """Open an existing store (never in a mode that could wipe it)."""
+        if mode not in ("r", "r+"):
+            raise ValueError(mode)
+        try:
+            group = zarr.open_group(url, mode=mode)
+        except FileNotFoundError:
+            raise StoreError(f"No run store at {url}.") from None
+        if "geogla" not in group.attrs:
+            raise StoreError(f"{url} is not a geogla run store.")
+        return cls(url, group)
+
+    @classmethod
+    def create_or_resume(cls, url: str, scene: Scene, config: RunConfig, *, tokens: int, key_dim: int,
+                         value_dim: int, embed_dim: int, overwrite: bool = False) -> tuple["RunStore", bool]:
+        """Open the store at ``url`` to resume it, or create it; return ``(store, resumed)``.
+
+        A store made for another scene or configuration is refused with :class:`StoreError`
+        unless ``overwrite``, which deletes it first.
+        """
+        fp = fingerprint(scene, config)
+        if _store_exists(url):
+            if not overwrite:
+                try:
+                    existing = cls.open(url)
+                except StoreError:
+                    raise StoreError(f"{url} exists and is not a geogla run store; remove it or pass --overwrite.") from None
+                if existing.meta.get("fingerprint") != fp:
+                    raise StoreError(f"The run store {url} was made for another scene or configuration; "
+                                     "pass --overwrite to start afresh or choose another output folder.")
+                return existing, True
+            _remove_store(url)
+        grid = WindowGrid(scene.georef.height, scene.georef.width, config.crop, config.stride)
+        meta = {"format": FORMAT, "fingerprint": fp, "scene": scene.to_json(), "config": config.to_json(),
+                "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride},
+                "tokens_per_side": tokens}
+        try:
+            group = zarr.open_group(url, mode="w-")
+        except (OSError, PermissionError) as exc:
+            raise OutputError(f"The run store {url} cannot be created: {exc.strerror or exc}.") from None
+        L, N, P = len(grid), tokens * tokens, len(config.classes.prompts)
+        B, blk = config.batch_size, config.block
+        nblocks = _blocks(scene.georef.height, scene.georef.width, blk)
+        group.create_array("windows/box", data=grid.boxes().astype(np.int32), chunks=(max(L, 1), 4))
+        group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
+        group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
+        group.create_array("keys", shape=(L, N, key_dim), chunks=(B, N, key_dim), dtype="float32", fill_value=0.0)
+        group.create_array("values", shape=(L, N, value_dim), chunks=(B, N, value_dim), dtype="float32",
+                           fill_value=0.0)
+        group.create_array("text", shape=(P, embed_dim), chunks=(P, embed_dim), dtype="float32", fill_value=0.0)
+        group.create_array("logits", shape=(L, N, P), chunks=(B, N, P), dtype="float32", fill_value=0.0)
+        group.create_array("classes", shape=(scene.georef.height, scene.georef.width), chunks=(blk, blk),
+                           dtype="uint8", fill_value=255)
+        group.create_array("blocks/stitched", shape=(len(nblocks),), chunks=(1,), dtype=bool, fill_value=False)
+        group.attrs["geogla"] = meta  # written last: a store without it is not a valid store
+        return cls(url, group), False
+
+    # -- metadata ------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.group.attrs["geogla"])  # type: ignore[arg-type]
+
+    @property
+    def scene(self) -> Scene:
+        return Scene.from_json(self.meta["scene"])
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_json(self.meta["config"])
+
+    @property
+    def grid(self) -> WindowGrid:
+        g = self.meta["grid"]
+        return WindowGrid(int(g["height"]), int(g["width"]), int(g["crop"]), int(g["stride"]))
+
+    @property
+    def tokens_per_side(self) -> int:
+        return int(self.meta["tokens_per_side"])
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """Output blocks ``(y1, x1, y2, x2)`` of the class raster, one per ``classes`` chunk."""
+        g = self.scene.georef
+        return _blocks(g.height, g.width, self.config.block)
+
+    def array(self, name: str) -> zarr.Array:
+        arr = self.group[name]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    # -- stage markers -------------------------------------------------------------------------
+    def is_done(self, stage: str) -> bool:
+        return f"done/{stage}" in self.group
+
+    def mark_done(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise ValueError(stage)
+        self.group.require_group(f"done/{stage}")
+
+
+def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
+    return [(y, x, min(y + block, height), min(x + block, width))
+            for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def _store_exists(url: str) -> bool:
+    if _is_local(url):
+        path = url.removeprefix("file://")
+        return os.path.exists(path)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
+
+
+def _remove_store(url: str) -> None:
+    if _is_local(url):
+        path = url.removeprefix("file://")
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)

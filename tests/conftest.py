@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny georeferenced rasters built in code, and the real samples in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+# No model hub is reachable: a missing weight must fail at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TORCH_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_geotiff(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633",
+                  transform: Any = None, nodata: float | None = None, **profile: Any) -> Path:
+    """Write ``data`` (bands, H, W) as a GeoTIFF; default 0.5 m pixels in UTM 33N."""
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    transform = transform if transform is not None else from_origin(500000.0, 5000000.0, 0.5, 0.5)
+    meta: dict[str, Any] = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                                transform=transform, nodata=nodata)
+    if crs is not None:
+        meta["crs"] = crs
+    meta.update(profile)
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(data)
+    return path
+
+
+def structured_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB image of a few large coloured regions with texture (3, H, W)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    region = ((yy // max(height // 3, 1)) * 3 + (xx // max(width // 3, 1))) % 4
+    palette = np.array([[200, 60, 50], [40, 140, 40], [120, 120, 120], [30, 80, 200]], dtype=np.float64)
+    img = palette[region].transpose(2, 0, 1) + rng.normal(0, 12, (3, height, width))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def scene_tif(tmp_path: Path) -> Path:
+    """A 300 x 420 RGB GeoTIFF in EPSG:32633 with 0.5 m pixels (3 x 4 windows at crop 224)."""
+    return write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real sample rasters; the test is skipped where ../shared/data is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA

@@ -1,0 +1,150 @@
+"""End-to-end runs of ``geogla run`` with the tiny preset, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.features import rasterize
+import pyogrio
+
+from geogla.cli import main
+from tests.conftest import REPO, structured_rgb, write_geotiff
+
+TINY = ["--model", "tiny", "--weights", "random"]
+
+
+def rasterize_gpkg(gpkg: Path, like: rasterio.DatasetReader) -> np.ndarray:
+    """Burn every layer's polygons with their class_id onto the grid of ``like``; 255 elsewhere."""
+    out = np.full((like.height, like.width), 255, dtype=np.uint8)
+    for name, geometry_type in pyogrio.list_layers(gpkg):
+        if geometry_type is None:  # the layer_styles table
+            continue
+        df = pyogrio.read_dataframe(gpkg, layer=name)
+        shapes = [(g, int(c)) for g, c in zip(df.geometry, df["class_id"])]
+        if shapes:
+            burned = rasterize(shapes, out_shape=out.shape, transform=like.transform, fill=255, dtype="uint8")
+            out = np.where(burned != 255, burned, out)
+    return out
+
+
+def test_run_writes_aligned_cog_and_styled_gpkg(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(scene_tif), "--classes", "building,tree|forest,road", "-o", str(out), *TINY])
+    assert code == 0
+    cog, gpkg = out / "scene.classes.tif", out / "scene.gpkg"
+    assert "RANDOM weights" in capsys.readouterr().err
+    with rasterio.open(scene_tif) as src, rasterio.open(cog) as dst:
+        assert (dst.crs, dst.transform, dst.width, dst.height) == (src.crs, src.transform, src.width, src.height)
+        assert dst.dtypes[0] == "uint8" and dst.nodata == 255
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = dst.read(1)
+        assert json.loads(dst.tags()["GEOGLA_CLASSES"]) == ["building", "tree", "road"]
+        assert dst.colormap(1)[0][:3] == (220, 40, 40)
+        assert set(np.unique(classes)) <= {0, 1, 2}
+        burned = rasterize_gpkg(gpkg, dst)
+    assert (burned == classes).mean() >= 0.97
+    layers = {name for name, geometry_type in pyogrio.list_layers(gpkg) if geometry_type is not None}
+    assert layers == {["building", "tree", "road"][c] for c in np.unique(classes)}
+    assert (out / "scene.zarr").is_dir()
+
+
+def test_rerun_resumes_and_gives_the_same_raster(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY]
+    assert main(args) == 0
+    first = rasterio.open(out / "scene.classes.tif").read(1)
+    assert main(args) == 0
+    assert np.array_equal(rasterio.open(out / "scene.classes.tif").read(1), first)
+
+
+def test_store_of_another_config_is_refused(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    assert main(["run", str(scene_tif), "--classes", "building,road", "-o", str(out), *TINY]) == 2
+    assert "another scene or configuration" in capsys.readouterr().err
+    assert main(["run", str(scene_tif), "--classes", "building,road", "-o", str(out), *TINY, "--overwrite"]) == 0
+
+
+def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:
+    results = {}
+    for mode in ("gla", "proxyclip"):
+        out = tmp_path / mode
+        assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
+                     "--attention", mode, *TINY]) == 0
+        results[mode] = rasterio.open(out / "scene.classes.tif").read(1)
+    assert results["gla"].shape == results["proxyclip"].shape
+
+
+def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # With a threshold of 1.0 no pixel is confident enough: everything becomes background.
+    assert main(["run", str(scene_tif), "--classes", "building,tree", "--background", "clutter",
+                 "--prob-threshold", "1.0", "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "scene.classes.tif") as ds:
+        assert np.all(ds.read(1) == 2)
+        assert json.loads(ds.tags()["GEOGLA_CLASSES"]) == ["building", "tree", "clutter"]
+
+
+def test_nodata_pixels_get_255_and_no_polygons(tmp_path: Path) -> None:
+    data = structured_rgb(260, 300)
+    data[:, :, :120] = 0  # a nodata collar; windows entirely inside it are not encoded
+    scene = write_geotiff(tmp_path / "collar.tif", data, nodata=0)
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    with rasterio.open(scene) as src, rasterio.open(out / "collar.classes.tif") as dst:
+        valid = src.dataset_mask() > 0
+        classes = dst.read(1)
+        assert np.array_equal(classes == 255, ~valid)
+        assert np.all(rasterize_gpkg(out / "collar.gpkg", dst)[~valid] == 255)
+
+
+def test_scene_smaller_than_a_window_is_padded(tmp_path: Path) -> None:
+    scene = write_geotiff(tmp_path / "small.tif", structured_rgb(100, 150))
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "small.classes.tif") as dst:
+        assert dst.shape == (100, 150) and np.all(dst.read(1) != 255)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.tif", "--classes", "a,b"], "does not exist"),
+    (["{scene}", "--classes", ""], "class list is empty"),
+    (["{scene}", "--classes", "a,,b"], "empty class name"),
+    (["{scene}", "--classes", "road,tree,road"], "given twice"),
+    (["{scene}", "--classes", "a,b", "--model", "nope"], "Unknown model preset"),
+    (["{scene}", "--classes", "a,b", "--bands", "1,2,9"], "Band 9 does not exist"),
+    (["{text}", "--classes", "a,b"], "not a raster"),
+    (["{scene}", "--classes", "a,b", "--stride", "500"], "--stride"),
+])
+def test_bad_input_exits_2_with_one_sentence(args: list[str], message: str, scene_tif: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster\n")
+    out = tmp_path / "out"
+    model = [] if "--model" in args else ["--model", "tiny"]
+    argv = ["run", *[a.format(scene=scene_tif, text=text) for a in args], "-o", str(out), *model, "--weights", "random"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message.lower() in err[-1].lower(), err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_folder(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(blocker / "out"), *TINY]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_command_line_has_no_traceback_on_user_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "geogla", "run", str(tmp_path / "nope.tif"), "--classes", "a",
+                           "--model", "tiny", "--weights", "random"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "does not exist" in proc.stderr
