@@ -24,7 +24,7 @@ from geogla.gla import attend
 from geogla.models import SegmentationModel, create_model
 from geogla.scene import SceneReader
 from geogla.store import RunStore
-from geogla.vectorize import polygonize, write_geopackage
+from geogla.vectorize import iter_polygons, write_geopackage
 
 #: Windows projected per batch after attention (bounds the memory of the projection).
 PROJECT_BATCH = 64
@@ -207,7 +207,7 @@ def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float
     t0 = time.perf_counter()
     write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
     t1 = time.perf_counter()
-    polygons = polygonize(classes, scene.georef, cfg.classes)
-    write_geopackage(paths["gpkg"], polygons, scene.georef, cfg.classes)
+    # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
+    write_geopackage(paths["gpkg"], iter_polygons(classes, scene.georef, cfg.classes), scene.georef, cfg.classes)
     store.mark_done("outputs")
     return {"cog": t1 - t0, "vectorize": time.perf_counter() - t1}
