@@ -7,8 +7,8 @@ the maximum over its synonyms' probabilities (method.md section 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import hashlib
+from dataclasses import dataclass, field
 
 from geogla.errors import ClassSpecError
 
@@ -67,10 +67,10 @@ class ClassList:
                 "prob_threshold": self.prob_threshold}
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> "ClassList":
+    def from_json(cls, d: dict[str, object]) -> ClassList:
         return cls(names=tuple(d["names"]),  # type: ignore[arg-type]
                    synonyms=tuple(tuple(s) for s in d["synonyms"]),  # type: ignore[attr-defined]
-                   colours=tuple(tuple(c) for c in d["colours"]),  # type: ignore[attr-defined,misc]
+                   colours=tuple(tuple(c) for c in d["colours"]),  # type: ignore[attr-defined]
                    background=d.get("background"),  # type: ignore[arg-type]
                    prob_threshold=float(d.get("prob_threshold", 0.0)))  # type: ignore[arg-type]
 

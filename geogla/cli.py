@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 import traceback
-from typing import NoReturn, Sequence
 import warnings
+from collections.abc import Sequence
+from typing import NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
 

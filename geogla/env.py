@@ -6,9 +6,9 @@ apply in the main process and on every Dask worker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-import os
 from typing import Any
 
 import rasterio

@@ -36,13 +36,13 @@ class GeoRef:
         return (self.height, self.width)
 
     @classmethod
-    def from_dataset(cls, dataset: Any) -> "GeoRef":
+    def from_dataset(cls, dataset: Any) -> GeoRef:
         """Build from an open rasterio dataset."""
         crs = dataset.crs
         return cls(
             width=int(dataset.width),
             height=int(dataset.height),
-            transform=tuple(dataset.transform)[:6],  # type: ignore[arg-type]
+            transform=tuple(dataset.transform)[:6],
             crs_wkt=crs.to_wkt() if crs else None,
         )
 
@@ -51,7 +51,7 @@ class GeoRef:
                 "crs_wkt": self.crs_wkt}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "GeoRef":
+    def from_json(cls, d: dict[str, Any]) -> GeoRef:
         return cls(width=int(d["width"]), height=int(d["height"]),
                    transform=tuple(float(v) for v in d["transform"]),  # type: ignore[arg-type]
                    crs_wkt=d.get("crs_wkt"))

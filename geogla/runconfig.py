@@ -47,7 +47,7 @@ class RunConfig:
         if self.batch_size <= 0 or self.block <= 0:
             raise ConfigError("batch_size and block must be positive.")
 
-    def with_(self, **changes: Any) -> "RunConfig":
+    def with_(self, **changes: Any) -> RunConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
@@ -61,7 +61,7 @@ class RunConfig:
         return {k: v for k, v in self.to_json().items() if k not in _EXECUTION_ONLY}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_json(cls, d: dict[str, Any]) -> RunConfig:
         return cls(classes=ClassList.from_json(d["classes"]), model=d["model"], weights=d["weights"],
                    clip_weights=d.get("clip_weights"), vfm_weights=d.get("vfm_weights"), crop=int(d["crop"]),
                    stride=int(d["stride"]), attention=GLAConfig.from_json(d["attention"]),

@@ -7,12 +7,12 @@ open the file themselves, so a Dask task can carry a scene to any worker.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-import os
 from pathlib import Path
-from typing import Any
-import warnings
+from typing import Any, Self
 
 import numpy as np
 import rasterio
@@ -55,7 +55,7 @@ class Scene:
                 "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Scene":
+    def from_json(cls, d: dict[str, Any]) -> Scene:
         stretch = d.get("stretch")
         return cls(path=d["path"], georef=GeoRef.from_json(d["georef"]), band_count=int(d["band_count"]),
                    band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
@@ -167,7 +167,7 @@ class SceneReader:
         self._env = gdal_env()
         self._ds: Any = None
 
-    def __enter__(self) -> "SceneReader":
+    def __enter__(self) -> SceneReader:
         self._env.__enter__()
         try:
             self._ds = _open(self.scene.path)

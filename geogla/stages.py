@@ -7,11 +7,11 @@ store's done flags and skips what is finished.  Each returns a small dict of tim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import functools
 import os
-from pathlib import Path
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,13 +56,13 @@ def encode_windows(store_url: str, window_ids: Sequence[int]) -> dict[str, float
     """
     store = RunStore.open(store_url)
     ids = list(window_ids)
-    encoded = store.array("windows/encoded")
-    if bool(np.all(encoded[ids[0]:ids[-1] + 1])):
+    sl = slice(ids[0], ids[-1] + 1)
+    if bool(np.all(store.read("windows/encoded", sl))):
         return {"encode_skipped": 1.0}
     t0 = time.perf_counter()
-    boxes = store.array("windows/box")[ids[0]:ids[-1] + 1]
+    boxes = store.read("windows/box", sl)
     with SceneReader(store.scene) as reader:
-        pixels = [reader.read(tuple(int(v) for v in box)) for box in boxes]  # type: ignore[misc]
+        pixels = [reader.read((int(y1), int(x1), int(y2), int(x2))) for y1, x1, y2, x2 in boxes]
     t_read = time.perf_counter() - t0
     valid = np.array([bool(v.any()) for _, v in pixels])
     model = model_for(store)
@@ -76,11 +76,10 @@ def encode_windows(store_url: str, window_ids: Sequence[int]) -> dict[str, float
         keys[valid] = k.float().cpu().numpy()
         values[valid] = v.float().cpu().numpy()
     t_enc = time.perf_counter() - t1
-    sl = slice(ids[0], ids[-1] + 1)
     store.array("keys")[sl] = keys
     store.array("values")[sl] = values
     store.array("windows/valid")[sl] = valid
-    encoded[sl] = True  # last: marks the batch done
+    store.array("windows/encoded")[sl] = True  # last: marks the batch done
     return {"read": t_read, "encode": t_enc}
 
 
@@ -105,7 +104,7 @@ def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
         return {}
     t0 = time.perf_counter()
     cfg = store.config
-    valid = store.array("windows/valid")[:]
+    valid = store.read("windows/valid")
     ids = np.nonzero(valid)[0]
     L, N = len(valid), store.tokens_per_side ** 2
     P = len(cfg.classes.prompts)
@@ -113,14 +112,14 @@ def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
     t_att = t_proj = 0.0
     if len(ids) and P:
         model = model_for(store)
-        keys = torch.from_numpy(store.array("keys").oindex[ids])
-        values = torch.from_numpy(store.array("values").oindex[ids])
+        keys = torch.from_numpy(store.read_rows("keys", ids))
+        values = torch.from_numpy(store.read_rows("values", ids))
         offsets = torch.from_numpy(store.grid.token_offsets(store.tokens_per_side)[ids])
         t1 = time.perf_counter()
         attended = attend(keys.to(model.device), values.to(model.device), config=cfg.attention,
                           offsets=offsets.to(model.device))
         t_att = time.perf_counter() - t1
-        text = torch.from_numpy(store.array("text")[:]).to(model.device)
+        text = torch.from_numpy(store.read("text")).to(model.device)
         t2 = time.perf_counter()
         for s in range(0, len(ids), PROJECT_BATCH):
             feats = F.normalize(model.project(attended[s:s + PROJECT_BATCH]).float(), dim=-1)
@@ -159,21 +158,20 @@ def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, fl
     get class 255.
     """
     store = RunStore.open(store_url)
-    done = store.array("blocks/stitched")
-    if bool(done[block_index]):
+    if bool(store.read("blocks/stitched", block_index)):
         return {}
     t0 = time.perf_counter()
     cfg = store.config
     y1, x1, y2, x2 = store.blocks()[block_index]
     grid = store.grid
-    valid_windows = store.array("windows/valid")[:]
+    valid_windows = store.read("windows/valid")
     ids = [int(i) for i in grid.windows_intersecting(y1, x1, y2, x2) if valid_windows[i]]
     n = store.tokens_per_side
     P = len(cfg.classes.prompts)
     acc = torch.zeros((P, y2 - y1, x2 - x1), dtype=torch.float32)
     count = torch.zeros((y2 - y1, x2 - x1), dtype=torch.float32)
     if ids and P:
-        token_logits = torch.from_numpy(store.array("logits").oindex[np.array(ids)])
+        token_logits = torch.from_numpy(store.read_rows("logits", ids))
         for k, wid in enumerate(ids):
             wy1, wx1, wy2, wx2 = grid.window(wid)
             grid_logits = token_logits[k].T.reshape(1, P, n, n)
@@ -188,7 +186,7 @@ def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, fl
         valid = torch.from_numpy(reader.read_valid((y1, x1, y2, x2)))
     labels[~(covered & valid)] = NODATA_CLASS
     store.array("classes")[y1:y2, x1:x2] = labels.numpy()
-    done[block_index] = True
+    store.array("blocks/stitched")[block_index] = True
     return {"stitch": time.perf_counter() - t0}
 
 

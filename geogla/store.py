@@ -20,12 +20,13 @@ writes whole chunks that no other task touches.  Done flags are written after th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -58,10 +59,8 @@ class RunStore:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, mode: str = "r+") -> "RunStore":
+    def open(cls, url: str, mode: Literal["r", "r+"] = "r+") -> RunStore:
         """Open an existing store (never in a mode that could wipe it)."""
-        if mode not in ("r", "r+"):
-            raise ValueError(mode)
         try:
             group = zarr.open_group(url, mode=mode)
         except FileNotFoundError:
@@ -72,7 +71,7 @@ class RunStore:
 
     @classmethod
     def create_or_resume(cls, url: str, scene: Scene, config: RunConfig, *, tokens: int, key_dim: int,
-                         value_dim: int, embed_dim: int, overwrite: bool = False) -> tuple["RunStore", bool]:
+                         value_dim: int, embed_dim: int, overwrite: bool = False) -> tuple[RunStore, bool]:
         """Open the store at ``url`` to resume it, or create it; return ``(store, resumed)``.
 
         A store made for another scene or configuration is refused with :class:`StoreError`
@@ -91,7 +90,7 @@ class RunStore:
                 return existing, True
             _remove_store(url)
         grid = WindowGrid(scene.georef.height, scene.georef.width, config.crop, config.stride)
-        meta = {"format": FORMAT, "fingerprint": fp, "scene": scene.to_json(), "config": config.to_json(),
+        meta: dict[str, Any] = {"format": FORMAT, "fingerprint": fp, "scene": scene.to_json(), "config": config.to_json(),
                 "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride},
                 "tokens_per_side": tokens}
         try:
@@ -146,6 +145,14 @@ class RunStore:
         arr = self.group[name]
         assert isinstance(arr, zarr.Array)
         return arr
+
+    def read(self, name: str, selection: Any = slice(None)) -> np.ndarray:
+        """``array(name)[selection]`` as a numpy array."""
+        return np.asarray(self.array(name)[selection])
+
+    def read_rows(self, name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The given rows (first-axis indices, in any order) of array ``name``."""
+        return np.asarray(self.array(name).oindex[np.asarray(rows, dtype=np.int64)])
 
     # -- stage markers -------------------------------------------------------------------------
     def is_done(self, stage: str) -> bool:

@@ -26,8 +26,8 @@ def write_geotiff(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32633
         data = data[None]
     count, height, width = data.shape
     transform = transform if transform is not None else from_origin(500000.0, 5000000.0, 0.5, 0.5)
-    meta: dict[str, Any] = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-                                transform=transform, nodata=nodata)
+    meta: dict[str, Any] = {"driver": "GTiff", "width": width, "height": height, "count": count,
+                            "dtype": data.dtype, "transform": transform, "nodata": nodata}
     if crs is not None:
         meta["crs"] = crs
     meta.update(profile)
