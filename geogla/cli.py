@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
+from geogla.models.weights import RandomWeightsWarning
 
 RANDOM_WEIGHTS_BANNER = (
     "WARNING: --weights random: CLIP and the VFM have RANDOM weights. The labels are meaningless; "
@@ -104,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            # The banner above already says it, once and loudly.
-            warnings.filterwarnings("ignore", message=".*[Rr]andom weights.*")
+            # The banner says it, once and loudly.
+            warnings.filterwarnings("ignore", category=RandomWeightsWarning)
             if args.command == "run":
                 return _run(args)
             raise ConfigError(f"Unknown command {args.command}.")

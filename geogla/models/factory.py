@@ -1,0 +1,194 @@
+"""``create_model``: one factory that turns a preset name into a frozen :class:`SegmentationModel`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+
+from geogla.errors import ConfigError, WeightsError
+from geogla.models.clip import ClipEncoder, build_open_clip
+from geogla.models.registry import ClipSpec, ModelPreset, VfmSpec, get_preset
+from geogla.models.vfm import VfmEncoder, build_timm
+from geogla.models.weights import (
+    RANDOM,
+    RandomWeightsWarning,
+    WeightsSource,
+    missing_weights_message,
+    resolve_clip,
+    resolve_vfm,
+)
+
+log = logging.getLogger("geogla.models")
+
+WeightsMode = Literal["pretrained", "random"]
+PathLike = str | os.PathLike[str]
+
+
+def text_templates() -> tuple[object, ...]:
+    """The 80 OpenAI ImageNet prompt templates (callables ``name -> sentence``) from open_clip."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(OPENAI_IMAGENET_TEMPLATES)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; a device that is not available raises ConfigError."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"Unknown device '{device}'; use cpu, cuda, cuda:N or auto.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"Device '{device}' was requested but no CUDA GPU is available; "
+                              "use --device cpu or --device auto.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"Device '{device}' does not exist; this machine has "
+                              f"{torch.cuda.device_count()} CUDA GPU(s).")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"Device '{device}' was requested but MPS is not available; use --device cpu.")
+    elif dev.type != "cpu":
+        raise ConfigError(f"Device '{device}' is not supported; use cpu, cuda, cuda:N, mps or auto.")
+    return dev
+
+
+class SegmentationModel:
+    """The two frozen encoders of a preset, as the pipeline uses them.
+
+    ``encode`` gives per-window keys (VFM) and values (CLIP); attention over windows happens
+    elsewhere; ``project`` maps attended values to CLIP's embedding space; ``embed_text`` gives the
+    class prompt embeddings.  Every method runs under ``torch.inference_mode`` in float32.
+    """
+
+    def __init__(self, preset: ModelPreset, clip: ClipEncoder, vfm: VfmEncoder, device: torch.device,
+                 weights: Mapping[str, WeightsSource]) -> None:
+        self.preset = preset
+        self.device = device
+        self.clip = clip
+        self.vfm = vfm
+        self.weights: Mapping[str, WeightsSource] = MappingProxyType(dict(weights))
+        self.key_dim: int = vfm.key_dim
+        self.value_dim: int = clip.value_dim
+        self.embed_dim: int = clip.embed_dim
+        self._templates = text_templates()
+
+    @property
+    def random_weights(self) -> bool:
+        """True when at least one encoder runs with random weights (labels are then meaningless)."""
+        return any(source.origin == RANDOM for source in self.weights.values())
+
+    def __repr__(self) -> str:
+        return (f"SegmentationModel(preset={self.preset.name!r}, device={str(self.device)!r}, "
+                f"clip={self.weights['clip']}, vfm={self.weights['vfm']})")
+
+    def tokens_per_side(self, crop: int) -> int:
+        """VFM grid side n for a crop (224 -> 28 for DINO ViT-B/8).
+
+        A crop that is not a multiple of both encoders' patch sides raises ConfigError.
+        """
+        multiple = self.preset.crop_multiple
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0 or crop % multiple:
+            raise ConfigError(f"The crop {crop!r} is not a positive multiple of {multiple} "
+                              f"(the patch sides of preset '{self.preset.name}').")
+        return self.vfm.grid_side(crop)
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (B, 3, c, c) tensor, not {shape}.")
+        if images.shape[2] != images.shape[3]:
+            raise ValueError(f"windows must be square, not {images.shape[2]} x {images.shape[3]}.")
+        self.tokens_per_side(int(images.shape[-1]))
+        return images.to(device=self.device, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def encode_keys(self, images: torch.Tensor) -> torch.Tensor:
+        """Keys (B, N, key_dim), L2-normalised, of RGB windows in [0, 1] (B, 3, c, c)."""
+        return self.vfm.keys(self._check_images(images))
+
+    @torch.inference_mode()
+    def encode_values(self, images: torch.Tensor, on_vfm_grid: bool = True) -> torch.Tensor:
+        """Values (B, N, value_dim) on the VFM grid (or, with ``on_vfm_grid=False``, on CLIP's own grid)."""
+        images = self._check_images(images)
+        side = self.vfm.grid_side(int(images.shape[-1])) if on_vfm_grid else None
+        return self.clip.values(images, side)
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim); N = n*n row-major."""
+        images = self._check_images(images)
+        keys = self.vfm.keys(images)
+        values = self.clip.values(images, self.vfm.grid_side(int(images.shape[-1])))
+        return keys, values
+
+    @torch.inference_mode()
+    def project(self, attended: torch.Tensor) -> torch.Tensor:
+        """(B, N, value_dim) -> (B, N, embed_dim): CLIP's out_proj, ln_post, proj; not normalised."""
+        if attended.shape[-1] != self.value_dim:
+            raise ValueError(f"attended values must have {self.value_dim} channels, "
+                             f"not {attended.shape[-1]}.")
+        return self.clip.project(attended.to(device=self.device, dtype=torch.float32))
+
+    @torch.inference_mode()
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(P, embed_dim) unit-norm prompt embeddings, each averaged over the 80 OpenAI ImageNet templates."""
+        if isinstance(prompts, str):
+            raise TypeError("embed_text takes a sequence of prompts, not one string.")
+        return self.clip.embed_text(list(prompts), self._templates)
+
+
+def _resolve(preset: ModelPreset, weights: str, clip_weights: PathLike | None,
+             vfm_weights: PathLike | None) -> tuple[WeightsSource | None, WeightsSource | None]:
+    """Both encoders' weight files (None: random), or WeightsError naming all that are missing."""
+    want = weights == "pretrained"
+    clip = resolve_clip(preset.clip, clip_weights) if want or clip_weights is not None else None
+    vfm = resolve_vfm(preset.vfm, vfm_weights) if want or vfm_weights is not None else None
+    if want:
+        missing: list[ClipSpec | VfmSpec] = [spec for spec, src in ((preset.clip, clip), (preset.vfm, vfm))
+                                             if src is None]
+        if missing:
+            raise WeightsError(missing_weights_message(missing))
+    return clip, vfm
+
+
+def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str = "pretrained",
+                 clip_weights: PathLike | None = None, vfm_weights: PathLike | None = None,
+                 device: str | torch.device = "cpu", seed: int = 0) -> SegmentationModel:
+    """Build preset ``name`` (a registry name or a :class:`ModelPreset`): frozen, eval mode, float32.
+
+    ``weights="pretrained"`` finds each encoder's weights (explicit path, ``$GEOGLA_WEIGHTS_DIR``,
+    the libraries' caches, a download unless offline) and raises WeightsError when one is missing.
+    ``weights="random"`` builds the same architectures with random weights seeded by ``seed``
+    (reproducible) and warns loudly with :class:`RandomWeightsWarning`; explicit paths are still
+    loaded.  ``device`` is ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.
+    """
+    preset = name if isinstance(name, ModelPreset) else get_preset(name)
+    if weights not in ("pretrained", "random"):
+        raise ConfigError(f"weights must be 'pretrained' or 'random', not {weights!r}.")
+    dev = resolve_device(device)
+    if weights == "pretrained" and preset.random_only and (clip_weights is None or vfm_weights is None):
+        raise ConfigError(f"Preset '{preset.name}' has no published weights (it exists for tests); "
+                          "pass --weights random.")
+    clip_src, vfm_src = _resolve(preset, weights, clip_weights, vfm_weights)
+
+    clip_model = build_open_clip(preset.clip, clip_src.path if clip_src else None, seed)
+    vfm_model = build_timm(preset.vfm, vfm_src.path if vfm_src else None, seed)
+    sources = {"clip": clip_src or WeightsSource(RANDOM), "vfm": vfm_src or WeightsSource(RANDOM)}
+    model = SegmentationModel(preset, ClipEncoder(clip_model, preset.clip, dev),
+                              VfmEncoder(vfm_model, preset.vfm, dev), dev, sources)
+    random_parts = [part.upper() for part, src in sources.items() if src.origin == RANDOM]
+    if random_parts:
+        message = (f"Preset '{preset.name}' runs with RANDOM {' and '.join(random_parts)} weights: "
+                   "its labels are meaningless and exist only to exercise or benchmark the pipeline.")
+        warnings.warn(message, RandomWeightsWarning, stacklevel=2)
+    for part, src in sources.items():
+        log.info("%s weights: %s", part, src)
+    return model

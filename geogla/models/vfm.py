@@ -1,0 +1,87 @@
+"""The vision foundation model that gives the keys (method.md section 2), built through timm.
+
+The keys are the output of the last block after the model's final norm (``forward_features``),
+patch tokens only (class and register tokens dropped), L2-normalised over channels.  Crops other
+than the trained size use timm's ``dynamic_img_size`` (positional embedding resampled per call).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geogla.errors import ConfigError, WeightsError
+from geogla.models.clip import LOAD_ERRORS, first_line
+from geogla.models.registry import VfmSpec
+
+
+def build_timm(spec: VfmSpec, weights_file: Path | None, seed: int) -> nn.Module:
+    """Build ``spec``'s timm model, seeded, loading ``weights_file`` through timm when given.
+
+    Passing the file as ``pretrained_cfg_overlay`` lets timm apply the model's own checkpoint
+    filter, so original releases (e.g. DINO's ``.pth``) load as well as timm's files.
+    """
+    import timm
+
+    if not timm.is_model(spec.name):
+        raise ConfigError(f"timm has no model named '{spec.name}' (preset vfm.name).")
+    kwargs = {"num_classes": 0, "dynamic_img_size": True, **spec.kwargs}
+    if weights_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = timm.create_model(spec.name, pretrained=weights_file is not None, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"timm cannot build '{spec.name}' with the preset's kwargs ({exc}).") from exc
+        except LOAD_ERRORS as exc:
+            if weights_file is None:
+                raise  # no file involved: a real error, not a weights problem
+            raise WeightsError(f"The weights file {weights_file} cannot be loaded into {spec.label} "
+                               f"({first_line(exc)}).") from exc
+    assert isinstance(model, nn.Module)
+    return model
+
+
+class VfmEncoder:
+    """A frozen timm ViT seen as the key encoder."""
+
+    def __init__(self, model: nn.Module, spec: VfmSpec, device: torch.device) -> None:
+        patch_embed = getattr(model, "patch_embed", None)
+        patch = getattr(patch_embed, "patch_size", None)
+        if patch is None or not hasattr(model, "forward_features"):
+            raise ConfigError(f"{spec.label} is not a ViT with patch tokens, which the keys need.")
+        if tuple(patch) != (spec.patch, spec.patch):
+            raise ConfigError(f"{spec.label} has patches of {tuple(patch)}, but the preset says "
+                              f"{spec.patch}.")
+        self.spec = spec
+        self.device = device
+        # Any: timm models set their attributes dynamically (num_prefix_tokens, num_features, ...).
+        self.model: Any = cast(Any, model.to(device).eval().requires_grad_(False))
+        self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 1))
+        self.key_dim: int = int(getattr(self.model, "num_features", 0) or self.model.embed_dim)
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def grid_side(self, crop: int) -> int:
+        """The VFM token grid side for a crop (224 -> 28 for DINO ViT-B/8)."""
+        return crop // self.spec.patch
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens after the final norm, (B, n*n, key_dim), not normalised."""
+        x = (images - self._mean) / self._std
+        tokens = self.model.forward_features(x)
+        side = self.grid_side(images.shape[-1])
+        tokens = tokens[:, self.num_prefix_tokens:]
+        if tokens.shape[1] != side * side:
+            raise RuntimeError(f"{self.spec.label} returned {tokens.shape[1]} patch tokens for a "
+                               f"{side} x {side} grid.")
+        return tokens
+
+    def keys(self, images: torch.Tensor) -> torch.Tensor:
+        """Keys: patch tokens L2-normalised over channels, (B, n*n, key_dim), row-major."""
+        return F.normalize(self.features(images).float(), dim=-1)
