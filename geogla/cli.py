@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bands", type=_int_list, metavar="B,B,B",
                      help="bands fed to the models as R,G,B (1-based; one band is repeated)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    run.add_argument("--labels", metavar="PATH",
+                     help="label raster of class ids (in --classes order, 255 = unlabelled) the size of the "
+                          "scene: report mIoU and the Boundary Error Rate")
     run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
     return parser
@@ -89,11 +92,16 @@ def _run(args: argparse.Namespace) -> int:
             print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
 
     result = run_scene(args.scene, args.out, config, bands=args.bands, store_url=args.store,
-                       overwrite=args.overwrite, on_start=banner)
+                       overwrite=args.overwrite, labels=args.labels, on_start=banner)
     if result.resumed:
         print(f"Resumed the run store {result.store_url}.", file=sys.stderr)
     for kind, path in result.outputs.items():
         print(f"{kind}: {path}")
+    if result.metrics:
+        m = result.metrics
+        caveat = " (random weights: not a quality figure)" if args.weights == "random" else ""
+        print(f"boundary error rate {m['ber']:.2f}%, mIoU {m['miou']:.2f}%, pixel accuracy "
+              f"{m['pixel_accuracy']:.2f}%{caveat}")
     spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.timings.items()) if v >= 0.05)
     print(f"done in {result.wall:.1f}s ({spent})", file=sys.stderr)
     return 0

@@ -63,20 +63,23 @@ class Scene:
                    stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None)
 
 
-def _open(path: str) -> Any:
-    """Open ``path`` with rasterio, turning GDAL's failures into one clear :class:`SceneError`."""
+def open_raster(path: str, what: str = "scene") -> Any:
+    """Open ``path`` with rasterio, turning GDAL's failures into one clear :class:`SceneError`.
+
+    ``what`` names the file in the message ("scene", "label raster").
+    """
     if "://" not in path and not os.path.exists(path):
-        raise SceneError(f"The scene {path} does not exist.")
+        raise SceneError(f"The {what} {path} does not exist.")
     if "://" not in path and os.path.isdir(path):
-        raise SceneError(f"The scene {path} is a folder, not a raster file.")
+        raise SceneError(f"The {what} {path} is a folder, not a raster file.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        if "not recognized as being in a supported file format" in str(exc) or "not recognized as a supported" in str(exc):
-            raise SceneError(f"The scene {path} is not a raster that GDAL can read.") from None
-        raise SceneError(f"The scene {path} cannot be opened: {_first_line(exc)}.") from None
+        if "not recognized as" in str(exc) and "supported" in str(exc):
+            raise SceneError(f"The {what} {path} is not a raster that GDAL can read.") from None
+        raise SceneError(f"The {what} {path} cannot be opened: {_first_line(exc)}.") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -141,7 +144,7 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
     """
     path = str(path)
     with gdal_env():
-        ds = _open(path)
+        ds = open_raster(path)
         try:
             indexes = _choose_bands(ds, bands)
             try:
@@ -167,10 +170,10 @@ class SceneReader:
         self._env = gdal_env()
         self._ds: Any = None
 
-    def __enter__(self) -> SceneReader:
+    def __enter__(self) -> Self:
         self._env.__enter__()
         try:
-            self._ds = _open(self.scene.path)
+            self._ds = open_raster(self.scene.path)
         except BaseException:
             self._env.__exit__(None, None, None)
             raise

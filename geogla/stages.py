@@ -8,6 +8,7 @@ store's done flags and skips what is finished.  Each returns a small dict of tim
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -17,12 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rasterio.windows import Window
 
 from geogla.classes import NODATA_CLASS, ClassList
-from geogla.cog import write_class_cog
+from geogla.cog import atomic_output, write_class_cog
+from geogla.env import gdal_env
+from geogla.errors import SceneError
 from geogla.gla import attend
+from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel, create_model
-from geogla.scene import SceneReader
+from geogla.scene import Scene, SceneReader, open_raster
 from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
 
@@ -191,9 +196,51 @@ def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, fl
 
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
-    """Where a run's outputs go: ``OUT/<stem>.classes.tif`` and ``OUT/<stem>.gpkg``."""
+    """Where a run's outputs go: the class COG, the GeoPackage and (with labels) the metrics."""
     out = Path(out_dir)
-    return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg"}
+    return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
+            "metrics": out / f"{stem}.metrics.json"}
+
+
+def check_labels(labels_path: str, scene: Scene) -> None:
+    """Raise :class:`SceneError` unless ``labels_path`` is a one-band raster the size of ``scene``."""
+    with gdal_env():
+        ds = open_raster(labels_path, what="label raster")
+        with ds:
+            if (ds.height, ds.width) != scene.georef.shape:
+                raise SceneError(f"The label raster {labels_path} is {ds.width} x {ds.height} pixels but the scene "
+                                 f"is {scene.georef.width} x {scene.georef.height}.")
+
+
+def evaluate(store_url: str, labels_path: str, out_dir: str, *_after: Any) -> dict[str, float]:
+    """Score the stitched class raster against a label raster of class ids (255 = unlabelled).
+
+    Streams block by block: mIoU and pixel accuracy from a confusion matrix, and the Boundary
+    Error Rate over the edges of the run's own window grid (each block read with the row and
+    column before it, so pairs across block borders count once).  Writes ``<stem>.metrics.json``.
+    """
+    store = RunStore.open(store_url, mode="r")
+    cfg = store.config
+    t0 = time.perf_counter()
+    confusion = ConfusionMatrix(len(cfg.classes))
+    ber = BoundaryErrorRate()
+    row_edges, col_edges = store.grid.edges()
+    classes = store.array("classes")
+    with gdal_env(), open_raster(labels_path, what="label raster") as ds:
+        for y1, x1, y2, x2 in store.blocks():
+            top, left = int(y1 > 0), int(x1 > 0)
+            pred = np.asarray(classes[y1 - top:y2, x1 - left:x2])
+            gt = ds.read(1, window=Window(x1 - left, y1 - top, x2 - x1 + left, y2 - y1 + top))
+            confusion.update(pred[top:, left:], gt[top:, left:])
+            ber.update(pred, gt, row_edges, col_edges, origin=(y1 - top, x1 - left), context=(top, left))
+    metrics = {"miou": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy(), "ber": ber.value()}
+    report = {**metrics, "labels": labels_path, "classes": list(cfg.classes.names),
+              "iou": dict(zip(cfg.classes.names, (float(v) for v in confusion.iou()), strict=True)),
+              "weights": cfg.weights, "attention": cfg.attention.to_json()}
+    path = output_paths(out_dir, store.scene.stem)["metrics"]
+    with atomic_output(path) as scratch:
+        scratch.result.write_text(json.dumps(report, indent=2, allow_nan=True))
+    return {"evaluate": time.perf_counter() - t0, **{f"metric:{k}": v for k, v in metrics.items()}}
 
 
 def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float]:

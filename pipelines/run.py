@@ -36,6 +36,7 @@ class RunResult:
     resumed: bool
     timings: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _sum_timings(parts: Any) -> dict[str, float]:
@@ -46,8 +47,11 @@ def _sum_timings(parts: Any) -> dict[str, float]:
     return total
 
 
-def build_graph(store: RunStore, out_dir: str) -> Delayed:
-    """The delayed graph of one run; computing it returns the list of every task's timings."""
+def build_graph(store: RunStore, out_dir: str, labels: str | None = None) -> Delayed:
+    """The delayed graph of one run; computing it returns the list of every task's timings.
+
+    With ``labels`` (a label raster of class ids) an evaluation task scores the class raster.
+    """
     url = store.url
     encodes = [delayed(stages.encode_windows, pure=False)(url, ids, dask_key_name=f"encode-{k}")
                for k, ids in enumerate(stages.window_batches(store))]
@@ -56,7 +60,10 @@ def build_graph(store: RunStore, out_dir: str) -> Delayed:
     stitched = [delayed(stages.stitch_block, pure=False)(url, b, attended, dask_key_name=f"stitch-{b}")
                 for b in range(len(store.blocks()))]
     outputs = delayed(stages.write_outputs, pure=False)(url, out_dir, *stitched, dask_key_name="outputs")
-    return delayed(list)([*encodes, text, attended, *stitched, outputs], dask_key_name="run")
+    tasks = [*encodes, text, attended, *stitched, outputs]
+    if labels is not None:
+        tasks.append(delayed(stages.evaluate, pure=False)(url, labels, out_dir, *stitched, dask_key_name="evaluate"))
+    return delayed(list)(tasks, dask_key_name="run")
 
 
 @contextmanager
@@ -73,9 +80,10 @@ def embedded_client() -> Iterator[Client]:
             cluster.close()
 
 
-def run_graph(store: RunStore, out_dir: str, client: Client | None = None) -> dict[str, float]:
+def run_graph(store: RunStore, out_dir: str, client: Client | None = None,
+              labels: str | None = None) -> dict[str, float]:
     """Compute the run's graph on ``client`` (an embedded cluster when None); return summed timings."""
-    graph = build_graph(store, out_dir)
+    graph = build_graph(store, out_dir, labels)
     if client is None:
         with embedded_client() as c:
             parts = c.compute(graph).result()
@@ -84,17 +92,21 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None) -> di
     return _sum_timings(parts)
 
 
-def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | None = None) -> RunResult:
+def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | None = None,
+              labels: str | None = None) -> RunResult:
     t0 = time.perf_counter()
-    timings = run_graph(store, out_dir, client)
+    timings = run_graph(store, out_dir, client, labels)
+    metrics = {k.removeprefix("metric:"): timings.pop(k) for k in list(timings) if k.startswith("metric:")}
     paths = stages.output_paths(out_dir, store.scene.stem)
+    if labels is None:
+        del paths["metrics"]
     return RunResult(outputs={k: str(v) for k, v in paths.items()}, store_url=store.url, resumed=resumed,
-                     timings=timings, wall=time.perf_counter() - t0)
+                     timings=timings, wall=time.perf_counter() - t0, metrics=metrics)
 
 
 def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[int] | None = None,
               store_url: str | None = None, overwrite: bool = False, client: Client | None = None,
-              on_start: Callable[[], None] | None = None) -> RunResult:
+              labels: str | None = None, on_start: Callable[[], None] | None = None) -> RunResult:
     """Check everything a run needs, create (or resume) its store, and run it.
 
     Every check a user can fail (the scene, the weights, the output folder) happens before
@@ -102,6 +114,8 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
     have passed, before the work starts.
     """
     scene = open_scene(scene_path, bands=bands)
+    if labels is not None:
+        stages.check_labels(labels, scene)
     c = config
     model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
     ensure_writable_dir(out_dir)
@@ -111,7 +125,7 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
         value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
     if on_start is not None:
         on_start()
-    return timed_run(store, out_dir, resumed, client)
+    return timed_run(store, out_dir, resumed, client, labels)
 
 
 def ensure_writable_dir(path: str) -> None:

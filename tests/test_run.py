@@ -149,3 +149,28 @@ def test_command_line_has_no_traceback_on_user_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr
+
+
+def test_labels_give_ber_and_miou(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "scene.classes.tif") as ds:
+        predicted, profile = ds.read(1), ds.profile
+    # Labels equal to the prediction: 100 mIoU over the classes present and a BER of 0.
+    labels = tmp_path / "labels.tif"
+    profile.update(driver="GTiff")
+    with rasterio.open(labels, "w", **profile) as dst:
+        dst.write(predicted, 1)
+    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY,
+                 "--labels", str(labels)]) == 0
+    report = json.loads((out / "scene.metrics.json").read_text())
+    assert report["ber"] == 0.0 and report["miou"] == 100.0
+    assert "boundary error rate 0.00%" in capsys.readouterr().out
+
+
+def test_labels_of_another_size_are_refused(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = write_geotiff(tmp_path / "labels.tif", np.zeros((10, 10), np.uint8))
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(out), *TINY, "--labels", str(labels)]) == 2
+    assert "is 10 x 10 pixels but the scene is 420 x 300" in capsys.readouterr().err
+    assert not out.exists()
