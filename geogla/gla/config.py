@@ -1,0 +1,139 @@
+"""Configuration of the attention over windows (method.md section 3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from geogla.errors import ConfigError
+
+Norm = Literal["dynamic", "fixed"]
+Mean = Literal["row", "window"]
+Precision = Literal["float32", "bfloat16", "auto"]
+
+_NORMS = ("dynamic", "fixed")
+_MEANS = ("row", "window")
+_PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@dataclass(frozen=True)
+class GLAConfig:
+    """Every switch and constant of ProxyCLIP + GLA attention; defaults are the paper's.
+
+    Attributes:
+        kv_extension: every query attends to the keys of all ``L`` windows (GLA); ``False`` keeps
+            everything, proxy mining and means included, inside each window, and the dynamic
+            shift then counts one window (``u = 1 + lambda1 ln 2``).
+        proxy: replace each query by its proxy anchor (``steps`` rounds of positive mining).
+        steps: number of proxy rounds; at least 1 (ignored without ``proxy``).
+        rho: positive-set threshold on cosine similarity, strict ``>``.
+        norm: ``"dynamic"`` (``u = 1 + lambda1 ln(1 + L)``, ``w_i = 1 + lambda2 / |P_i|``) or
+            ``"fixed"`` (``u = beta``, ``w_i = gamma``).
+        mean: ``"row"``: ``m_i`` is query ``i``'s own mean similarity over all keys it attends to
+            (GLA); ``"window"``: one scalar per window, the mean of every entry of that window's
+            similarity rows (ProxyCLIP).  Either mean is clamped at 0.
+        lambda1, lambda2: coefficients of the dynamic normalisation.
+        beta, gamma: shift and scale of the fixed normalisation.
+        temperature: softmax temperature (``A = softmax(A~ / temperature)``).
+        smoothing: average each starting query with its 3 x 3 neighbourhood in its window and
+            with the tokens at the same scene position in overlapping windows (paper eq. 17),
+            then re-normalise; needs the windows' token offsets.  It changes only the starting
+            queries (also without ``kv_extension``; without ``proxy`` the final similarity uses
+            them).
+        memory_budget_mb: bound on the work memory of one block of query rows.  Query rows are
+            processed in blocks of ``b`` rows with ``b * T * bytes <= budget``, ``T`` the number
+            of keys a query sees and ``bytes`` per similarity entry 5 in float32 (similarity +
+            mask byte), 7 in bfloat16 (float32 similarity, bfloat16 weights, mask byte), 9 in
+            float64.  Copies of keys, values and queries (a few ``T * D``) come on top.  Speed
+            is flat from about 32 MB per block up.
+        precision: dtype of the large matrix products.  ``"float32"``; ``"bfloat16"``: the
+            two proxy similarities and the three aggregations (``P K`` twice, ``A V``) take
+            bfloat16 operands, while the final similarity (mask and softmax exponents), counts,
+            queries, means and softmax sums stay float32 (counts are exact integers in every
+            mode); or ``"auto"`` (default): bfloat16 on CUDA and on CPUs with native bfloat16
+            arithmetic (AVX512-BF16 or AMX), float32 elsewhere.  float64 inputs are computed in
+            float64 unless ``"bfloat16"`` is asked for explicitly.  bfloat16 is the default
+            because on structured inputs it changes no label (tests/test_gla.py); outputs
+            differ from float32 by about 0.2 % (relative, median token), so ask for
+            ``"float32"`` when comparing against float32 references.
+    """
+
+    kv_extension: bool = True
+    proxy: bool = True
+    steps: int = 2
+    rho: float = 0.6
+    norm: Norm = "dynamic"
+    mean: Mean = "row"
+    lambda1: float = 0.3
+    lambda2: float = 30.0
+    beta: float = 1.2
+    gamma: float = 3.0
+    temperature: float = 1.0
+    smoothing: bool = False
+    memory_budget_mb: int = 1024
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("kv_extension", "proxy", "smoothing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GLA option {name} must be true or false, got {getattr(self, name)!r}.")
+        for name in ("steps", "memory_budget_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"GLA option {name} must be a whole number of at least 1, got {value!r}.")
+        for name in ("rho", "lambda1", "lambda2", "beta", "gamma", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"GLA option {name} must be a finite number, got {value!r}.")
+        # Positive scales keep A~ increasing in S, which the masking rule relies on.
+        for name in ("lambda1", "lambda2"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"GLA option {name} must not be negative, got {getattr(self, name)!r}.")
+        for name in ("gamma", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"GLA option {name} must be positive, got {getattr(self, name)!r}.")
+        if self.norm not in _NORMS:
+            raise ConfigError(f"GLA option norm must be one of {', '.join(_NORMS)}, got {self.norm!r}.")
+        if self.mean not in _MEANS:
+            raise ConfigError(f"GLA option mean must be one of {', '.join(_MEANS)}, got {self.mean!r}.")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(
+                f"GLA option precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}."
+            )
+
+    @classmethod
+    def proxyclip(cls, **overrides: Any) -> GLAConfig:
+        """The ProxyCLIP baseline (method.md 3a): each window alone, no proxy, fixed beta/gamma.
+
+        The mean is one scalar per window (the mean of every entry of ``K_l K_l^T``; it is
+        ``|mean_j k_j|^2 >= 0``, so the clamp at 0 never acts) and entries with
+        ``gamma (S - beta s_bar) < 0`` are masked.  A row whose every entry is below 0 keeps its
+        maximum instead of becoming all ``-inf`` (NaN in the authors' code); for every row with a
+        non-negative entry this is exactly "mask below 0".  The baseline is cheap (``N x N`` per
+        window), so it computes in float32 by default.  ``overrides`` replace any field.
+        """
+        base: dict[str, Any] = {
+            "kv_extension": False,
+            "proxy": False,
+            "norm": "fixed",
+            "mean": "window",
+            "precision": "float32",
+        }
+        base.update(overrides)
+        return cls(**base)
+
+    def to_json(self) -> dict[str, Any]:
+        """All fields as a plain JSON-serialisable dict (for run stores)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GLAConfig:
+        """Rebuild a config from :meth:`to_json` output; missing fields take their defaults."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a GLA configuration must be a mapping, got {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown GLA option(s): {', '.join(map(str, unknown))}.")
+        return cls(**data)
