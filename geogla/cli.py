@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--logit-scale", type=float, default=40.0, help="softmax scale of the cosine logits (40)")
     run.add_argument("--bands", type=_int_list, metavar="B,B,B",
                      help="bands fed to the models as R,G,B (1-based; one band is repeated)")
+    run.add_argument("--gsd", type=float, metavar="METRES",
+                     help="working resolution for the models in metres per pixel (outputs stay on the input's grid)")
+    run.add_argument("--save-probabilities", action="store_true",
+                     help="also write OUT/<scene>.probabilities.tif: one band per class, probability x 255")
+    run.add_argument("--min-area", type=float, metavar="M2", help="drop polygons smaller than this (square metres)")
+    run.add_argument("--simplify", type=float, metavar="METRES",
+                     help="simplify polygons by this tolerance, keeping neighbours edge-matched")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     run.add_argument("--labels", metavar="PATH",
                      help="label raster of class ids (in --classes order, 255 = unlabelled) the size of the "
@@ -77,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from geogla.gla import GLAConfig
     from geogla.models import get_preset
     from geogla.runconfig import RunConfig
+    from geogla.scene import Scene
     from pipelines.run import run_scene
 
     classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
@@ -85,14 +93,20 @@ def _run(args: argparse.Namespace) -> int:
     config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
                        vfm_weights=args.vfm_weights, crop=args.crop or preset.crop,
                        stride=args.stride or preset.stride, attention=attention, logit_scale=args.logit_scale,
-                       device=args.device)
+                       device=args.device, save_probabilities=args.save_probabilities, min_area=args.min_area,
+                       simplify=args.simplify)
 
-    def banner() -> None:
+    def banner(scene: Scene) -> None:
         if args.weights == "random":
             print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+        if scene.pixel_coordinates:
+            print(f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
+                  "and areas in square pixels.", file=sys.stderr)
 
-    result = run_scene(args.scene, args.out, config, bands=args.bands, store_url=args.store,
+    result = run_scene(args.scene, args.out, config, bands=args.bands, gsd=args.gsd, store_url=args.store,
                        overwrite=args.overwrite, labels=args.labels, on_start=banner)
+    if result.valid_windows == 0:
+        print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
         print(f"Resumed the run store {result.store_url}.", file=sys.stderr)
     for kind, path in result.outputs.items():
@@ -110,7 +124,10 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geogla`` command; returns the exit code."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0)
+        return int(exc.code or 0)
     try:
         with warnings.catch_warnings():
             # The banner says it, once and loudly.

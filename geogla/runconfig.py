@@ -9,8 +9,14 @@ from geogla.classes import ClassList
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig
 
-#: Keys of :meth:`RunConfig.to_json` that change where or how fast a run goes, not its results.
-_EXECUTION_ONLY = ("device",)
+#: Which settings each stored stage result depends on (cumulatively: attend also depends on
+#: everything encode depends on, classify on everything attend depends on).  Settings in none of
+#: them (device, min_area, simplify) change how fast a run goes or only its final files.
+FINGERPRINT_LEVELS: dict[str, tuple[str, ...]] = {
+    "encode": ("model", "weights", "clip_weights", "vfm_weights", "crop", "stride", "batch_size"),
+    "attend": ("attention",),
+    "classify": ("classes", "logit_scale", "block", "save_probabilities"),
+}
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,9 @@ class RunConfig:
 
     ``logit_scale`` multiplies the cosine logits before the softmax over prompts (40 for ProxyCLIP
     and GLA, method.md section 4).  ``batch_size`` windows are encoded per task and ``block`` is the
-    side of the output blocks the class raster is stitched and written in.
+    side of the output blocks the class raster is stitched and written in.  ``save_probabilities``
+    also writes a per-class probability COG; ``min_area`` (square metres) drops smaller polygons and
+    ``simplify`` (metres) simplifies them edge-matched.
     """
 
     classes: ClassList
@@ -34,6 +42,9 @@ class RunConfig:
     device: str = "auto"
     batch_size: int = 8
     block: int = 1024
+    save_probabilities: bool = False
+    min_area: float | None = None
+    simplify: float | None = None
 
     def __post_init__(self) -> None:
         if self.weights not in ("pretrained", "random"):
@@ -46,6 +57,12 @@ class RunConfig:
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}.")
         if self.batch_size <= 0 or self.block <= 0:
             raise ConfigError("batch_size and block must be positive.")
+        if self.min_area is not None and not self.min_area >= 0:
+            raise ConfigError(f"--min-area must be zero or a positive area in square metres, got {self.min_area}.")
+        if self.simplify is not None and not self.simplify >= 0:
+            raise ConfigError(f"--simplify must be zero or a positive distance in metres, got {self.simplify}.")
+        if not self.logit_scale > 0:
+            raise ConfigError(f"--logit-scale must be positive, got {self.logit_scale}.")
 
     def with_(self, **changes: Any) -> RunConfig:
         return replace(self, **changes)
@@ -54,11 +71,16 @@ class RunConfig:
         return {"classes": self.classes.to_json(), "model": self.model, "weights": self.weights,
                 "clip_weights": self.clip_weights, "vfm_weights": self.vfm_weights, "crop": self.crop,
                 "stride": self.stride, "attention": self.attention.to_json(), "logit_scale": self.logit_scale,
-                "device": self.device, "batch_size": self.batch_size, "block": self.block}
+                "device": self.device, "batch_size": self.batch_size, "block": self.block,
+                "save_probabilities": self.save_probabilities, "min_area": self.min_area,
+                "simplify": self.simplify}
 
-    def result_json(self) -> dict[str, Any]:
-        """:meth:`to_json` less the settings that do not change the results."""
-        return {k: v for k, v in self.to_json().items() if k not in _EXECUTION_ONLY}
+    def level_json(self, level: str) -> dict[str, Any]:
+        """The settings that stage results up to ``level`` depend on (see :data:`FINGERPRINT_LEVELS`)."""
+        names = list(FINGERPRINT_LEVELS)
+        keys = [k for lvl in names[: names.index(level) + 1] for k in FINGERPRINT_LEVELS[lvl]]
+        full = self.to_json()
+        return {k: full[k] for k in keys}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunConfig:
@@ -66,4 +88,6 @@ class RunConfig:
                    clip_weights=d.get("clip_weights"), vfm_weights=d.get("vfm_weights"), crop=int(d["crop"]),
                    stride=int(d["stride"]), attention=GLAConfig.from_json(d["attention"]),
                    logit_scale=float(d["logit_scale"]), device=d.get("device", "auto"),
-                   batch_size=int(d["batch_size"]), block=int(d["block"]))
+                   batch_size=int(d["batch_size"]), block=int(d["block"]),
+                   save_probabilities=bool(d.get("save_probabilities", False)), min_area=d.get("min_area"),
+                   simplify=d.get("simplify"))

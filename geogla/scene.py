@@ -7,10 +7,11 @@ open the file themselves, so a Dask task can carry a scene to any worker.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,8 +22,12 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.windows import Window
 
 from geogla.env import gdal_env
-from geogla.errors import SceneError
+from geogla.errors import ConfigError, SceneError
 from geogla.georef import GeoRef
+
+#: Output transform of a file without georeferencing: x = column, y = -row (QGIS's convention for
+#: such images, so that the class raster and the polygons show upright and aligned).
+PIXEL_TRANSFORM = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 #: Longest side of the decimated read that the scene-wide percentile stretch is computed from.
 STRETCH_SAMPLE_SIDE = 2048
@@ -32,10 +37,14 @@ STRETCH_SAMPLE_SIDE = 2048
 class Scene:
     """An input raster as geogla reads it.
 
+    ``georef`` is where the outputs lie: the file's own georeferencing, or, for a file without any
+    (a drone JPEG), pixel coordinates with x = column and y = -row, the way QGIS shows such images.
     ``band_indexes`` are the three 1-based bands fed to the models as R, G, B (a single band is
     repeated).  ``stretch`` is ``None`` for 8-bit data, which passes through (value / 255), else one
     ``(low, high)`` pair per fed band: the scene-wide percentile stretch that maps ``low`` to 0 and
-    ``high`` to 1, identical for every window.
+    ``high`` to 1, identical for every window.  ``work_shape`` is the size of the working image the
+    models see (the file's size unless ``--gsd`` or a protocol resizes it); windows are cut from the
+    working image, and the outputs are on the file's grid.
     """
 
     path: str
@@ -44,15 +53,27 @@ class Scene:
     band_indexes: tuple[int, int, int]
     dtype: str
     stretch: tuple[tuple[float, float], ...] | None
+    work_shape: tuple[int, int]
 
     @property
     def stem(self) -> str:
         return Path(self.path).stem
 
+    @property
+    def pixel_coordinates(self) -> bool:
+        """True when the file has no CRS and the outputs are in pixel coordinates."""
+        return self.georef.crs_wkt is None
+
+    @property
+    def work_scale(self) -> tuple[float, float]:
+        """File pixels per working pixel, ``(rows, cols)``; (1, 1) when the scene is not resized."""
+        return (self.georef.height / self.work_shape[0], self.georef.width / self.work_shape[1])
+
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
                 "band_indexes": list(self.band_indexes), "dtype": self.dtype,
-                "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None}
+                "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None,
+                "work_shape": list(self.work_shape)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
@@ -60,7 +81,8 @@ class Scene:
         return cls(path=d["path"], georef=GeoRef.from_json(d["georef"]), band_count=int(d["band_count"]),
                    band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
                    dtype=d["dtype"],
-                   stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None)
+                   stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None,
+                   work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])))
 
 
 def open_raster(path: str, what: str = "scene") -> Any:
@@ -134,13 +156,36 @@ def _percentile_stretch(ds: Any, indexes: Sequence[int], low: float, high: float
     return tuple(out)
 
 
+def _work_shape(georef: GeoRef, gsd: float | None, resize_long_side: int | None,
+                path: str) -> tuple[int, int]:
+    """The working image's size for a ground sampling distance or a long-side resize."""
+    if gsd is not None and resize_long_side is not None:
+        raise ConfigError("Give either --gsd or a long-side resize, not both.")
+    if gsd is not None:
+        if not math.isfinite(gsd) or gsd <= 0:
+            raise ConfigError(f"--gsd must be a positive number of metres, got {gsd}.")
+        if georef.crs_wkt is None:
+            raise ConfigError(f"--gsd needs a georeferenced scene, and {path} has no CRS.")
+        row_m, col_m = georef.pixel_size_metres()
+        return (max(1, round(georef.height * row_m / gsd)), max(1, round(georef.width * col_m / gsd)))
+    if resize_long_side is not None:
+        if resize_long_side <= 0:
+            raise ConfigError(f"The long-side resize must be a positive number of pixels, got {resize_long_side}.")
+        factor = resize_long_side / max(georef.height, georef.width)
+        # mmcv's rescale rounds half up: int(side * factor + 0.5).
+        return (max(1, int(georef.height * factor + 0.5)), max(1, int(georef.width * factor + 0.5)))
+    return georef.shape
+
+
 def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
-               stretch_percentiles: tuple[float, float] = (2.0, 98.0)) -> Scene:
+               stretch_percentiles: tuple[float, float] = (2.0, 98.0), gsd: float | None = None,
+               resize_long_side: int | None = None) -> Scene:
     """Open and check a scene; raise :class:`SceneError` with one sentence if it cannot be used.
 
     ``bands`` picks and orders the bands fed to the models (1-based; one band is repeated into
     three).  By default the bands declared red, green and blue are used, else the first three, else
-    the first band repeated.  Non-8-bit data get one scene-wide percentile stretch.
+    the first band repeated.  Non-8-bit data get one scene-wide percentile stretch.  ``gsd``
+    (metres) or ``resize_long_side`` (pixels) set the working resolution (see :class:`Scene`).
     """
     path = str(path)
     with gdal_env():
@@ -153,8 +198,12 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
                 stretch = None if dtype == "uint8" else _percentile_stretch(ds, indexes, *stretch_percentiles)
             except RasterioError as exc:
                 raise SceneError(f"The scene {path} cannot be read (truncated or corrupt?): {_first_line(exc)}.") from None
-            return Scene(path=os.path.abspath(path) if "://" not in path else path, georef=GeoRef.from_dataset(ds),
-                         band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch)
+            georef = GeoRef.from_dataset(ds)
+            if georef.crs_wkt is None and georef.is_identity:
+                georef = replace(georef, transform=PIXEL_TRANSFORM)
+            return Scene(path=os.path.abspath(path) if "://" not in path else path, georef=georef,
+                         band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
+                         work_shape=_work_shape(georef, gsd, resize_long_side, path))
         finally:
             ds.close()
 
@@ -222,7 +271,7 @@ class SceneReader:
         return rgb, valid
 
     def read_valid(self, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The validity mask of ``[y1:y2, x1:x2]`` (see :meth:`read`), without reading the pixels."""
+        """The validity mask of FILE pixels ``[y1:y2, x1:x2]`` (see :meth:`read`), without the pixels."""
         y1, x1, y2, x2 = box
         sc = self.scene
         valid = np.zeros((y2 - y1, x2 - x1), dtype=bool)

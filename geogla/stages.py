@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from geogla.classes import NODATA_CLASS, ClassList
-from geogla.cog import atomic_output, write_class_cog
+from geogla.cog import atomic_output, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.errors import SceneError
 from geogla.gla import attend
@@ -103,7 +104,7 @@ def embed_text(store_url: str) -> dict[str, float]:
 
 
 def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
-    """Attention over all valid windows, then CLIP's projection and the cosine logits per token."""
+    """Attention over all valid windows, then CLIP's projection: L2-normalised features per token."""
     store = RunStore.open(store_url)
     if store.is_done("attend"):
         return {}
@@ -111,11 +112,9 @@ def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
     cfg = store.config
     valid = store.read("windows/valid")
     ids = np.nonzero(valid)[0]
-    L, N = len(valid), store.tokens_per_side ** 2
-    P = len(cfg.classes.prompts)
-    logits = np.zeros((L, N, P), dtype=np.float32)
+    features = np.zeros((len(valid), store.tokens_per_side ** 2, store.embed_dim), dtype=np.float32)
     t_att = t_proj = 0.0
-    if len(ids) and P:
+    if len(ids):
         model = model_for(store)
         keys = torch.from_numpy(store.read_rows("keys", ids))
         values = torch.from_numpy(store.read_rows("values", ids))
@@ -124,23 +123,21 @@ def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
         attended = attend(keys.to(model.device), values.to(model.device), config=cfg.attention,
                           offsets=offsets.to(model.device))
         t_att = time.perf_counter() - t1
-        text = torch.from_numpy(store.read("text")).to(model.device)
         t2 = time.perf_counter()
         for s in range(0, len(ids), PROJECT_BATCH):
             feats = F.normalize(model.project(attended[s:s + PROJECT_BATCH]).float(), dim=-1)
-            logits[ids[s:s + PROJECT_BATCH]] = (feats @ text.T).cpu().numpy()
+            features[ids[s:s + PROJECT_BATCH]] = feats.cpu().numpy()
         t_proj = time.perf_counter() - t2
-    store.array("logits")[:] = logits
+    store.array("features")[:] = features
     store.mark_done("attend")
     return {"attend": t_att, "project": t_proj, "attend_io": time.perf_counter() - t0 - t_att - t_proj}
 
 
-def classify(pixel_logits: torch.Tensor, classes: ClassList, logit_scale: float) -> torch.Tensor:
-    """Class ids from per-pixel prompt logits ``(P, h, w)`` (method.md section 4, steps 3 and 4).
+def class_probabilities(pixel_logits: torch.Tensor, classes: ClassList, logit_scale: float) -> torch.Tensor:
+    """Class probabilities ``(C, h, w)`` from per-pixel prompt logits ``(P, h, w)``.
 
     Softmax over all prompts of ``logit_scale * logits``; a class's probability is the maximum over
-    its synonyms; label = argmax; pixels whose top probability is below the threshold get the
-    background class.  Returns uint8 ``(h, w)``.
+    its synonyms (0 for a background class without prompts) (method.md section 4, step 3).
     """
     probs = torch.softmax(logit_scale * pixel_logits, dim=0)
     class_probs = torch.zeros((len(classes), *probs.shape[1:]), dtype=probs.dtype)
@@ -149,57 +146,123 @@ def classify(pixel_logits: torch.Tensor, classes: ClassList, logit_scale: float)
         members = probs[owner == c]
         if len(members):
             class_probs[c] = members.amax(dim=0)
+    return class_probs
+
+
+def labels_from_probabilities(class_probs: torch.Tensor, classes: ClassList) -> torch.Tensor:
+    """Class ids ``(h, w)`` uint8: argmax, and the background class where the top probability is
+    below the threshold (method.md section 4, step 4)."""
     top, label = class_probs.max(dim=0)
     if classes.background is not None and classes.prob_threshold > 0:
         label[top < classes.prob_threshold] = classes.background
     return label.to(torch.uint8)
 
 
-def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, float]:
-    """Stitch one output block of the class raster from the windows that cover it.
+def _working_logits(store: RunStore, box: tuple[int, int, int, int], text: torch.Tensor,
+                    valid_windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt logits ``(P, h, w)`` and window counts ``(h, w)`` of working pixels ``box``.
 
-    Each covering window's token logits are bilinearly resized to the crop, summed into the block
-    and divided by the number of windows covering each pixel; then :func:`classify`.  Nodata pixels
-    get class 255.
+    Each covering window's token logits are bilinearly resized to the crop (align_corners=False),
+    summed, and divided by the number of windows covering each pixel (method.md section 4, step 2).
+    """
+    y1, x1, y2, x2 = box
+    grid, n = store.grid, store.tokens_per_side
+    P = text.shape[0]
+    acc = torch.zeros((P, y2 - y1, x2 - x1), dtype=torch.float32)
+    count = torch.zeros((y2 - y1, x2 - x1), dtype=torch.float32)
+    ids = [int(i) for i in grid.windows_intersecting(y1, x1, y2, x2) if valid_windows[i]]
+    if ids and P:
+        feats = torch.from_numpy(store.read_rows("features", ids))
+        token_logits = feats @ text.T  # (k, N, P): cosine, both sides unit length
+        for k, wid in enumerate(ids):
+            wy1, wx1, wy2, wx2 = grid.window(wid)
+            up = F.interpolate(token_logits[k].T.reshape(1, P, n, n), size=(wy2 - wy1, wx2 - wx1),
+                               mode="bilinear", align_corners=False)[0]
+            oy1, ox1, oy2, ox2 = max(y1, wy1), max(x1, wx1), min(y2, wy2), min(x2, wx2)
+            acc[:, oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += up[:, oy1 - wy1:oy2 - wy1, ox1 - wx1:ox2 - wx1]
+            count[oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += 1
+    return acc / count.clamp(min=1), count
+
+
+def _working_region(block: tuple[int, int, int, int], scale: tuple[float, float],
+                    work_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The working pixels that bilinear resampling onto file pixels ``block`` reads."""
+    y1, x1, y2, x2 = block
+    (fy, fx), (hw, ww) = scale, work_shape
+    wy1 = min(max(math.floor((y1 + 0.5) / fy - 0.5), 0), hw - 1)
+    wx1 = min(max(math.floor((x1 + 0.5) / fx - 0.5), 0), ww - 1)
+    wy2 = min(max(math.floor((y2 - 0.5) / fy - 0.5) + 2, wy1 + 1), hw)
+    wx2 = min(max(math.floor((x2 - 0.5) / fx - 0.5) + 2, wx1 + 1), ww)
+    return wy1, wx1, wy2, wx2
+
+
+def _resample_to_file(arr: torch.Tensor, region: tuple[int, int, int, int], block: tuple[int, int, int, int],
+                      scale: tuple[float, float]) -> torch.Tensor:
+    """Bilinearly resample ``arr`` ``(C, h, w)`` (working pixels ``region``) onto file pixels ``block``.
+
+    The same mapping as resizing the whole working canvas to the file's size with
+    ``F.interpolate(mode="bilinear", align_corners=False)``: file pixel centre ``r + 0.5`` samples
+    working coordinate ``(r + 0.5) / scale - 0.5``, clamped at the edges.
+    """
+    wy1, wx1, wy2, wx2 = region
+    y1, x1, y2, x2 = block
+    (fy, fx), h, w = scale, wy2 - wy1, wx2 - wx1
+    rows = (torch.arange(y1, y2, dtype=torch.float64) + 0.5) / fy - 0.5 - wy1
+    cols = (torch.arange(x1, x2, dtype=torch.float64) + 0.5) / fx - 0.5 - wx1
+    gy = ((2 * rows + 1) / h - 1).float()
+    gx = ((2 * cols + 1) / w - 1).float()
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, bh, bw, (x, y))
+    return F.grid_sample(arr[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, float]:
+    """Stitch one output block (file pixels) of the class raster from the windows that cover it.
+
+    Logits are stitched on the working grid and, when the scene was resized, bilinearly resampled
+    onto the file's grid; then class probabilities, labels and the background threshold.  Nodata
+    pixels get class 255 (and probability 0).
     """
     store = RunStore.open(store_url)
     if bool(store.read("blocks/stitched", block_index)):
         return {}
     t0 = time.perf_counter()
-    cfg = store.config
-    y1, x1, y2, x2 = store.blocks()[block_index]
-    grid = store.grid
+    cfg, scene = store.config, store.scene
+    block = store.blocks()[block_index]
+    y1, x1, y2, x2 = block
+    text = torch.from_numpy(store.read("text"))
     valid_windows = store.read("windows/valid")
-    ids = [int(i) for i in grid.windows_intersecting(y1, x1, y2, x2) if valid_windows[i]]
-    n = store.tokens_per_side
-    P = len(cfg.classes.prompts)
-    acc = torch.zeros((P, y2 - y1, x2 - x1), dtype=torch.float32)
-    count = torch.zeros((y2 - y1, x2 - x1), dtype=torch.float32)
-    if ids and P:
-        token_logits = torch.from_numpy(store.read_rows("logits", ids))
-        for k, wid in enumerate(ids):
-            wy1, wx1, wy2, wx2 = grid.window(wid)
-            grid_logits = token_logits[k].T.reshape(1, P, n, n)
-            up = F.interpolate(grid_logits, size=(wy2 - wy1, wx2 - wx1), mode="bilinear", align_corners=False)[0]
-            oy1, ox1, oy2, ox2 = max(y1, wy1), max(x1, wx1), min(y2, wy2), min(x2, wx2)
-            acc[:, oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += up[:, oy1 - wy1:oy2 - wy1, ox1 - wx1:ox2 - wx1]
-            count[oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += 1
-    covered = count > 0
-    labels = classify(acc / count.clamp(min=1), cfg.classes, cfg.logit_scale) if P else \
-        torch.full(count.shape, cfg.classes.background or 0, dtype=torch.uint8)
-    with SceneReader(store.scene) as reader:
-        valid = torch.from_numpy(reader.read_valid((y1, x1, y2, x2)))
-    labels[~(covered & valid)] = NODATA_CLASS
+    scale = scene.work_scale
+    if scale == (1.0, 1.0):
+        logits, count = _working_logits(store, block, text, valid_windows)
+        covered = count > 0
+    else:
+        region = _working_region(block, scale, scene.work_shape)
+        logits, count = _working_logits(store, region, text, valid_windows)
+        cov = (count > 0).float()
+        # Normalised resampling: pixels next to uncovered (nodata) working pixels use covered ones only.
+        weight = _resample_to_file(cov[None], region, block, scale)[0]
+        logits = _resample_to_file(logits * cov, region, block, scale) / weight.clamp(min=1e-6)
+        covered = weight > 1e-6
+    with SceneReader(scene) as reader:
+        valid = torch.from_numpy(reader.read_valid(block)) & covered
+    probs = class_probabilities(logits, cfg.classes, cfg.logit_scale)
+    labels = labels_from_probabilities(probs, cfg.classes)
+    labels[~valid] = NODATA_CLASS
     store.array("classes")[y1:y2, x1:x2] = labels.numpy()
+    if cfg.save_probabilities:
+        quantised = torch.round(probs * 255).to(torch.uint8)
+        quantised[:, ~valid] = 0
+        store.array("probabilities")[:, y1:y2, x1:x2] = quantised.numpy()
     store.array("blocks/stitched")[block_index] = True
     return {"stitch": time.perf_counter() - t0}
 
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
-    """Where a run's outputs go: the class COG, the GeoPackage and (with labels) the metrics."""
+    """Where a run's outputs go: the class COG, the GeoPackage, the probability COG (when asked
+    for) and the metrics (with labels)."""
     out = Path(out_dir)
     return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
-            "metrics": out / f"{stem}.metrics.json"}
+            "probabilities": out / f"{stem}.probabilities.tif", "metrics": out / f"{stem}.metrics.json"}
 
 
 def check_labels(labels_path: str, scene: Scene) -> None:
@@ -224,7 +287,9 @@ def evaluate(store_url: str, labels_path: str, out_dir: str, *_after: Any) -> di
     t0 = time.perf_counter()
     confusion = ConfusionMatrix(len(cfg.classes))
     ber = BoundaryErrorRate()
-    row_edges, col_edges = store.grid.edges()
+    # Window edges are on the working grid; the class raster is on the file's grid.
+    fy, fx = store.scene.work_scale
+    row_edges, col_edges = (np.round(e * f).astype(np.int64) for e, f in zip(store.grid.edges(), (fy, fx), strict=True))
     classes = store.array("classes")
     with gdal_env(), open_raster(labels_path, what="label raster") as ds:
         for y1, x1, y2, x2 in store.blocks():
@@ -251,8 +316,11 @@ def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float
     classes = store.array("classes")
     t0 = time.perf_counter()
     write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
+    if cfg.save_probabilities:
+        write_float_cog(paths["probabilities"], store.array("probabilities"), scene.georef, list(cfg.classes.names),
+                        tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
     t1 = time.perf_counter()
     # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
-    write_geopackage(paths["gpkg"], iter_polygons(classes, scene.georef, cfg.classes), scene.georef, cfg.classes)
-    store.mark_done("outputs")
+    polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area, simplify=cfg.simplify)
+    write_geopackage(paths["gpkg"], polygons, scene.georef, cfg.classes)
     return {"cog": t1 - t0, "vectorize": time.perf_counter() - t1}

@@ -1,21 +1,28 @@
 """The run store: one Zarr v3 group per run holding every stage's inputs and outputs.
 
-Layout (``L`` windows, ``N`` tokens per window, ``P`` prompts, ``H`` x ``W`` the scene)::
+Layout (``L`` windows, ``N`` tokens per window, ``P`` prompts, ``C`` classes, ``H`` x ``W`` the
+scene's file grid)::
 
-    <run>.zarr/                  attrs["geogla"]: format, scene, config, grid, fingerprint
+    <run>.zarr/                  attrs["geogla"]: format, scene, config, grid, fingerprints
       windows/box       (L, 4)      int32    window (y1, x1, y2, x2) in working pixels
       windows/valid     (L,)        bool     False: window is all nodata, not encoded
       windows/encoded   (L,)        bool     per-window done flags of the encode stage
       keys              (L, N, Dk)  float32  VFM keys, L2-normalised
       values            (L, N, Dv)  float32  CLIP last-block value tokens on the VFM grid
+      features          (L, N, E)   float32  projected, L2-normalised features after attention
       text              (P, E)      float32  prompt embeddings
-      logits            (L, N, P)   float32  per-token cosine logits after attention
       classes           (H, W)      uint8    stitched class ids, 255 = nodata
+      probabilities     (C, H, W)   uint8    class probability x 255 (only with save_probabilities)
       blocks/stitched   (B,)        bool     per-block done flags of the stitch stage
-      done/<stage>                  empty groups marking finished stages
+      done/<stage>                  empty groups marking finished stages (text, attend)
 
-Window arrays are chunked by encode batch and ``classes`` by output block, so that every task
+Window arrays are chunked by encode batch and the rasters by output block, so that every task
 writes whole chunks that no other task touches.  Done flags are written after the data they mark.
+
+Three fingerprints guard what is stored (:data:`geogla.runconfig.FINGERPRINT_LEVELS`): a store
+whose *encode* fingerprint differs is refused; when only the *attend* or *classify* one differs
+(other attention settings, other classes), the encoded windows are kept and the later stages
+start afresh, so trying another class list costs no encoder time.
 """
 
 from __future__ import annotations
@@ -33,17 +40,23 @@ import zarr
 
 from geogla.errors import OutputError, StoreError
 from geogla.grid import WindowGrid
-from geogla.runconfig import RunConfig
+from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
 
-FORMAT = 1
-STAGES = ("encode", "text", "attend", "stitch", "outputs")
+FORMAT = 2
+STAGES = ("text", "attend")
+#: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
+_LEVEL_ARRAYS = {"attend": ("features", "done/attend"),
+                 "classify": ("text", "classes", "probabilities", "blocks/stitched", "done/text")}
 
 
-def fingerprint(scene: Scene, config: RunConfig) -> str:
-    """A hash of everything that determines a run's results (not of where or how fast it runs)."""
-    blob = json.dumps({"scene": scene.to_json(), "config": config.result_json()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def fingerprints(scene: Scene, config: RunConfig) -> dict[str, str]:
+    """One hash per level of stored results: of the scene and of the settings that level depends on."""
+    out = {}
+    for level in FINGERPRINT_LEVELS:
+        blob = json.dumps({"scene": scene.to_json(), "config": config.level_json(level)}, sort_keys=True)
+        out[level] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return out
 
 
 def _is_local(url: str) -> bool:
@@ -74,45 +87,81 @@ class RunStore:
                          value_dim: int, embed_dim: int, overwrite: bool = False) -> tuple[RunStore, bool]:
         """Open the store at ``url`` to resume it, or create it; return ``(store, resumed)``.
 
-        A store made for another scene or configuration is refused with :class:`StoreError`
-        unless ``overwrite``, which deletes it first.
+        A store made for another scene or encoder configuration is refused with
+        :class:`StoreError` unless ``overwrite``, which deletes it first.  A store whose attention
+        or class settings differ keeps its encoded windows and resets the later stages.
         """
-        fp = fingerprint(scene, config)
+        fps = fingerprints(scene, config)
+        dims = {"tokens_per_side": tokens, "key_dim": key_dim, "value_dim": value_dim, "embed_dim": embed_dim}
         if _store_exists(url):
             if not overwrite:
                 try:
                     existing = cls.open(url)
                 except StoreError:
                     raise StoreError(f"{url} exists and is not a geogla run store; remove it or pass --overwrite.") from None
-                if existing.meta.get("fingerprint") != fp:
+                old = existing.meta
+                if old.get("format") != FORMAT or old.get("fingerprints", {}).get("encode") != fps["encode"]:
                     raise StoreError(f"The run store {url} was made for another scene or configuration; "
                                      "pass --overwrite to start afresh or choose another output folder.")
+                existing._reset_changed_levels(scene, config, fps, dims)
                 return existing, True
             _remove_store(url)
-        grid = WindowGrid(scene.georef.height, scene.georef.width, config.crop, config.stride)
-        meta: dict[str, Any] = {"format": FORMAT, "fingerprint": fp, "scene": scene.to_json(), "config": config.to_json(),
-                "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride},
-                "tokens_per_side": tokens}
+        grid = WindowGrid(*scene.work_shape, config.crop, config.stride)
         try:
             group = zarr.open_group(url, mode="w-")
         except (OSError, PermissionError) as exc:
             raise OutputError(f"The run store {url} cannot be created: {exc.strerror or exc}.") from None
-        L, N, P = len(grid), tokens * tokens, len(config.classes.prompts)
-        B, blk = config.batch_size, config.block
-        nblocks = _blocks(scene.georef.height, scene.georef.width, blk)
+        L, N, B = len(grid), tokens * tokens, config.batch_size
         group.create_array("windows/box", data=grid.boxes().astype(np.int32), chunks=(max(L, 1), 4))
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("keys", shape=(L, N, key_dim), chunks=(B, N, key_dim), dtype="float32", fill_value=0.0)
         group.create_array("values", shape=(L, N, value_dim), chunks=(B, N, value_dim), dtype="float32",
                            fill_value=0.0)
-        group.create_array("text", shape=(P, embed_dim), chunks=(P, embed_dim), dtype="float32", fill_value=0.0)
-        group.create_array("logits", shape=(L, N, P), chunks=(B, N, P), dtype="float32", fill_value=0.0)
-        group.create_array("classes", shape=(scene.georef.height, scene.georef.width), chunks=(blk, blk),
-                           dtype="uint8", fill_value=255)
-        group.create_array("blocks/stitched", shape=(len(nblocks),), chunks=(1,), dtype=bool, fill_value=False)
-        group.attrs["geogla"] = meta  # written last: a store without it is not a valid store
-        return cls(url, group), False
+        store = cls(url, group)
+        store._create_level_arrays("attend", scene, config, dims)
+        store._create_level_arrays("classify", scene, config, dims)
+        store._write_meta(scene, config, fps, grid, dims)  # last: a store without it is not a valid store
+        return store, False
+
+    def _write_meta(self, scene: Scene, config: RunConfig, fps: dict[str, str], grid: WindowGrid,
+                    dims: dict[str, int]) -> None:
+        self.group.attrs["geogla"] = {
+            "format": FORMAT, "fingerprints": fps, "scene": scene.to_json(), "config": config.to_json(),
+            "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride},
+            **dims}
+
+    def _create_level_arrays(self, level: str, scene: Scene, config: RunConfig, dims: dict[str, int]) -> None:
+        g = self.group
+        L = len(WindowGrid(*scene.work_shape, config.crop, config.stride))
+        N, B, E = dims["tokens_per_side"] ** 2, config.batch_size, dims["embed_dim"]
+        if level == "attend":
+            g.create_array("features", shape=(L, N, E), chunks=(B, N, E), dtype="float32", fill_value=0.0,
+                           overwrite=True)
+            return
+        H, W = scene.georef.shape
+        blk, P, C = config.block, len(config.classes.prompts), len(config.classes)
+        g.create_array("text", shape=(P, E), chunks=(max(P, 1), E), dtype="float32", fill_value=0.0,
+                       overwrite=True)
+        g.create_array("classes", shape=(H, W), chunks=(blk, blk), dtype="uint8", fill_value=255, overwrite=True)
+        if config.save_probabilities:
+            g.create_array("probabilities", shape=(C, H, W), chunks=(C, blk, blk), dtype="uint8", fill_value=0,
+                           overwrite=True)
+        g.create_array("blocks/stitched", shape=(len(_blocks(H, W, blk)),), chunks=(1,), dtype=bool,
+                       fill_value=False, overwrite=True)
+
+    def _reset_changed_levels(self, scene: Scene, config: RunConfig, fps: dict[str, str],
+                              dims: dict[str, int]) -> None:
+        old = self.meta["fingerprints"]
+        changed = [lvl for lvl in ("attend", "classify") if old.get(lvl) != fps[lvl]]
+        if "attend" in changed and "classify" not in changed:
+            changed.append("classify")  # class results are made from the attended features
+        for level in changed:
+            for name in _LEVEL_ARRAYS[level]:
+                if name in self.group:
+                    del self.group[name]
+            self._create_level_arrays(level, scene, config, dims)
+        self._write_meta(scene, config, fps, self.grid, dims)
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -155,6 +204,10 @@ class RunStore:
         return np.asarray(self.array(name).oindex[np.asarray(rows, dtype=np.int64)])
 
     # -- stage markers -------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.meta["embed_dim"])
+
     def is_done(self, stage: str) -> bool:
         return f"done/{stage}" in self.group
 

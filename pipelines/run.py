@@ -23,7 +23,7 @@ from distributed import Client, LocalCluster
 from geogla import stages
 from geogla.errors import OutputError
 from geogla.runconfig import RunConfig
-from geogla.scene import open_scene
+from geogla.scene import Scene, open_scene
 from geogla.store import RunStore
 
 
@@ -37,6 +37,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    valid_windows: int = 0
 
 
 def _sum_timings(parts: Any) -> dict[str, float]:
@@ -72,7 +73,10 @@ def embedded_client() -> Iterator[Client]:
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with dask.config.set({"distributed.worker.daemon": False}):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+        # Any free port: distributed serves HTTP (health, dashboard) even when asked not to, and a fixed
+        # port would clash with a cluster the user already runs.
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                               dashboard_address="127.0.0.1:0")
         try:
             with Client(cluster) as client:
                 yield client
@@ -100,20 +104,24 @@ def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | Non
     paths = stages.output_paths(out_dir, store.scene.stem)
     if labels is None:
         del paths["metrics"]
+    if not store.config.save_probabilities:
+        del paths["probabilities"]
     return RunResult(outputs={k: str(v) for k, v in paths.items()}, store_url=store.url, resumed=resumed,
-                     timings=timings, wall=time.perf_counter() - t0, metrics=metrics)
+                     timings=timings, wall=time.perf_counter() - t0, metrics=metrics,
+                     valid_windows=int(store.read("windows/valid").sum()))
 
 
 def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[int] | None = None,
-              store_url: str | None = None, overwrite: bool = False, client: Client | None = None,
-              labels: str | None = None, on_start: Callable[[], None] | None = None) -> RunResult:
+              gsd: float | None = None, resize_long_side: int | None = None, store_url: str | None = None,
+              overwrite: bool = False, client: Client | None = None, labels: str | None = None,
+              on_start: Callable[[Scene], None] | None = None) -> RunResult:
     """Check everything a run needs, create (or resume) its store, and run it.
 
     Every check a user can fail (the scene, the weights, the output folder) happens before
-    anything is written, so a user error leaves nothing behind.  ``on_start`` is called once they
-    have passed, before the work starts.
+    anything is written, so a user error leaves nothing behind.  ``on_start(scene)`` is called once
+    they have passed, before the work starts.
     """
-    scene = open_scene(scene_path, bands=bands)
+    scene = open_scene(scene_path, bands=bands, gsd=gsd, resize_long_side=resize_long_side)
     if labels is not None:
         stages.check_labels(labels, scene)
     c = config
@@ -124,7 +132,7 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
         url, scene, config, tokens=model.tokens_per_side(config.crop), key_dim=model.key_dim,
         value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
     if on_start is not None:
-        on_start()
+        on_start(scene)
     return timed_run(store, out_dir, resumed, client, labels)
 
 

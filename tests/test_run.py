@@ -13,7 +13,11 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
+from geogla.classes import parse_classes
 from geogla.cli import main
+from geogla.gla import GLAConfig
+from geogla.runconfig import RunConfig
+from pipelines.run import run_scene
 from tests.conftest import REPO, structured_rgb, write_geotiff
 
 TINY = ["--model", "tiny", "--weights", "random"]
@@ -63,12 +67,32 @@ def test_rerun_resumes_and_gives_the_same_raster(scene_tif: Path, tmp_path: Path
     assert np.array_equal(rasterio.open(out / "scene.classes.tif").read(1), first)
 
 
-def test_store_of_another_config_is_refused(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_store_of_another_encoder_config_is_refused(scene_tif: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
-    assert main(["run", str(scene_tif), "--classes", "building,road", "-o", str(out), *TINY]) == 2
+    assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY, "--stride", "56"]) == 2
     assert "another scene or configuration" in capsys.readouterr().err
-    assert main(["run", str(scene_tif), "--classes", "building,road", "-o", str(out), *TINY, "--overwrite"]) == 0
+    assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY, "--stride", "56",
+                 "--overwrite"]) == 0
+
+
+def test_new_classes_or_attention_reuse_the_encoded_windows(scene_tif: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    config = RunConfig(classes=parse_classes("building,tree"), model="tiny", weights="random")
+    first = run_scene(str(scene_tif), out, config)
+    assert first.timings["encode"] > 0 and not first.resumed
+    other_classes = run_scene(str(scene_tif), out, config.with_(classes=parse_classes("water,road,field")))
+    assert other_classes.resumed and "encode" not in other_classes.timings and other_classes.timings["text"] > 0
+    with rasterio.open(other_classes.outputs["cog"]) as ds:
+        assert json.loads(ds.tags()["GEOGLA_CLASSES"]) == ["water", "road", "field"]
+        assert set(np.unique(ds.read(1))) <= {0, 1, 2}
+    # Another attention: attention and stitching again, encoders not.
+    baseline = run_scene(str(scene_tif), out, config.with_(attention=GLAConfig.proxyclip()))
+    assert "encode" not in baseline.timings and baseline.timings["attend"] > 0
+    # Same settings again: nothing but the output files is recomputed.
+    again = run_scene(str(scene_tif), out, config.with_(attention=GLAConfig.proxyclip()))
+    assert {"encode", "attend", "text", "stitch"}.isdisjoint(again.timings)
 
 
 def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:

@@ -1,0 +1,142 @@
+"""Geospatial inputs and outputs: working resolution, probabilities, polygons filters, pixel
+coordinates, all-nodata scenes and the answers to bad input (issue: GIS users' expectations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from PIL import Image
+
+from geogla.cli import main
+from geogla.scene import open_scene
+from tests.conftest import structured_rgb, write_geotiff
+from tests.test_run import TINY, rasterize_gpkg
+
+
+def test_gsd_resamples_the_models_input_but_not_the_outputs(scene_tif: Path, tmp_path: Path) -> None:
+    # 0.5 m pixels read at 1 m: the working image is half the size, the outputs keep the file's grid.
+    assert open_scene(scene_tif, gsd=1.0).work_shape == (150, 210)
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), "--gsd", "1", *TINY]) == 0
+    with rasterio.open(scene_tif) as src, rasterio.open(out / "scene.classes.tif") as dst:
+        assert (dst.crs, dst.transform, dst.shape) == (src.crs, src.transform, src.shape)
+        classes = dst.read(1)
+        assert np.all(classes != 255)
+        assert (rasterize_gpkg(out / "scene.gpkg", dst) == classes).mean() >= 0.99
+
+
+def test_gsd_stitching_equals_a_whole_canvas_resize(scene_tif: Path, tmp_path: Path) -> None:
+    """Blocks stitched one by one and resampled equal one global bilinear resize of the canvas."""
+    import torch
+    import torch.nn.functional as F
+
+    from geogla import stages
+    from geogla.classes import parse_classes
+    from geogla.runconfig import RunConfig
+    from pipelines.run import run_scene
+
+    config = RunConfig(classes=parse_classes("building,tree,road"), model="tiny", weights="random", block=128,
+                       save_probabilities=True)
+    result = run_scene(str(scene_tif), str(tmp_path / "out"), config, gsd=0.8)
+    store = stages.RunStore.open(result.store_url)
+    scene = store.scene
+    text = torch.from_numpy(store.read("text"))
+    valid = store.read("windows/valid")
+    canvas, _ = stages._working_logits(store, (0, 0, *scene.work_shape), text, valid)
+    whole = F.interpolate(canvas[None], size=scene.georef.shape, mode="bilinear", align_corners=False)[0]
+    expected = stages.class_probabilities(whole, config.classes, config.logit_scale)
+    got = torch.from_numpy(store.read("probabilities").astype(np.float32)) / 255
+    assert (got - expected).abs().max() < 1 / 255 + 1e-4
+
+
+def test_save_probabilities_writes_a_band_per_class(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree|forest,road", "-o", str(out),
+                 "--save-probabilities", *TINY]) == 0
+    with rasterio.open(out / "scene.probabilities.tif") as p, rasterio.open(out / "scene.classes.tif") as c:
+        assert p.count == 3 and p.descriptions == ("building", "tree", "road")
+        assert (p.crs, p.transform) == (c.crs, c.transform)
+        probs, classes = p.read(), c.read(1)
+    # The class raster is the argmax of the probabilities (up to ties after quantising to 1/255).
+    top = probs.max(axis=0)
+    picked = np.take_along_axis(probs, classes[None].astype(np.int64), axis=0)[0]
+    assert np.all(top - picked <= 1)
+
+
+def test_min_area_drops_small_polygons(scene_tif: Path, tmp_path: Path) -> None:
+    areas = {}
+    for name, extra in (("all", []), ("big", ["--min-area", "50"])):
+        out = tmp_path / name
+        assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY, *extra]) == 0
+        gpkg = out / "scene.gpkg"
+        areas[name] = np.concatenate([pyogrio.read_dataframe(gpkg, layer=n)["area"].to_numpy()
+                                      for n, g in pyogrio.list_layers(gpkg) if g is not None])
+    assert areas["big"].min() >= 50
+    assert sorted(areas["big"]) == sorted(a for a in areas["all"] if a >= 50)
+
+
+def test_jpeg_without_crs_runs_in_pixel_coordinates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jpeg = tmp_path / "frame.jpg"
+    Image.fromarray(structured_rgb(240, 320).transpose(1, 2, 0)).save(jpeg, quality=95)
+    out = tmp_path / "out"
+    assert main(["run", str(jpeg), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no CRS") == 1 and "pixel coordinates" in err
+    with rasterio.open(out / "frame.classes.tif") as dst:
+        assert dst.crs is None and tuple(dst.transform)[:6] == (1, 0, 0, 0, -1, 0)
+        assert (rasterize_gpkg(out / "frame.gpkg", dst) == dst.read(1)).mean() >= 0.99
+    for name, geometry_type in pyogrio.list_layers(out / "frame.gpkg"):
+        if geometry_type is not None:
+            df = pyogrio.read_dataframe(out / "frame.gpkg", layer=name)
+            minx, miny, maxx, maxy = df.total_bounds
+            assert 0 <= minx and maxx <= 320 and -240 <= miny and maxy <= 0
+            assert df.crs is None
+
+
+def test_all_nodata_scene_warns_and_writes_empty_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scene = write_geotiff(tmp_path / "empty.tif", np.zeros((3, 200, 260), np.uint8), nodata=0)
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    assert "entirely nodata" in capsys.readouterr().err
+    with rasterio.open(out / "empty.classes.tif") as dst:
+        assert np.all(dst.read(1) == 255)
+    assert [g for _, g in pyogrio.list_layers(out / "empty.gpkg") if g is not None] == []
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("truncated", ["--classes", "a,b"], "truncated or corrupt"),
+    ("scene", ["--classes", "a,b", "--gsd", "-2"], "--gsd must be a positive"),
+    ("scene", ["--classes", "a,b", "--gsd", "0"], "--gsd must be a positive"),
+    ("jpeg", ["--classes", "a,b", "--gsd", "1"], "has no CRS"),
+    ("scene", ["--classes", "a,b", "--min-area", "-1"], "--min-area"),
+    ("scene", ["--classes", "a,b", "--bands", "x"], "band numbers"),
+])
+def test_more_bad_input(case: str, args: list[str], message: str, scene_tif: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    if case == "truncated":
+        full = write_geotiff(tmp_path / "full.tif", structured_rgb(512, 512), tiled=True, blockxsize=256,
+                             blockysize=256)
+        path = tmp_path / "cut.tif"
+        path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    elif case == "jpeg":
+        path = tmp_path / "frame.jpg"
+        Image.fromarray(structured_rgb(64, 64).transpose(1, 2, 0)).save(path)
+    else:
+        path = scene_tif
+    out = tmp_path / "out"
+    assert main(["run", str(path), *args, "-o", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_outputs_record_the_classes(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "scene.classes.tif") as dst:
+        assert json.loads(dst.tags()["GEOGLA_CLASSES"]) == ["building", "tree"]
