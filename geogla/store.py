@@ -93,6 +93,8 @@ class RunStore:
         """
         fps = fingerprints(scene, config)
         dims = {"tokens_per_side": tokens, "key_dim": key_dim, "value_dim": value_dim, "embed_dim": embed_dim}
+        if _store_exists(url) and _interrupted_creation(url):
+            _remove_store(url)  # killed while being created: nothing in it is worth keeping
         if _store_exists(url):
             if not overwrite:
                 try:
@@ -156,6 +158,13 @@ class RunStore:
         changed = [lvl for lvl in ("attend", "classify") if old.get(lvl) != fps[lvl]]
         if "attend" in changed and "classify" not in changed:
             changed.append("classify")  # class results are made from the attended features
+        if not changed:
+            self._write_meta(scene, config, fps, self.grid, dims)  # execution-only settings may differ
+            return
+        # Invalidate first: a run killed during the reset must not trust half-reset arrays.
+        meta = self.meta
+        meta["fingerprints"] = {**old, **{lvl: "" for lvl in changed}}
+        self.group.attrs["geogla"] = meta
         for level in changed:
             for name in _LEVEL_ARRAYS[level]:
                 if name in self.group:
@@ -220,6 +229,19 @@ class RunStore:
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
     return [(y, x, min(y + block, height), min(x + block, width))
             for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def _interrupted_creation(url: str) -> bool:
+    """True for a store whose creation was interrupted: a group with no geogla metadata holding
+    nothing but arrays geogla creates."""
+    try:
+        group = zarr.open_group(url, mode="r")
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    if "geogla" in group.attrs:
+        return False
+    ours = {"windows", "keys", "values", "features", "text", "classes", "probabilities", "blocks", "done"}
+    return set(group.keys()) <= ours
 
 
 def _store_exists(url: str) -> bool:
