@@ -16,10 +16,40 @@ from typing import NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
 from geogla.models.weights import RandomWeightsWarning
+from pipelines.run import Progress
 
 RANDOM_WEIGHTS_BANNER = (
     "WARNING: --weights random: CLIP and the VFM have RANDOM weights. The labels are meaningless; "
     "this mode only exercises and benchmarks the pipeline.")
+
+
+class ProgressPrinter:
+    """Prints a run's progress on stderr: one updating line on a terminal, else a line at most
+    every ``interval`` seconds (logs stay short), and always the last state."""
+
+    def __init__(self, interval: float = 15.0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.interval = interval
+        self._last = -1e9
+        self._width = 0
+
+    def __call__(self, p: Progress) -> None:
+        finished = all(p.done[k] == p.total[k] for k in p.total)
+        if not self.tty and not finished and p.elapsed - self._last < self.interval:
+            return
+        self._last = p.elapsed
+        stages = " | ".join(f"{k} {p.done[k]}/{p.total[k]}" for k in p.total if p.total[k] > 1 or k == "attend")
+        rate = p.windows_per_second()
+        left = p.seconds_left()
+        tail = f", {rate:.1f} windows/s" if rate else ""
+        tail += f", ~{left:.0f}s of encoding left" if left and p.windows_done < p.windows_total else ""
+        line = f"{stages}{tail} [{p.elapsed:.0f}s]"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(self._width) + ("\n" if finished else ""))
+            self._width = len(line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "scene: report mIoU and the Boundary Error Rate")
     run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     return parser
 
 
@@ -104,7 +135,8 @@ def _run(args: argparse.Namespace) -> int:
                   "and areas in square pixels.", file=sys.stderr)
 
     result = run_scene(args.scene, args.out, config, bands=args.bands, gsd=args.gsd, store_url=args.store,
-                       overwrite=args.overwrite, labels=args.labels, on_start=banner)
+                       overwrite=args.overwrite, labels=args.labels, on_start=banner,
+                       progress=None if args.quiet else ProgressPrinter())
     if result.valid_windows == 0:
         print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:

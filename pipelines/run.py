@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask
+from dask.base import tokenize
 from dask.delayed import Delayed, delayed
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, as_completed
 
 from geogla import stages
 from geogla.errors import OutputError
@@ -48,23 +49,59 @@ def _sum_timings(parts: Any) -> dict[str, float]:
     return total
 
 
-def build_graph(store: RunStore, out_dir: str, labels: str | None = None) -> Delayed:
-    """The delayed graph of one run; computing it returns the list of every task's timings.
+@dataclass(frozen=True)
+class Task:
+    """One task of a run's graph: its stage, the delayed call, and how many windows it encodes."""
+
+    stage: str
+    call: Delayed
+    windows: int = 0
+
+
+def build_tasks(store: RunStore, out_dir: str, labels: str | None = None) -> list[Task]:
+    """The tasks of one run, dependencies wired; each computes to a dict of timings.
 
     With ``labels`` (a label raster of class ids) an evaluation task scores the class raster.
+    Task keys carry a token of the store so that runs sharing a cluster never collide.
     """
     url = store.url
-    encodes = [delayed(stages.encode_windows, pure=False)(url, ids, dask_key_name=f"encode-{k}")
-               for k, ids in enumerate(stages.window_batches(store))]
-    text = delayed(stages.embed_text, pure=False)(url, dask_key_name="text")
-    attended = delayed(stages.attend_windows, pure=False)(url, text, *encodes, dask_key_name="attend")
-    stitched = [delayed(stages.stitch_block, pure=False)(url, b, attended, dask_key_name=f"stitch-{b}")
-                for b in range(len(store.blocks()))]
-    outputs = delayed(stages.write_outputs, pure=False)(url, out_dir, *stitched, dask_key_name="outputs")
-    tasks = [*encodes, text, attended, *stitched, outputs]
+    token = tokenize(url, store.meta["fingerprints"], time.time_ns())
+
+    def call(fn: Any, name: str, *args: Any) -> Delayed:
+        return delayed(fn, pure=False)(*args, dask_key_name=f"{name}-{token}")
+
+    batches = stages.window_batches(store)
+    encodes = [call(stages.encode_windows, f"encode-{k}", url, ids) for k, ids in enumerate(batches)]
+    text = call(stages.embed_text, "text", url)
+    attended = call(stages.attend_windows, "attend", url, text, *encodes)
+    stitched = [call(stages.stitch_block, f"stitch-{b}", url, b, attended) for b in range(len(store.blocks()))]
+    tasks = [*(Task("encode", e, len(ids)) for e, ids in zip(encodes, batches, strict=True)), Task("text", text),
+             Task("attend", attended), *(Task("stitch", s) for s in stitched),
+             Task("outputs", call(stages.write_outputs, "outputs", url, out_dir, *stitched))]
     if labels is not None:
-        tasks.append(delayed(stages.evaluate, pure=False)(url, labels, out_dir, *stitched, dask_key_name="evaluate"))
-    return delayed(list)(tasks, dask_key_name="run")
+        tasks.append(Task("evaluate", call(stages.evaluate, "evaluate", url, labels, out_dir, *stitched)))
+    return tasks
+
+
+@dataclass
+class Progress:
+    """How far a run is: tasks done per stage, windows encoded, and the time since it started."""
+
+    done: dict[str, int]
+    total: dict[str, int]
+    windows_done: int
+    windows_total: int
+    elapsed: float
+    skipped_windows: int = 0
+
+    def windows_per_second(self) -> float:
+        worked = self.windows_done - self.skipped_windows
+        return worked / self.elapsed if self.elapsed > 0 and worked > 0 else 0.0
+
+    def seconds_left(self) -> float | None:
+        """Time left for the encoders at the current rate (None until a rate is known)."""
+        rate = self.windows_per_second()
+        return (self.windows_total - self.windows_done) / rate if rate else None
 
 
 @contextmanager
@@ -84,22 +121,50 @@ def embedded_client() -> Iterator[Client]:
             cluster.close()
 
 
-def run_graph(store: RunStore, out_dir: str, client: Client | None = None,
-              labels: str | None = None) -> dict[str, float]:
-    """Compute the run's graph on ``client`` (an embedded cluster when None); return summed timings."""
-    graph = build_graph(store, out_dir, labels)
+def run_graph(store: RunStore, out_dir: str, client: Client | None = None, labels: str | None = None,
+              progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
+    """Compute the run's tasks on ``client`` (an embedded cluster when None); return summed timings.
+
+    ``progress`` is called after every finished task.
+    """
     if client is None:
         with embedded_client() as c:
-            parts = c.compute(graph).result()
-    else:
-        parts = client.compute(graph).result()
+            return run_graph(store, out_dir, c, labels, progress)
+    tasks = build_tasks(store, out_dir, labels)
+    futures = client.compute([t.call for t in tasks])
+    by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+    total: dict[str, int] = {}
+    for t in tasks:
+        total[t.stage] = total.get(t.stage, 0) + 1
+    state = Progress(done=dict.fromkeys(total, 0), total=total, windows_done=0,
+                     windows_total=sum(t.windows for t in tasks), elapsed=0.0)
+    t0 = time.perf_counter()
+    parts = []
+    try:
+        for future in as_completed(futures):
+            part = future.result()  # re-raises a task's error here, with its own type
+            parts.append(part)
+            _advance(state, by_key[future.key], part, time.perf_counter() - t0)
+            if progress is not None:
+                progress(state)
+    except BaseException:
+        client.cancel(futures)  # a failed (or interrupted) run leaves no tasks behind on the cluster
+        raise
     return _sum_timings(parts)
 
 
+def _advance(state: Progress, task: Task, part: dict[str, float], elapsed: float) -> None:
+    state.done[task.stage] += 1
+    state.windows_done += task.windows
+    if "encode_skipped" in part:
+        state.skipped_windows += task.windows
+    state.elapsed = elapsed
+
+
 def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | None = None,
-              labels: str | None = None) -> RunResult:
+              labels: str | None = None, progress: Callable[[Progress], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
-    timings = run_graph(store, out_dir, client, labels)
+    timings = run_graph(store, out_dir, client, labels, progress)
     metrics = {k.removeprefix("metric:"): timings.pop(k) for k in list(timings) if k.startswith("metric:")}
     paths = stages.output_paths(out_dir, store.scene.stem)
     if labels is None:
@@ -114,7 +179,8 @@ def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | Non
 def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[int] | None = None,
               gsd: float | None = None, resize_long_side: int | None = None, store_url: str | None = None,
               overwrite: bool = False, client: Client | None = None, labels: str | None = None,
-              on_start: Callable[[Scene], None] | None = None) -> RunResult:
+              on_start: Callable[[Scene], None] | None = None,
+              progress: Callable[[Progress], None] | None = None) -> RunResult:
     """Check everything a run needs, create (or resume) its store, and run it.
 
     Every check a user can fail (the scene, the weights, the output folder) happens before
@@ -133,7 +199,7 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
         value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
     if on_start is not None:
         on_start(scene)
-    return timed_run(store, out_dir, resumed, client, labels)
+    return timed_run(store, out_dir, resumed, client, labels, progress)
 
 
 def ensure_writable_dir(path: str) -> None:

@@ -198,3 +198,19 @@ def test_labels_of_another_size_are_refused(scene_tif: Path, tmp_path: Path, cap
     assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(out), *TINY, "--labels", str(labels)]) == 2
     assert "is 10 x 10 pixels but the scene is 420 x 300" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_progress_lines_are_throttled_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from geogla.cli import ProgressPrinter
+    from pipelines.run import Progress
+
+    printer = ProgressPrinter(interval=10.0)
+    total = {"encode": 4, "attend": 1, "stitch": 2}
+    for elapsed, enc in ((1.0, 1), (2.0, 2), (12.0, 3)):
+        printer(Progress(done={"encode": enc, "attend": 0, "stitch": 0}, total=total, windows_done=8 * enc,
+                         windows_total=32, elapsed=elapsed))
+    printer(Progress(done=dict(total), total=total, windows_done=32, windows_total=32, elapsed=13.0))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3  # t=1, t=12 (10 s later), and the finished state
+    assert lines[1] == "encode 3/4 | attend 0/1 | stitch 0/2, 2.0 windows/s, ~4s of encoding left [12s]"
+    assert lines[2].startswith("encode 4/4 | attend 1/1 | stitch 2/2")
