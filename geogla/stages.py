@@ -29,6 +29,7 @@ from geogla.gla import attend
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel, create_model
 from geogla.scene import Scene, SceneReader, open_raster
+from geogla.stac import tiff_datetime, write_stac_item
 from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
 
@@ -262,7 +263,8 @@ def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
     for) and the metrics (with labels)."""
     out = Path(out_dir)
     return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
-            "probabilities": out / f"{stem}.probabilities.tif", "metrics": out / f"{stem}.metrics.json"}
+            "probabilities": out / f"{stem}.probabilities.tif", "stac": out / f"{stem}.stac.json",
+            "metrics": out / f"{stem}.metrics.json"}
 
 
 def check_labels(labels_path: str, scene: Scene) -> None:
@@ -323,4 +325,12 @@ def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float
     # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
     polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area, simplify=cfg.simplify)
     write_geopackage(paths["gpkg"], polygons, scene.georef, cfg.classes)
+    with gdal_env(), open_raster(scene.path) as ds:
+        acquired = tiff_datetime(ds.tags())
+    properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
+                  "geogla:attention": cfg.attention.to_json(),
+                  "geogla:source": os.path.basename(scene.path)}
+    write_stac_item(paths["stac"], item_id=scene.stem, cog_path=paths["cog"], gpkg_path=paths["gpkg"],
+                    georef=scene.georef, class_list=cfg.classes, datetime=acquired, properties=properties,
+                    probabilities_path=paths["probabilities"] if cfg.save_probabilities else None)
     return {"cog": t1 - t0, "vectorize": time.perf_counter() - t1}

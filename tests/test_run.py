@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio
+import pystac
 import pytest
 import rasterio
 from rasterio.features import rasterize
@@ -56,6 +57,9 @@ def test_run_writes_aligned_cog_and_styled_gpkg(scene_tif: Path, tmp_path: Path,
     layers = {name for name, geometry_type in pyogrio.list_layers(gpkg) if geometry_type is not None}
     assert layers == {["building", "tree", "road"][c] for c in np.unique(classes)}
     assert (out / "scene.zarr").is_dir()
+    item = pystac.Item.from_file(str(out / "scene.stac.json"))
+    assert set(item.assets) == {"classes", "polygons"}
+    assert item.properties["geogla:weights"] == "random" and item.properties["proj:code"] == "EPSG:32633"
 
 
 def test_rerun_resumes_and_gives_the_same_raster(scene_tif: Path, tmp_path: Path) -> None:
