@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -236,11 +236,14 @@ class SceneReader:
             self._env.__exit__(None, None, None)
 
     def read(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Read pixels ``[y1:y2, x1:x2]`` as ``(rgb, valid)``.
+        """Read WORKING-image pixels ``[y1:y2, x1:x2]`` as ``(rgb, valid)``.
 
         ``rgb`` is float32 ``(3, h, w)`` in [0, 1]; ``valid`` is bool ``(h, w)``, False on nodata
-        (the file's nodata value, mask band or alpha band) and on padding beyond the image edge,
-        where ``rgb`` is 0.
+        and on padding beyond the image edge, where ``rgb`` is 0.  Nodata is rasterio's dataset
+        mask: the file's mask band or alpha band where it has one, else the pixels where every band
+        equals its nodata value.  A resized working image (``--gsd``, a protocol's resize) is read
+        through GDAL's resampling of the matching file window (bilinear for the pixels, nearest
+        for the mask), window by window.
         """
         y1, x1, y2, x2 = box
         sc = self.scene
@@ -248,14 +251,22 @@ class SceneReader:
         rgb = np.zeros((3, h, w), dtype=np.float32)
         valid = np.zeros((h, w), dtype=bool)
         ry1, rx1 = max(y1, 0), max(x1, 0)
-        ry2, rx2 = min(y2, sc.georef.height), min(x2, sc.georef.width)
+        ry2, rx2 = min(y2, sc.work_shape[0]), min(x2, sc.work_shape[1])
         if ry2 <= ry1 or rx2 <= rx1:
             return rgb, valid
-        win = Window(rx1, ry1, rx2 - rx1, ry2 - ry1)
+        fy, fx = sc.work_scale
         idx = list(sc.band_indexes)
         try:
-            data = self._ds.read(idx, window=win).astype(np.float32)
-            ok = self._ds.dataset_mask(window=win) > 0
+            if (fy, fx) == (1.0, 1.0):
+                win = Window(rx1, ry1, rx2 - rx1, ry2 - ry1)
+                data = self._ds.read(idx, window=win).astype(np.float32)
+                ok = self._ds.dataset_mask(window=win) > 0
+            else:
+                win = Window(rx1 * fx, ry1 * fy, (rx2 - rx1) * fx, (ry2 - ry1) * fy)
+                shape = (ry2 - ry1, rx2 - rx1)
+                data = self._ds.read(idx, window=win, out_shape=(3, *shape),
+                                     resampling=Resampling.bilinear).astype(np.float32)
+                ok = self._ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
         except RasterioError as exc:
             raise SceneError(f"The scene {sc.path} cannot be read at rows {ry1}-{ry2}, columns {rx1}-{rx2} "
                              f"(truncated or corrupt?): {_first_line(exc)}.") from None

@@ -76,3 +76,16 @@ def test_not_a_raster_and_missing(tmp_path: Path) -> None:
         open_scene(tmp_path / "t.tif")
     with pytest.raises(SceneError, match="does not exist"):
         open_scene(tmp_path / "nope.tif")
+
+
+def test_working_resolution_reads_the_whole_scene_resampled(scene_tif: Path) -> None:
+    """At half resolution a window covers twice the ground: pixels are the file's, resampled."""
+    scene = open_scene(scene_tif, gsd=1.0)
+    assert scene.work_shape == (150, 210)
+    with SceneReader(scene) as r:
+        rgb, valid = r.read((0, 0, 150, 210))
+    full = structured_rgb(300, 420) / 255.0
+    two_by_two = full.reshape(3, 150, 2, 210, 2).mean(axis=(2, 4))
+    assert valid.all()
+    assert np.abs(rgb - two_by_two).mean() < 0.02  # GDAL's bilinear at scale 2 ~ the 2 x 2 mean
+    assert np.abs(rgb - full[:, :150, :210]).mean() > 0.05  # not a crop of the file
