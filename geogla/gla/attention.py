@@ -53,19 +53,25 @@ def attend(
         keys: ``(L, N, Dk)`` float, VFM tokens of the ``L`` windows, ``N = n * n`` row-major,
             each row L2-normalised.
         values: ``(L, N, Dv)`` float, CLIP value tokens on the same grid.
-        config: the method's switches and constants.
+        config: the method's switches and constants; ``config.memory_mode(L * N)`` chooses
+            exact attention (here) or scalable attention (:mod:`geogla.gla.scalable`).
         offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene's token grid;
-            needed only by query smoothing.
+            needed by query smoothing and by scalable attention.
 
     Returns:
         ``(L, N, Dv)`` tensor ``A V`` in ``values.dtype`` on ``values.device``; one attention map
         serves every head, so heads need not be split.
 
     Raises:
-        ConfigError: ``config.smoothing`` is set but ``offsets`` is missing.
+        ConfigError: ``config.smoothing`` is set, or scalable attention is chosen, but
+            ``offsets`` is missing.
         ValueError: shapes, dtypes or devices of the inputs do not fit together.
     """
     _check_inputs(keys, values, offsets, config)
+    if config.memory_mode(keys.shape[0] * keys.shape[1]) == "scalable":
+        from geogla.gla.scalable import attend_scalable  # imports this module
+
+        return attend_scalable(keys, values, config, offsets)
     n_windows, n_tokens, dim_k = keys.shape
     dim_v = values.shape[2]
     total = n_windows * n_tokens
@@ -467,5 +473,11 @@ def _check_inputs(keys: Tensor, values: Tensor, offsets: Tensor | None, config: 
         raise ValueError(f"keys on {keys.device} and values on {values.device}")
     if config.smoothing and offsets is None:
         raise ConfigError("query smoothing needs the windows' token offsets; pass offsets=(L, 2).")
+    total = keys.shape[0] * keys.shape[1]
+    if offsets is None and config.memory_mode(total) == "scalable":
+        raise ConfigError(
+            f"scalable attention (memory={config.memory!r}, {total} tokens, exact_max_tokens="
+            f"{config.exact_max_tokens}) needs the windows' token offsets; pass offsets=(L, 2)."
+        )
     if offsets is not None and (offsets.shape != (keys.shape[0], 2) or offsets.is_floating_point()):
         raise ValueError(f"offsets must be an integer tensor of shape ({keys.shape[0]}, 2)")

@@ -11,10 +11,12 @@ from geogla.errors import ConfigError
 Norm = Literal["dynamic", "fixed"]
 Mean = Literal["row", "window"]
 Precision = Literal["float32", "bfloat16", "auto"]
+Memory = Literal["exact", "scalable", "auto"]
 
 _NORMS = ("dynamic", "fixed")
 _MEANS = ("row", "window")
 _PRECISIONS = ("float32", "bfloat16", "auto")
+_MEMORIES = ("exact", "scalable", "auto")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,30 @@ class GLAConfig:
             because on structured inputs it changes no label (tests/test_gla.py); outputs
             differ from float32 by about 0.2 % (relative, median token), so ask for
             ``"float32"`` when comparing against float32 references.
+        memory: how the global attention (``kv_extension``) is computed.  ``"exact"``: every
+            query against all ``T = L * N`` keys, cost ``O(T^2 D)``.  ``"scalable"``
+            (geogla/gla/scalable.py): every query against the keys of its *near* windows,
+            exactly, plus ``far_samples`` weighted representatives of all other keys (the keys
+            closest to the modes of the proxy iteration, and a sample stratified by k-means
+            prototype); cost ``O(T (near + far_samples) D)``, linear in the scene; needs the
+            windows' offsets.  Row means ``m_i``, ``u`` and the near keys stay exact; the far
+            part is an estimate (see the module's limits).  ``"auto"`` (default): exact while
+            ``T <= exact_max_tokens``, scalable above.  Without ``kv_extension`` attention is
+            per window (already linear) and this option is ignored.
+        exact_max_tokens: the ``"auto"`` rule's threshold on ``T``.  The default 32,768 (41
+            windows of 784 tokens) keeps exact attention where it is affordable everywhere
+            (about 30 s on two CPU cores; its memory, a few ``T x D`` copies besides the
+            budgeted blocks, is small there) and scalable attention would gain less than about
+            4x (benchmarks/bench_scalable.py).  Raise it on a GPU: exact is the reference.
+        near_radius: scalable mode: a query's near windows are those whose extent, grown by this
+            many tokens on every side, contains the query's scene position (0: the windows that
+            cover it, which hold its overlap duplicates and spatial neighbours).
+        far_samples: scalable mode: number of representatives of the far keys; when it is at
+            least ``T`` every key represents itself and the result is exact.
+        prototypes: scalable mode: number of spherical k-means prototypes that stratify the
+            sample and start the proxy modes.
+        seed: scalable mode: seed of the k-means initialisation and of the sample; the same
+            inputs and seed give the same outputs.
     """
 
     kv_extension: bool = True
@@ -73,15 +99,25 @@ class GLAConfig:
     smoothing: bool = False
     memory_budget_mb: int = 1024
     precision: Precision = "auto"
+    memory: Memory = "auto"
+    exact_max_tokens: int = 32768
+    near_radius: int = 0
+    far_samples: int = 4096
+    prototypes: int = 64
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("kv_extension", "proxy", "smoothing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"GLA option {name} must be true or false, got {getattr(self, name)!r}.")
-        for name in ("steps", "memory_budget_mb"):
+        for name in ("steps", "memory_budget_mb", "exact_max_tokens", "far_samples", "prototypes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"GLA option {name} must be a whole number of at least 1, got {value!r}.")
+        for name in ("near_radius", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"GLA option {name} must be a whole number of at least 0, got {value!r}.")
         for name in ("rho", "lambda1", "lambda2", "beta", "gamma", "temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -101,6 +137,23 @@ class GLAConfig:
             raise ConfigError(
                 f"GLA option precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}."
             )
+        if self.memory not in _MEMORIES:
+            raise ConfigError(
+                f"GLA option memory must be one of {', '.join(_MEMORIES)}, got {self.memory!r}."
+            )
+
+    def memory_mode(self, total_tokens: int) -> Literal["exact", "scalable"]:
+        """How attention over ``total_tokens = L * N`` keys is computed under this config.
+
+        ``"exact"`` without ``kv_extension`` (per-window attention is linear already), for
+        ``memory="exact"``, and for ``memory="auto"`` while ``total_tokens <= exact_max_tokens``;
+        ``"scalable"`` otherwise.
+        """
+        if not self.kv_extension or self.memory == "exact":
+            return "exact"
+        if self.memory == "auto" and total_tokens <= self.exact_max_tokens:
+            return "exact"
+        return "scalable"
 
     @classmethod
     def proxyclip(cls, **overrides: Any) -> GLAConfig:

@@ -1,0 +1,465 @@
+"""ProxyCLIP + GLA attention at a cost linear in the scene (``GLAConfig(memory="scalable")``).
+
+Pure tensor functions.  The entry point is :func:`attend_scalable`; ``geogla.gla.attend``
+dispatches to it.
+
+Why this works.  After masking, a query keeps only keys with ``S_ij >= u m_i`` (or only its row
+maximum when ``u m_i`` exceeds it) and weighs them by ``exp(w_i S_ij)``: attention goes to the
+keys most similar to the query's proxy.  The keys that decide a query's details are its own
+window's and the overlap duplicates of its scene position in the other windows that cover it
+(near-identical tokens, which matter most at window seams); far keys matter through sums (how
+many are similar, ``|P_i|``; their mean, the proxy; their values' weighted mean), which a
+weighted sample estimates, and through the few most similar keys of the whole scene, which sit
+near the modes of the proxy iteration and are kept with certainty.
+
+How it is computed.
+
+1. Far summary (:mod:`geogla.gla.prototypes`, one pass over all keys): spherical k-means
+   prototypes (``prototypes``, fitted on a seeded sample) stratify the ``T`` keys;
+   ``far_samples`` representatives are chosen: up to half are the keys closest to the modes of
+   the proxy iteration (started from every prototype), the rest a random sample stratified by
+   prototype.  The strata's exact key and value sums are kept.
+2. Near groups (:func:`near_groups`): the scene token grid is cut into rectangles on which the
+   set of near windows (windows whose extent grown by ``near_radius`` contains the position) is
+   constant; all tokens at positions of a rectangle, in every window covering it, form a group of
+   queries with the same near windows.
+3. Per group, in blocks of query rows under ``memory_budget_mb``: every step of
+   :mod:`geogla.gla.attention` (proxy rounds, counts, mask, softmax, ``A V``) runs over the keys
+   of the near windows, exactly (weight 1), plus the representatives outside them, each
+   weighted by the far tokens it stands for (1 for a central one; its stratum's far share for a
+   sampled one; 0 inside the near windows).  Counts ``|P_i|``, proxy sums, softmax numerators
+   and denominators are weighted sums; the far parts of the proxy sums and of the numerators get
+   a control-variate correction per stratum (``_Work._control_variates``) that makes them exact
+   for strata wholly inside or outside a query's positives.
+4. Exact whatever the sample: the row means ``m_i = max(0, q_i . mean_j k_j)`` over all ``T``
+   keys (linearity), ``u`` from the true ``L``, every near key, the query smoothing (all windows
+   covering a position are near).
+
+Cost: ``O(T (n_near + far_samples) D)``, ``n_near`` about 4 windows of tokens at half-window
+stride and radius 0, plus ``O(T prototypes D)`` for the summary: linear in ``T``.  Work memory:
+``far_samples + n_near`` keys and values, one budgeted block, ``O(T)`` integers; independent of
+the scene's size otherwise (inputs and output are ``O(T D)``).  With ``far_samples >= T`` every
+key represents itself with weight 1 and the result is exact; so is it when the near windows of
+every query are all windows.  Deterministic: the same inputs and ``seed`` give the same output.
+
+Limits (benchmarks/bench_scalable.py).  The far part is an estimate.  Where ``u m_i`` is close
+to the row maximum, exact attention itself jumps between keeping one key and keeping
+thousands, and which single key is kept depends on tiny differences of the proxy; there labels
+change under any perturbation (also under rounding the keys to float16), and the scalable
+estimate changes more of them than elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from geogla.errors import ConfigError
+from geogla.gla.attention import _Buffers, _round_down, _row_sum, compute_dtypes, smooth_queries
+from geogla.gla.config import GLAConfig
+from geogla.gla.prototypes import FarSample, far_sample
+
+
+@dataclass(frozen=True)
+class NearGroup:
+    """Queries that share their near windows.
+
+    Attributes:
+        windows: ``(W,)`` int64 near windows, ascending; their tokens are the group's near keys,
+            window ``windows[a]`` at rows ``a * N .. a * N + N - 1``.
+        queries: ``(Q,)`` int64 flat indices ``l * N + t`` of the group's query tokens.
+        local: ``(Q,)`` int64 row of each query's own key among the near keys.
+    """
+
+    windows: Tensor
+    queries: Tensor
+    local: Tensor
+
+
+def near_groups(offsets: Tensor, side: int, radius: int) -> list[NearGroup]:
+    """Group every token of every window by its near windows (see the module docstring).
+
+    Args:
+        offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene token grid;
+            any layout (edge windows shifted back, missing windows).
+        side: tokens per window side (``N = side * side``).
+        radius: a window is near a position when its extent grown by ``radius`` tokens on every
+            side contains it.
+
+    Returns:
+        Groups in a deterministic order; every token ``l * N + t`` is a query of exactly one.
+    """
+    off = offsets.detach().to("cpu", torch.int64).tolist()
+    n_windows = len(off)
+    # Cut each axis where some window's extent or grown extent starts or ends: on every
+    # segment the covering and near windows are constant.
+    cuts = []
+    for axis in (0, 1):
+        points: set[int] = set()
+        for o in off:
+            points.update((o[axis], o[axis] + side, o[axis] - radius, o[axis] + side + radius))
+        lo = min(o[axis] for o in off)
+        hi = max(o[axis] for o in off) + side
+        cuts.append(sorted(p for p in points if lo <= p <= hi))
+
+    def span(axis: int, start: int, stop: int) -> range:
+        """Segments ``[cuts[i], cuts[i+1])`` inside ``[start, stop)``."""
+        c = cuts[axis]
+        return range(_bisect(c, start), min(_bisect(c, stop), len(c) - 1))
+
+    near: dict[tuple[int, int], list[int]] = defaultdict(list)
+    cover: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for w, (r, c) in enumerate(off):
+        for a in span(0, r - radius, r + side + radius):
+            for b in span(1, c - radius, c + side + radius):
+                near[(a, b)].append(w)
+        for a in span(0, r, r + side):
+            for b in span(1, c, c + side):
+                cover[(a, b)].append(w)
+
+    # Cells with the same near windows form one group (the queries of every covering window).
+    members: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
+    for cell in sorted(cover):
+        members[tuple(near[cell])].append(cell)
+    groups = []
+    for windows, cells in members.items():
+        slot = {w: i for i, w in enumerate(windows)}
+        queries: list[Tensor] = []
+        local: list[Tensor] = []
+        for a, b in cells:
+            r0, r1 = cuts[0][a], cuts[0][a + 1]
+            c0, c1 = cuts[1][b], cuts[1][b + 1]
+            for w in cover[(a, b)]:
+                rows = torch.arange(r0 - off[w][0], r1 - off[w][0])
+                cols = torch.arange(c0 - off[w][1], c1 - off[w][1])
+                tok = (rows[:, None] * side + cols[None, :]).reshape(-1)
+                queries.append(w * side * side + tok)
+                local.append(slot[w] * side * side + tok)
+        groups.append(
+            NearGroup(torch.tensor(windows, dtype=torch.int64), torch.cat(queries), torch.cat(local))
+        )
+    assert sum(int(g.queries.numel()) for g in groups) == n_windows * side * side
+    return groups
+
+
+def _bisect(values: list[int], x: int) -> int:
+    """Index of the first element of sorted ``values`` that is ``>= x``."""
+    lo, hi = 0, len(values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if values[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def attend_scalable(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tensor | None) -> Tensor:
+    """``A V`` like :func:`geogla.gla.attend`, near keys exactly and far keys from a sample.
+
+    Args and result as :func:`geogla.gla.attend` (inputs already checked there); ``offsets`` is
+    required.  Needs ``config.kv_extension`` (without it attention is per window: use exact).
+
+    Raises:
+        ConfigError: ``offsets`` is missing.
+        ValueError: windows are not square, or ``kv_extension`` is off.
+    """
+    if offsets is None:
+        raise ConfigError("scalable attention needs the windows' token offsets; pass offsets=(L, 2).")
+    if not config.kv_extension:
+        raise ValueError("scalable attention is for kv_extension; per-window attention is exact and linear")
+    n_windows, n_tokens = keys.shape[:2]
+    side = math.isqrt(n_tokens)
+    if side * side != n_tokens:
+        raise ValueError(f"scalable attention needs square windows, got {n_tokens} tokens per window")
+    dim_v = values.shape[2]
+    total = n_windows * n_tokens
+    cdtype, adtype = compute_dtypes(config.precision, keys)
+    device = keys.device
+    offsets = offsets.to(device=device, dtype=torch.int64)
+
+    groups = near_groups(offsets, side, config.near_radius)
+    rho = config.rho if config.proxy else None
+    sample = far_sample(
+        keys, values, config.far_samples, config.prototypes, config.seed, adtype, cdtype, rho, config.steps
+    )
+    key_mean = _mean_key(keys, adtype)
+    u = 1.0 + config.lambda1 * math.log1p(n_windows) if config.norm == "dynamic" else config.beta
+    max_near = max(int(g.windows.numel()) for g in groups) * n_tokens
+    work = _Work(keys, values, offsets, sample, max_near, config, cdtype, adtype)
+
+    window_mean: Tensor | None = None
+    if config.mean == "window":
+        # One mean per window needs every proxy of the window first: a pass that keeps only the
+        # scalar q_i . mean(k) per token (proxies are recomputed below, no T x D store).
+        row_dot = torch.empty(total, dtype=adtype, device=device)
+        for group in groups:
+            queries = group.queries.to(device)
+            work.load(group)
+            for r0, r1 in work.blocks():
+                q, _ = work.proxies(r0, r1)
+                row_dot[queries[r0:r1]] = q[0] @ key_mean
+        window_mean = row_dot.view(n_windows, n_tokens).mean(dim=1)
+
+    out = torch.empty(total, dim_v, dtype=values.dtype, device=values.device)
+    for group in groups:
+        queries = group.queries.to(device)
+        work.load(group)
+        for r0, r1 in work.blocks():
+            q, counts = work.proxies(r0, r1)
+            if window_mean is None:
+                mean = q[0] @ key_mean
+            else:
+                mean = window_mean[queries[r0:r1] // n_tokens]
+            shift = (mean.clamp_min(0.0) * u)[None]
+            out[queries[r0:r1]] = work.attention(q, shift, counts).to(values.dtype)[0]
+    return out.view(n_windows, n_tokens, dim_v)
+
+
+def _mean_key(keys: Tensor, adtype: torch.dtype) -> Tensor:
+    """Mean of all ``T`` keys in the accumulate dtype, summed window by window (no T-size copy)."""
+    n_windows, n_tokens, dim = keys.shape
+    total = torch.zeros(dim, dtype=adtype, device=keys.device)
+    step = max(1, 65536 // n_tokens)
+    for w0 in range(0, n_windows, step):
+        total += keys[w0 : w0 + step].to(adtype).sum(dim=(0, 1))
+    return total / (n_windows * n_tokens)
+
+
+def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
+    """Query rows per block so that a block's work memory over ``key_count`` keys fits the budget.
+
+    Bytes per entry as in exact attention (``GLAConfig.memory_budget_mb``): similarity in the
+    accumulate dtype, weights in the compute dtype when it differs, one mask byte.
+    """
+    entry = torch.empty((), dtype=adtype).element_size() + 1
+    if cdtype != adtype:
+        entry += torch.empty((), dtype=cdtype).element_size()
+    return max(1, config.memory_budget_mb * 2**20 // (key_count * entry))
+
+
+class _Work:
+    """Key, value and work buffers reused by every group; computes one group's query blocks.
+
+    Key rows ``0 .. R - 1`` hold the far representatives (the same for every group, weighted per
+    group by :meth:`FarSample.far_weights`, 0 for those in near windows), rows ``R ..`` the
+    current group's near keys (weight 1).  Allocated once: ``R + max_near`` keys and values and one
+    block of work memory, whatever the number of groups.
+    """
+
+    def __init__(
+        self,
+        keys: Tensor,
+        values: Tensor,
+        offsets: Tensor,
+        sample: FarSample,
+        max_near: int,
+        config: GLAConfig,
+        cdtype: torch.dtype,
+        adtype: torch.dtype,
+    ) -> None:
+        self.keys_in, self.values_in, self.offsets, self.sample = keys, values, offsets, sample
+        self.config, self.cdtype, self.adtype = config, cdtype, adtype
+        device = keys.device
+        self.n_tokens, self.dim = keys.shape[1:]
+        self.n_far = int(sample.token.numel())
+        rows = self.n_far + max_near
+        # Compute-dtype keys for the proxy similarities and aggregations; in bfloat16 with a
+        # column of ones that makes products come out as S - threshold (see attention.py's
+        # _Similarity: rounding is then small exactly where decisions are taken), padded to a
+        # multiple of 8 channels.
+        self.shifted = torch.empty((), dtype=cdtype).element_size() < 4
+        width = (self.dim + 1 + 7) // 8 * 8 if self.shifted else self.dim
+        self.mat = torch.zeros(rows, width, dtype=cdtype, device=device)
+        if self.shifted:
+            self.mat[:, self.dim] = 1.0
+        self.mat[: self.n_far, : self.dim] = sample.keys
+        # Accumulate-dtype keys: final similarity (mask and softmax exponents) and proxy fallback.
+        self.acc = (
+            self.mat
+            if (cdtype == adtype and not self.shifted)
+            else torch.empty(rows, self.dim, dtype=adtype, device=device)
+        )
+        self.acc[: self.n_far] = sample.keys
+        self.vals = torch.empty(rows, values.shape[2], dtype=cdtype, device=device)
+        self.vals[: self.n_far] = sample.values
+        self.rows = rows_per_block(config, rows, cdtype, adtype)
+        self.buffers = _Buffers(min(self.rows, max_near) * rows, cdtype, adtype, device)
+        self.tk = rows
+        self.n_queries = 0
+
+    def load(self, group: NearGroup) -> None:
+        """Make ``group`` current: its near keys and values, far weights and starting queries."""
+        device = self.keys_in.device
+        windows = group.windows.to(device)
+        n, r = self.n_tokens, self.n_far
+        for a, w in enumerate(group.windows.tolist()):
+            rows = slice(r + a * n, r + (a + 1) * n)
+            self.mat[rows, : self.dim] = self.keys_in[w]
+            if self.acc is not self.mat:
+                self.acc[rows] = self.keys_in[w]
+            self.vals[rows] = self.values_in[w]
+        self.tk = r + int(windows.numel()) * n
+        self.far_weight = self.sample.far_weights(windows)  # accumulate dtype: weighted counts
+        self.far_weight_c = self.far_weight.to(self.cdtype)  # compute dtype: scales masks, numerators
+        if r:
+            self._control_variates(windows)
+
+        local = group.local.to(device)
+        near = self.acc[r : self.tk]
+        self.self_keys = near[local]  # each query's own key: the empty-P fallback
+        if self.config.smoothing:
+            # relative offsets: the scene grid smooth_queries builds spans the near windows only
+            near_off = self.offsets[windows]
+            smooth = smooth_queries(near.view(-1, n, self.dim), near_off - near_off.amin(dim=0))
+            start = smooth.reshape(-1, self.dim)[local]
+        else:
+            start = self.self_keys
+        self.start = F.normalize(start, dim=-1)
+        self.n_queries = int(local.numel())
+
+    def _control_variates(self, windows: Tensor) -> None:
+        """Per-stratum corrections of the far sums (regression estimator), for the current group.
+
+        The far part of a sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax
+        numerator, ``x`` keys or values) is estimated per stratum ``h`` as
+        ``HT_h(z x) + zbar_ih (X_h - HT_h(x))``: ``HT_h`` the weighted sum over the far sampled
+        representatives of ``h``, ``X_h`` the exact sum of ``x`` over the far non-central tokens of
+        ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``.  Still a weighted
+        sample estimate, but exact when ``z`` is constant over a stratum (a cluster entirely
+        inside or outside a query's positives), which removes most of the sampling noise.
+        """
+        sample, adtype = self.sample, self.adtype
+        n_strata = sample.rest_size.numel()
+        sampled = (self.far_weight > 0) & ~sample.central
+        member = torch.zeros(self.n_far, n_strata, dtype=adtype, device=self.mat.device)
+        idx = sampled.nonzero().flatten()
+        member[idx, sample.stratum[idx]] = self.far_weight[idx]
+        n_far = (sample.rest_size - sample.rest_hist[windows].sum(dim=0)).to(adtype)
+        near = slice(self.n_far, self.tk)
+        key_far, value_far = sample.far_rest_sums(windows, self.acc[near], self.vals[near])
+        self.cv_keys = key_far - member.T @ sample.keys
+        self.cv_values = value_far - member.T @ sample.values.to(adtype)
+        # z_far @ share = zbar (r x K); with the weights in front, one product also gives the
+        # far part of the counts.
+        share = member / n_far.clamp_min(1.0)
+        self.count_share = torch.cat([self.far_weight[:, None], share], dim=1)
+        self.share_c = share.to(self.cdtype)
+
+    def _far_counts(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Weighted far counts ``(1, r)`` (float64) and ``zbar`` ``(1, r, K)`` of 0/1 ``z``."""
+        far = z[..., : self.n_far].to(self.adtype) @ self.count_share
+        return far[..., 0].to(torch.float64), far[..., 1:]
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Query row ranges ``(r0, r1)`` of the current group, at most ``rows`` rows each."""
+        return [(r0, min(r0 + self.rows, self.n_queries)) for r0 in range(0, self.n_queries, self.rows)]
+
+    def _similarity(self, q: Tensor, shift: Tensor, out: Tensor) -> Tensor:
+        """``S - s`` into ``out`` ``(1, r, tk)``; returns ``shift - s`` (attention.py's _Similarity)."""
+        mat = self.mat[: self.tk]
+        if not self.shifted:
+            torch.matmul(q.to(self.cdtype), mat.T, out=out)
+            return shift
+        qa = torch.zeros(*q.shape[:2], mat.shape[1], dtype=self.cdtype, device=q.device)
+        qa[..., : self.dim] = q
+        s = shift.to(self.cdtype)
+        qa[..., self.dim] = -s
+        torch.matmul(qa, mat.T, out=out)
+        return shift - s.to(shift.dtype)
+
+    def _weighted_count(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Row sums of 0/1 ``z`` ``(1, r, tk)`` (exact over near keys plus the weighted far sum,
+        float64) and the far strata's shares ``zbar`` (None without far keys)."""
+        counts = _row_sum(z[..., self.n_far :], torch.float64)
+        if not self.n_far:
+            return counts, None
+        far, share = self._far_counts(z)
+        return counts + far, share
+
+    def _weigh_far(self, z: Tensor) -> None:
+        """Scale the far columns of ``z`` by their representatives' weights, in place."""
+        if self.n_far:
+            z[..., : self.n_far].mul_(self.far_weight_c)
+
+    def proxies(self, r0: int, r1: int) -> tuple[Tensor, Tensor | None]:
+        """Proxy anchors ``(1, r, D)`` and weighted counts ``|P_i|`` of queries ``r0:r1``.
+
+        Without ``config.proxy``: the starting queries and ``None``.
+        """
+        config = self.config
+        q = self.start[r0:r1][None]
+        if not config.proxy:
+            return q, None
+        r = r1 - r0
+        z = self.buffers.weights(1, r, self.tk)
+        rho = torch.full((1, r), config.rho, dtype=torch.float64, device=q.device)
+        counts = torch.zeros(1, r, dtype=torch.float64, device=q.device)
+        for _ in range(config.steps):
+            rest = self._similarity(q, rho, z)
+            torch.gt(z, _round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1
+            counts, share = self._weighted_count(z)
+            self._weigh_far(z)
+            summed = torch.matmul(z, self.mat[: self.tk])[..., : self.dim].to(self.adtype)
+            if share is not None:
+                summed += share @ self.cv_keys
+            empty = counts == 0
+            if bool(empty.any()):
+                # P_i = {i}: the token itself.
+                _, ri = empty.nonzero(as_tuple=True)
+                summed[0, ri] = self.self_keys[r0 + ri]
+                counts[0, ri] = 1.0
+            q = F.normalize(summed, dim=-1)
+        return q, counts
+
+    def attention(self, q: Tensor, shift: Tensor, counts: Tensor | None) -> Tensor:
+        """``A V`` ``(1, r, Dv)`` for proxies ``q`` ``(1, r, D)``; ``shift`` is ``u m_i`` ``(1, r)``.
+
+        Mirrors ``geogla.gla.attention._attention_block`` with weighted far columns.
+        """
+        config = self.config
+        adtype = self.adtype
+        r = q.shape[1]
+        keys = self.acc[: self.tk]
+        s = self.buffers.sim(1, r, self.tk)
+        m = self.buffers.mask(1, r, self.tk)
+        if counts is None and config.norm == "dynamic":
+            torch.matmul(q, keys.T, out=s)
+            torch.gt(s, _round_down(torch.tensor(config.rho, dtype=torch.float64), adtype), out=m)
+            counts = self._weighted_count(m)[0].clamp_min(1.0)  # empty -> {i}
+            scale = ((1.0 + config.lambda2 / counts) / config.temperature).to(adtype)
+            late_scale: Tensor | None = scale[..., None]
+        else:
+            if config.norm == "dynamic":
+                assert counts is not None
+                scale = ((1.0 + config.lambda2 / counts) / config.temperature).to(adtype)
+            else:
+                scale = torch.full((1, r), config.gamma / config.temperature, dtype=adtype, device=q.device)
+            torch.matmul(q * scale[..., None], keys.T, out=s)
+            shift = shift * scale
+            late_scale = None
+
+        # Mask and softmax numerator as in exact attention (see attention.py), then each far
+        # column counts for the far keys its representative stands for (0 for near ones).
+        smax = s.amax(dim=-1, keepdim=True)
+        torch.lt(s, torch.minimum(smax, shift[..., None]), out=m)
+        s.sub_(smax)
+        if late_scale is not None:
+            s.mul_(late_scale)
+        e = self.buffers.weights(1, r, self.tk)
+        torch.exp(s, out=e)
+        e.masked_fill_(m, 0.0)
+        # softmax numerators are not 0/1: their strata means in the compute dtype suffice for
+        # the correction term
+        share = (e[..., : self.n_far] @ self.share_c).to(adtype) if self.n_far else None
+        self._weigh_far(e)
+        denom = _row_sum(e, adtype)
+        numer = torch.matmul(e, self.vals[: self.tk]).to(adtype)
+        if share is not None:
+            numer += share @ self.cv_values
+        return numer.div_(denom[..., None])

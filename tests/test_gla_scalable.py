@@ -1,0 +1,284 @@
+"""Tests of scalable GLA attention (geogla/gla/scalable.py, prototypes.py) against exact attention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from geogla.errors import ConfigError
+from geogla.gla import GLAConfig, attend
+from geogla.gla.config import Precision
+from geogla.gla.prototypes import allocate, far_sample, spherical_kmeans
+from geogla.gla.scalable import near_groups, rows_per_block
+from geogla.gla.synthetic import structured_scene
+from geogla.grid import WindowGrid
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_proxy": {"proxy": False},
+    "fixed": {"norm": "fixed"},
+    "window_mean": {"mean": "window"},
+    "smoothing": {"smoothing": True},
+    "steps3_temp": {"steps": 3, "rho": 0.5, "temperature": 0.5},
+}
+
+
+def _small(seed: int = 3, rows: int = 3, cols: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 scene of rows x cols windows of 6 x 6 tokens (T = 324 for 3 x 3)."""
+    sc = structured_scene(rows, cols, side=6, dim=16, dim_v=5, classes=3, regions=5, objects=2, seed=seed)
+    return sc.keys.double(), sc.values.double(), sc.offsets
+
+
+def _exact(keys: Tensor, values: Tensor, offsets: Tensor, **kw: Any) -> Tensor:
+    return attend(keys, values, GLAConfig(memory="exact", **kw), offsets=offsets)
+
+
+def _scalable(keys: Tensor, values: Tensor, offsets: Tensor, **kw: Any) -> Tensor:
+    return attend(keys, values, GLAConfig(memory="scalable", **kw), offsets=offsets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact limits: every key near, or every key its own representative.
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_near_radius_covering_every_window_equals_exact(name: str) -> None:
+    keys, values, offsets = _small()
+    kw = VARIANTS[name]
+    got = _scalable(keys, values, offsets, near_radius=100, far_samples=8, **kw)
+    torch.testing.assert_close(got, _exact(keys, values, offsets, **kw), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_sample_of_every_key_equals_exact(name: str) -> None:
+    # far_samples >= T: every far key represents itself with weight 1.
+    keys, values, offsets = _small(seed=4)
+    kw = VARIANTS[name]
+    got = _scalable(keys, values, offsets, far_samples=keys.shape[0] * keys.shape[1], **kw)
+    torch.testing.assert_close(got, _exact(keys, values, offsets, **kw), rtol=1e-9, atol=1e-9)
+
+
+def test_edge_shifted_and_missing_windows_equal_exact_in_the_exact_limits() -> None:
+    # A real grid whose last row/column is shifted back (offsets off the lattice), minus one
+    # window (as for nodata windows): both exact limits still hold.
+    grid = WindowGrid(height=200, width=260, crop=64, stride=32)
+    offsets = torch.from_numpy(grid.token_offsets(8))
+    assert grid.boxes()[-1, 1] % 32 != 0  # shifted column
+    keep = torch.tensor([i for i in range(len(grid)) if i != 5])
+    offsets = offsets[keep]
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(
+        torch.randn(len(keep), 64, 12, generator=gen, dtype=torch.float64), dim=-1
+    )
+    keys = torch.nn.functional.normalize(keys + 0.8 * keys[:1, :1], dim=-1)  # some similarity
+    values = torch.randn(len(keep), 64, 4, generator=gen, dtype=torch.float64)
+    want = _exact(keys, values, offsets)
+    torch.testing.assert_close(_scalable(keys, values, offsets, near_radius=1000), want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        _scalable(keys, values, offsets, far_samples=10**6), want, rtol=1e-9, atol=1e-9
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Approximation on a structured scene.
+
+
+@pytest.mark.parametrize(("precision", "radius"), [("float32", 0), ("bfloat16", 0), ("float32", 4)])
+def test_structured_scene_agrees_with_exact(precision: Precision, radius: int) -> None:
+    # 5 x 5 overlapping windows of 12 x 12 tokens (T = 3600), 128 channels; 256 representatives
+    # (16 prototypes) stand for about 3000 far keys per query.  Tolerance: at most 1 % of labels
+    # change (benchmarks/bench_scalable.py measures the same at full size, and where exact
+    # attention is so sensitive that 1 % cannot be met).
+    sc = structured_scene(5, 5, side=12, dim=128, regions=20, objects=12, seed=5)
+    exact = attend(sc.keys, sc.values, GLAConfig(memory="exact", precision=precision), offsets=sc.offsets)
+    cfg = GLAConfig(
+        memory="scalable", precision=precision, far_samples=256, prototypes=16, near_radius=radius
+    )
+    approx = attend(sc.keys, sc.values, cfg, offsets=sc.offsets)
+    lab_exact = (exact @ sc.class_vectors.T).argmax(dim=-1)
+    lab_approx = (approx @ sc.class_vectors.T).argmax(dim=-1)
+    changed = float((lab_exact != lab_approx).float().mean())
+    assert changed <= 0.01, f"{changed:.2%} of labels changed"
+    assert float((lab_approx == sc.labels).float().mean()) > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory, determinism, dispatch.
+
+
+@pytest.mark.parametrize("name", ["default", "no_proxy", "window_mean"])
+def test_block_size_does_not_change_the_result(name: str) -> None:
+    # Windows of 16 x 16 tokens: a group holds 8 x 8 positions x 4 windows = 256 queries against
+    # 4 x 256 near keys + ~40 representatives; 1 MiB at 9 bytes per float64 entry gives blocks of
+    # about 100 rows, so each group runs in 3 blocks instead of 1.
+    sc = structured_scene(3, 4, side=16, dim=16, dim_v=5, classes=3, regions=6, objects=3, seed=6)
+    keys, values, offsets = sc.keys.double(), sc.values.double(), sc.offsets
+    kw = {**VARIANTS[name], "far_samples": 40, "prototypes": 4}
+    cfg = GLAConfig(memory="scalable", memory_budget_mb=1, **kw)
+    group = max(near_groups(offsets, 16, 0), key=lambda g: g.queries.numel())
+    rows = rows_per_block(cfg, 40 + 4 * 256, torch.float64, torch.float64)
+    assert group.queries.numel() == 256 and -(-256 // rows) == 3
+    big = _scalable(keys, values, offsets, **kw)
+    small = attend(keys, values, cfg, offsets=offsets)
+    torch.testing.assert_close(small, big, rtol=1e-12, atol=1e-12)
+
+
+def test_deterministic_and_seeded() -> None:
+    sc = structured_scene(3, 4, side=8, dim=32, seed=9)
+    cfg = GLAConfig(memory="scalable", far_samples=64, prototypes=8, precision="float32")
+    a = attend(sc.keys, sc.values, cfg, offsets=sc.offsets)
+    b = attend(sc.keys.clone(), sc.values.clone(), cfg, offsets=sc.offsets.clone())
+    assert torch.equal(a, b)
+    c = attend(sc.keys, sc.values, GLAConfig(**{**cfg.to_json(), "seed": 1}), offsets=sc.offsets)
+    assert not torch.equal(a, c)  # another sample
+
+
+def test_auto_picks_exact_below_the_threshold_and_scalable_above() -> None:
+    cfg = GLAConfig(exact_max_tokens=1000)
+    assert cfg.memory == "auto"
+    assert cfg.memory_mode(1000) == "exact" and cfg.memory_mode(1001) == "scalable"
+    assert GLAConfig(memory="exact").memory_mode(10**9) == "exact"
+    assert GLAConfig(memory="scalable").memory_mode(10) == "scalable"
+    assert GLAConfig(memory="scalable", kv_extension=False).memory_mode(10**9) == "exact"
+    keys, values, offsets = _small(seed=7)  # T = 324
+    kw = {"far_samples": 30, "prototypes": 4}
+    scal = _scalable(keys, values, offsets, **kw)
+    exact = _exact(keys, values, offsets)
+    assert not torch.allclose(scal, exact)
+    auto_small = attend(keys, values, GLAConfig(exact_max_tokens=324, **kw), offsets=offsets)  # type: ignore[arg-type]
+    auto_large = attend(keys, values, GLAConfig(exact_max_tokens=323, **kw), offsets=offsets)  # type: ignore[arg-type]
+    assert torch.equal(auto_small, exact) and torch.equal(auto_large, scal)
+
+
+def test_scalable_needs_offsets() -> None:
+    keys, values, _ = _small()
+    with pytest.raises(ConfigError, match="offsets"):
+        attend(keys, values, GLAConfig(memory="scalable"))
+    with pytest.raises(ConfigError, match="offsets"):
+        attend(keys, values, GLAConfig(exact_max_tokens=10))
+    attend(keys, values, GLAConfig(memory="exact"))  # exact needs none
+
+
+def test_config_fields_validate_and_round_trip() -> None:
+    cfg = GLAConfig(
+        memory="scalable", near_radius=3, far_samples=100, prototypes=5, seed=2, exact_max_tokens=7
+    )
+    assert GLAConfig.from_json(cfg.to_json()) == cfg
+    defaults = GLAConfig()
+    assert (defaults.memory, defaults.near_radius, defaults.far_samples, defaults.prototypes) == (
+        "auto",
+        0,
+        4096,
+        64,
+    )
+    for bad in (
+        {"memory": "huge"},
+        {"near_radius": -1},
+        {"far_samples": 0},
+        {"prototypes": 0},
+        {"seed": -2},
+        {"exact_max_tokens": 0},
+        {"near_radius": 1.5},
+        {"far_samples": True},
+    ):
+        with pytest.raises(ConfigError):
+            GLAConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+@pytest.mark.parametrize("radius", [0, 2, 9])
+def test_near_groups_partition_tokens_and_hold_their_covering_windows(radius: int) -> None:
+    grid = WindowGrid(height=300, width=250, crop=64, stride=32)
+    side = 8
+    offsets = torch.from_numpy(grid.token_offsets(side))
+    groups = near_groups(offsets, side, radius)
+    seen = torch.cat([g.queries for g in groups])
+    assert torch.equal(torch.sort(seen).values, torch.arange(len(grid) * side * side))
+    off = offsets.tolist()
+    for g in groups:
+        windows = g.windows.tolist()
+        assert windows == sorted(set(windows))
+        qw, qt = g.queries // (side * side), g.queries % (side * side)
+        # each query's own key is at its local row
+        assert torch.equal(g.windows[g.local // (side * side)], qw)
+        assert torch.equal(g.local % (side * side), qt)
+        for w, t in zip(qw.tolist()[:50], qt.tolist()[:50], strict=True):
+            y, x = off[w][0] + t // side, off[w][1] + t % side
+            near = [
+                v
+                for v, (r, c) in enumerate(off)
+                if r - radius <= y < r + side + radius and c - radius <= x < c + side + radius
+            ]
+            assert near == windows
+
+
+def test_allocate_is_proportional_with_one_per_stratum() -> None:
+    sizes = torch.tensor([1000, 10, 0, 1, 89])
+    take = allocate(sizes, 100)
+    assert int(take.sum()) == 100
+    assert take.tolist()[2] == 0 and all(
+        t >= 1 for t, s in zip(take.tolist(), sizes.tolist(), strict=True) if s
+    )
+    assert bool((take <= sizes).all()) and take[0] > 80
+    assert torch.equal(allocate(sizes, 5000), sizes)
+    assert int(allocate(sizes, 2).sum()) == 2
+
+
+def test_far_sample_weights_count_far_tokens_exactly() -> None:
+    sc = structured_scene(3, 3, side=8, dim=32, seed=2)
+    total = 9 * 64
+    sample = far_sample(sc.keys, sc.values, 50, 6, 0, torch.float32, torch.float32, rho=0.6, steps=2)
+    flat_keys = sc.keys.reshape(-1, 32)
+    assert sample.token.numel() == 50 and torch.equal(sample.keys, flat_keys[sample.token])
+    assert 0 < int(sample.central.sum()) <= 25  # up to half central
+    assert torch.equal(sample.token_central.nonzero().flatten(), sample.token[sample.central])
+    near = torch.tensor([0, 4])
+    weight = sample.far_weights(near)
+    far = ~torch.isin(sample.window, near)
+    assert bool((weight[~far] == 0).all()) and bool((weight[far & sample.central] == 1).all())
+    assert bool((weight[far] >= 1).all())
+    # strata with far sampled representatives: weights add up to their far token counts
+    n_far = sample.rest_size - sample.rest_hist[near].sum(dim=0)
+    n_far += torch.bincount(sample.stratum[far & sample.central], minlength=n_far.numel())
+    per = torch.zeros(n_far.numel()).index_add_(0, sample.stratum, weight)
+    has = torch.bincount(sample.stratum[far & ~sample.central], minlength=per.numel()) > 0
+    torch.testing.assert_close(per[has], n_far[has].float())
+    assert int(sample.rest_hist.sum()) + int(sample.central.sum()) == total
+    # exact per-stratum sums of the non-central keys, and of the far ones
+    rest = ~sample.token_central
+    want = torch.zeros(6, 32).index_add_(0, sample.token_stratum[rest], flat_keys[rest])
+    torch.testing.assert_close(sample.rest_key_sum, want, rtol=1e-5, atol=1e-5)
+    near_tok = (near[:, None] * 64 + torch.arange(64)).reshape(-1)
+    keys_far, _ = sample.far_rest_sums(near, flat_keys[near_tok], sc.values.reshape(total, -1)[near_tok])
+    far_tok = rest & ~torch.isin(torch.arange(total) // 64, near)
+    want_far = torch.zeros(6, 32).index_add_(0, sample.token_stratum[far_tok], flat_keys[far_tok])
+    torch.testing.assert_close(keys_far, want_far, rtol=1e-5, atol=1e-5)
+
+
+def test_central_representatives_are_the_keys_closest_to_the_modes() -> None:
+    sc = structured_scene(3, 3, side=8, dim=32, seed=3)
+    flat_keys = sc.keys.reshape(-1, 32)
+    sample = far_sample(sc.keys, sc.values, 100, 4, 0, torch.float32, torch.float32)  # modes = prototypes
+    central = set(sample.token[sample.central].tolist())
+    # far_sample's k-means, replayed: the fit sample is every key in the seeded random order
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(flat_keys.shape[0], generator=gen)
+    centres = spherical_kmeans(torch.nn.functional.normalize(flat_keys[order], dim=1), 4, gen, iterations=10)
+    best = (flat_keys @ centres.T).argmax(dim=0).tolist()  # each prototype's closest key
+    assert set(best) <= central
+
+
+def test_spherical_kmeans_finds_separated_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16, generator=gen), dim=1)
+    pts = torch.nn.functional.normalize(
+        centres.repeat(50, 1) + 0.05 * torch.randn(150, 16, generator=gen), dim=1
+    )
+    found = spherical_kmeans(pts, 3, torch.Generator().manual_seed(1), iterations=10)
+    assert float((found @ centres.T).max(dim=0).values.min()) > 0.99
