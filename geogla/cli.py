@@ -12,7 +12,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
 from geogla.models.weights import RandomWeightsWarning
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    _add_eval_parser(sub)
     return parser
 
 
@@ -153,6 +154,104 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """The ``geogla eval`` subcommand: a benchmark split scored with ProxyCLIP and/or GLA attention."""
+
+    def _non_negative_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {value}")
+        return value
+
+    ev = sub.add_parser("eval", help="score ProxyCLIP and GLA on a labelled benchmark (mIoU, BER, figures)")
+    ev.add_argument("dataset", help="a preset of configs/datasets.yaml (vaihingen, potsdam, uavid, vdd, udd5, loveda, "
+                                    "openearthmap, dubai_aerial) or 'folder' with --legend")
+    ev.add_argument("--root", required=True, help="the dataset folder as downloaded (or converted by mmseg)")
+    ev.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: the preset's)")
+    ev.add_argument("--legend", metavar="FILE",
+                    help="YAML legend (labels ids or colours, optionally classes and protocol); needed for 'folder'")
+    ev.add_argument("--attention", choices=("gla", "proxyclip", "both"), default="both",
+                    help="attention to score; 'both' (default) adds the GLA - ProxyCLIP column and encodes once")
+    ev.add_argument("--limit", type=_non_negative_int, metavar="N", help="score only the first N images (tiles)")
+    ev.add_argument("-o", "--out", help="output folder (default: ./geogla-eval/<dataset>-<split>)")
+    ev.add_argument("--figures", type=_non_negative_int, default=0, metavar="K",
+                    help="write a comparison PNG for each of the first K images to OUT/figures")
+    ev.add_argument("--model", default="default", help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8)")
+    ev.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
+                    help="'random' runs without weights (scores meaningless; for testing)")
+    ev.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
+    ev.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
+    ev.add_argument("--classes", help="prompts replacing the preset's, same number and order of classes")
+    ev.add_argument("--prob-threshold", type=float, metavar="P", help="background threshold (preset's by default)")
+    ev.add_argument("--background", metavar="NAME", help="background class (preset's by default)")
+    ev.add_argument("--resize", type=_non_negative_int, metavar="N",
+                    help="resize images so the long side is N pixels (preset's, 448; 0: no resize)")
+    ev.add_argument("--crop", type=int, help="window size in pixels (preset's, 224)")
+    ev.add_argument("--stride", type=int, help="window stride in pixels (preset's, 112)")
+    ev.add_argument("--logit-scale", type=float, help="softmax scale of the cosine logits (preset's, 40)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    ev.add_argument("--keep-stores", action="store_true",
+                    help="keep the per-image run stores in OUT/stores (a rerun reuses their encoded windows)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no per-image progress lines")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import time
+
+    from geogla.datasets import expand_tiles, find_samples, get_spec
+    from pipelines.evaluate import MODE_TITLES, EvalOptions, ImageResult, evaluate_dataset, write_report
+    from pipelines.run import ensure_writable_dir
+
+    spec = get_spec(args.dataset, args.legend).with_overrides(
+        classes=args.classes, background=args.background, prob_threshold=args.prob_threshold,
+        resize_long_side=args.resize, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale)
+    split = args.split or spec.split
+    samples = expand_tiles(find_samples(spec.layout, args.root, split), spec.tile)
+    chosen = samples[: args.limit] if args.limit is not None else samples
+    if not chosen:
+        raise ConfigError("--limit 0 leaves no image to score.")
+    out = args.out or os.path.join("geogla-eval", f"{spec.name}-{split}")
+    ensure_writable_dir(out)
+    modes = ("proxyclip", "gla") if args.attention == "both" else (args.attention,)
+    options = EvalOptions(model=args.model, weights=args.weights, clip_weights=args.clip_weights,
+                          vfm_weights=args.vfm_weights, device=args.device, modes=modes, figures=args.figures,
+                          keep_stores=args.keep_stores)
+    if args.weights == "random":
+        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+    print(f"{spec.name} {split}: scoring {len(chosen)} of {len(samples)} images from {args.root}", file=sys.stderr)
+
+    def _pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    started = time.perf_counter()
+
+    def progress(i: int, n: int, r: ImageResult) -> None:
+        if args.quiet:
+            return
+        parts = ", ".join(f"{MODE_TITLES[m]} mIoU {_pct(s['miou'])} BER {_pct(s['ber'])}" for m, s in r.scores.items())
+        per = (time.perf_counter() - started) / i
+        left = f", ~{per * (n - i) / 60:.0f} min left" if n > i else ""
+        print(f"[{i}/{n}] {r.name}: {parts} ({per:.1f} s/image{left})", file=sys.stderr)
+
+    report = evaluate_dataset(spec, chosen, options, out, root=str(args.root), split=split,
+                              available=len(samples), progress=progress)
+    paths = write_report(report, out)
+    print(report.markdown())
+    if report.decode.unmatched:
+        print(f"warning: {report.decode.unmatched} label pixels had values the legend does not know "
+              f"({', '.join(sorted(report.decode.examples))}); they were not scored.", file=sys.stderr)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    figures = [r.figure for r in report.images if r.figure]
+    if figures:
+        print(f"figures: {len(figures)} in {os.path.join(out, 'figures')}")
+    print(f"done in {report.wall:.1f}s", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geogla`` command; returns the exit code."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -166,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=RandomWeightsWarning)
             if args.command == "run":
                 return _run(args)
+            if args.command == "eval":
+                return _eval(args)
             raise ConfigError(f"Unknown command {args.command}.")
     except UserInputError as exc:
         print(f"geogla: error: {exc}", file=sys.stderr)
