@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smoothing": {"smoothing": True},
     "steps3_temp": {"steps": 3, "rho": 0.5, "temperature": 0.5},
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # These inputs are tiny: one thread is as fast, and immune to the large slow-downs of
+    # spinning OpenMP threads when the machine's cores are busy with other work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _small(seed: int = 3, rows: int = 3, cols: int = 3) -> tuple[Tensor, Tensor, Tensor]:
