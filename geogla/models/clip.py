@@ -39,6 +39,21 @@ LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, KeyErr
                                                  pickle.UnpicklingError, zipfile.BadZipFile, _SafetensorError)
 
 
+@contextmanager
+def loading(label: str, weights_file: Path | None) -> Iterator[None]:
+    """Report a library's failure to load ``weights_file`` into ``label`` as :class:`WeightsError`.
+
+    Without a file nothing was loaded, so the failure is a real error and passes unchanged.
+    """
+    try:
+        yield
+    except LOAD_ERRORS as exc:
+        if weights_file is None:
+            raise
+        raise WeightsError(f"The weights file {weights_file} cannot be loaded into {label} "
+                           f"({first_line(exc)}).") from exc
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when empty), for one-sentence errors."""
     text = str(exc).strip()
@@ -116,19 +131,14 @@ def build_open_clip(spec: ClipSpec, weights_file: Path | None, seed: int) -> nn.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            with _quiet_root_logger():
+            with loading(spec.label, weights_file), _quiet_root_logger():
                 model = open_clip.create_model(spec.arch, pretrained=checkpoint, **kwargs)
-            if scripted:
-                assert weights_file is not None
-                _load_torchscript(model, weights_file)
+                if scripted:
+                    assert weights_file is not None
+                    _load_torchscript(model, weights_file)
         except TypeError as exc:
             raise ConfigError(f"The open_clip config of {spec.label} with its overrides is invalid "
                               f"({exc}).") from exc
-        except LOAD_ERRORS as exc:
-            if weights_file is None:
-                raise  # no file involved: a real error, not a weights problem
-            raise WeightsError(f"The weights file {weights_file} cannot be loaded into {spec.label} "
-                               f"({first_line(exc)}).") from exc
     assert isinstance(model, nn.Module)
     return model
 

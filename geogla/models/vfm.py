@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geogla.errors import ConfigError, WeightsError
-from geogla.models.clip import LOAD_ERRORS, first_line
+from geogla.errors import ConfigError
+from geogla.models.clip import loading
 from geogla.models.registry import VfmSpec
 
 
@@ -35,14 +35,10 @@ def build_timm(spec: VfmSpec, weights_file: Path | None, seed: int) -> nn.Module
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = timm.create_model(spec.name, pretrained=weights_file is not None, **kwargs)
+            with loading(spec.label, weights_file):
+                model = timm.create_model(spec.name, pretrained=weights_file is not None, **kwargs)
         except TypeError as exc:
             raise ConfigError(f"timm cannot build '{spec.name}' with the preset's kwargs ({exc}).") from exc
-        except LOAD_ERRORS as exc:
-            if weights_file is None:
-                raise  # no file involved: a real error, not a weights problem
-            raise WeightsError(f"The weights file {weights_file} cannot be loaded into {spec.label} "
-                               f"({first_line(exc)}).") from exc
     assert isinstance(model, nn.Module)
     return model
 
