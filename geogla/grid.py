@@ -86,3 +86,10 @@ class WindowGrid:
         rows = np.unique(np.concatenate([b[:, 0], b[:, 2]]))
         cols = np.unique(np.concatenate([b[:, 1], b[:, 3]]))
         return rows[(rows > 0) & (rows < self.height)], cols[(cols > 0) & (cols < self.width)]
+
+    def edges_on(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`edges` mapped onto a raster of ``height`` x ``width`` covering the same image
+        (the file's grid, a label's), rounded to the nearest pixel boundary."""
+        rows, cols = self.edges()
+        return (np.round(rows * (height / self.height)).astype(np.int64),
+                np.round(cols * (width / self.width)).astype(np.int64))

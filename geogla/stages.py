@@ -290,8 +290,7 @@ def evaluate(store_url: str, labels_path: str, out_dir: str, *_after: Any) -> di
     confusion = ConfusionMatrix(len(cfg.classes))
     ber = BoundaryErrorRate()
     # Window edges are on the working grid; the class raster is on the file's grid.
-    fy, fx = store.scene.work_scale
-    row_edges, col_edges = (np.round(e * f).astype(np.int64) for e, f in zip(store.grid.edges(), (fy, fx), strict=True))
+    row_edges, col_edges = store.grid.edges_on(*store.scene.georef.shape)
     classes = store.array("classes")
     with gdal_env(), open_raster(labels_path, what="label raster") as ds:
         for y1, x1, y2, x2 in store.blocks():

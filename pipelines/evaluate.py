@@ -348,13 +348,6 @@ def classify(logits: torch.Tensor, classes: ClassList, logit_scale: float) -> to
     return labels
 
 
-def label_edges(store: RunStore, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The window edges of the store's grid (working pixels) mapped to label pixels ``shape``."""
-    rows, cols = store.grid.edges()
-    h, w = store.scene.georef.shape
-    return (np.round(rows * (shape[0] / h)).astype(np.int64), np.round(cols * (shape[1] / w)).astype(np.int64))
-
-
 # -- the evaluation ---------------------------------------------------------------------------------
 
 def _safe(name: str) -> str:
@@ -469,7 +462,7 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
                 _add(timings, stages.attend_windows(url))
                 t1 = time.perf_counter()
                 pred = predict_labels(store, classes, spec.logit_scale, label_shape, model.device)
-                rows, cols = label_edges(store, label_shape)
+                rows, cols = store.grid.edges_on(*label_shape)
                 timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t1
                 cm = ConfusionMatrix(len(classes))
                 cm.update(pred, labels)

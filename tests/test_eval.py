@@ -105,7 +105,7 @@ def test_predict_labels_equals_the_run_stitching_at_the_same_size(tmp_path: Path
     assert (ours == store.read("classes")).mean() > 0.999  # float summation order only
     bigger = evaluate.predict_labels(store, config.classes, config.logit_scale, (500, 600))
     assert bigger.shape == (500, 600) and set(np.unique(bigger)) <= set(range(len(config.classes)))
-    rows, cols = evaluate.label_edges(store, (500, 600))
+    rows, cols = store.grid.edges_on(500, 600)
     np.testing.assert_array_equal(rows, [2 * e for e in store.grid.edges()[0]])
     np.testing.assert_array_equal(cols, [2 * e for e in store.grid.edges()[1]])
 
