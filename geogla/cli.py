@@ -12,15 +12,20 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
 from geogla.models.weights import RandomWeightsWarning
-from pipelines.run import Progress
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from pipelines.run import Progress
 
 RANDOM_WEIGHTS_BANNER = (
-    "WARNING: --weights random: CLIP and the VFM have RANDOM weights. The labels are meaningless; "
-    "this mode only exercises and benchmarks the pipeline.")
+    "WARNING: --weights random: CLIP (and the VFM, where the preset has one) has RANDOM weights. The "
+    "labels are meaningless; this mode only exercises and benchmarks the pipeline.")
 
 
 class ProgressPrinter:
@@ -77,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", required=True,
                      help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"')
     run.add_argument("-o", "--out", default="geogla-out", help="output folder (default: ./geogla-out)")
-    run.add_argument("--model", default="default", help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8)")
+    run.add_argument("--model", default="default",
+                     help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
     run.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
                      help="'random' runs without weights (labels meaningless; for testing and benchmarks)")
     run.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
@@ -86,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
                      help="gla: attention across all windows (default); proxyclip: each window alone")
+    run.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
+                     help="query smoothing over each token's neighbours and overlapping windows (default: the "
+                          "preset's; on for presets without a VFM)")
     run.add_argument("--background", metavar="NAME",
                      help="class given to pixels whose top probability is below --prob-threshold")
     run.add_argument("--prob-threshold", type=float, default=0.0, metavar="P",
@@ -104,29 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", metavar="PATH",
                      help="label raster of class ids (in --classes order, 255 = unlabelled) the size of the "
                           "scene: report mIoU and the Boundary Error Rate")
-    run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr)")
+    run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr); any fsspec "
+                     "URL, e.g. s3://bucket/prefix/run.zarr (endpoint from $AWS_ENDPOINT_URL)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run on the Dask cluster of this scheduler, e.g. tcp://head:8786 (default: "
+                          "$DASK_SCHEDULER_ADDRESS, else a local cluster in this process)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     _add_eval_parser(sub)
+    _add_models_parser(sub)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     from geogla.classes import parse_classes
-    from geogla.gla import GLAConfig
     from geogla.models import get_preset
-    from geogla.runconfig import RunConfig
+    from geogla.runconfig import RunConfig, attention_config
     from geogla.scene import Scene
-    from pipelines.run import run_scene
+    from pipelines.run import connect, run_scene, scheduler_address
 
     classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
     preset = get_preset(args.model)
-    attention = GLAConfig() if args.attention == "gla" else GLAConfig.proxyclip()
+    attention = attention_config(preset, args.attention, smoothing=args.smoothing)
     config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
                        vfm_weights=args.vfm_weights, crop=args.crop or preset.crop,
                        stride=args.stride or preset.stride, attention=attention, logit_scale=args.logit_scale,
                        device=args.device, save_probabilities=args.save_probabilities, min_area=args.min_area,
                        simplify=args.simplify)
+    preset.tokens_per_side(config.crop)  # a crop off the key patch fails here, before models load
 
     def banner(scene: Scene) -> None:
         if args.weights == "random":
@@ -135,9 +149,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
                   "and areas in square pixels.", file=sys.stderr)
 
-    result = run_scene(args.scene, args.out, config, bands=args.bands, gsd=args.gsd, store_url=args.store,
-                       overwrite=args.overwrite, labels=args.labels, on_start=banner,
-                       progress=None if args.quiet else ProgressPrinter())
+    address = scheduler_address(args.scheduler)
+    cluster: AbstractContextManager[Client | None] = connect(address) if address else nullcontext()
+    with cluster as client:
+        if client is not None:
+            print(_dashboard_line(client, str(address)), file=sys.stderr)
+        result = run_scene(args.scene, args.out, config, bands=args.bands, gsd=args.gsd, store_url=args.store,
+                           overwrite=args.overwrite, labels=args.labels, on_start=banner, client=client,
+                           progress=None if args.quiet else ProgressPrinter())
     if result.valid_windows == 0:
         print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
@@ -152,6 +171,15 @@ def _run(args: argparse.Namespace) -> int:
     spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.timings.items()) if v >= 0.05)
     print(f"done in {result.wall:.1f}s ({spent})", file=sys.stderr)
     return 0
+
+
+def _dashboard_line(client: Client, address: str) -> str:
+    """One line naming the dashboard of the cluster a run uses."""
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError):  # a scheduler serving no dashboard
+        link = None
+    return f"Dask dashboard: {link} (scheduler {address})" if link else f"Dask scheduler {address} (no dashboard)"
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
@@ -179,7 +207,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
     ev.add_argument("-o", "--out", help="output folder (default: ./geogla-eval/<dataset>-<split>)")
     ev.add_argument("--figures", type=_non_negative_int, default=0, metavar="K",
                     help="write a comparison PNG for each of the first K images to OUT/figures")
-    ev.add_argument("--model", default="default", help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8)")
+    ev.add_argument("--model", default="default",
+                    help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
     ev.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
                     help="'random' runs without weights (scores meaningless; for testing)")
     ev.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
@@ -252,6 +281,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """The ``geogla models`` subcommand: the model presets, their sizes and where their weights are."""
+    models = sub.add_parser("models", help="list the model presets: sizes, memory per window, weights found")
+    models.add_argument("names", nargs="*", metavar="NAME", help="presets to show (default: all)")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from geogla.models.listing import models_text
+
+    print(models_text(args.names))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geogla`` command; returns the exit code."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -267,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             if args.command == "eval":
                 return _eval(args)
+            if args.command == "models":
+                return _models(args)
             raise ConfigError(f"Unknown command {args.command}.")
     except UserInputError as exc:
         print(f"geogla: error: {exc}", file=sys.stderr)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geogla.classes import ClassList
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig
+
+if TYPE_CHECKING:
+    from geogla.models.registry import ModelPreset
+
+#: Attention modes a run can ask for, and the GLAConfig each starts from.
+ATTENTION_MODES = ("gla", "proxyclip")
 
 #: Which settings each stored stage result depends on (cumulatively: attend also depends on
 #: everything encode depends on, classify on everything attend depends on).  Settings in none of
@@ -91,3 +97,25 @@ class RunConfig:
                    batch_size=int(d["batch_size"]), block=int(d["block"]),
                    save_probabilities=bool(d.get("save_probabilities", False)), min_area=d.get("min_area"),
                    simplify=d.get("simplify"))
+
+
+def attention_config(model: str | ModelPreset, mode: str = "gla", **explicit: Any) -> GLAConfig:
+    """The attention settings of a run with preset ``model``, in three layers, later ones winning.
+
+    1. ``mode``: ``"gla"`` starts from :class:`GLAConfig` (the paper's GLA), ``"proxyclip"`` from
+       :meth:`GLAConfig.proxyclip` (each window alone);
+    2. the preset's ``attention`` overrides (e.g. ``{smoothing: true}`` for a preset whose keys are
+       CLIP's own queries, method.md section 3c);
+    3. ``explicit`` GLAConfig fields set on the command line; a None value means "not given".
+
+    An unknown mode or field raises ConfigError.
+    """
+    from geogla.models.registry import ModelPreset, get_preset
+
+    preset = model if isinstance(model, ModelPreset) else get_preset(model)
+    if mode not in ATTENTION_MODES:
+        raise ConfigError(f"Unknown attention mode {mode!r}; use one of {', '.join(ATTENTION_MODES)}.")
+    base = GLAConfig() if mode == "gla" else GLAConfig.proxyclip()
+    given = {name: value for name, value in explicit.items() if value is not None}
+    layered = {**base.to_json(), **preset.attention, **given}
+    return GLAConfig.from_json(layered)

@@ -11,10 +11,13 @@ import functools
 import json
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,7 +28,9 @@ from geogla.classes import NODATA_CLASS, ClassList
 from geogla.cog import atomic_output, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.errors import SceneError
-from geogla.gla import attend
+from geogla.gla import GLAConfig, attend, compute_dtypes
+from geogla.gla.prototypes import FarSample, summarize
+from geogla.gla.scalable import ScalableAttention
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel, create_model
 from geogla.scene import Scene, SceneReader, open_raster
@@ -33,14 +38,25 @@ from geogla.stac import tiff_datetime, write_stac_item
 from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
 
-#: Windows projected per batch after attention (bounds the memory of the projection).
-PROJECT_BATCH = 64
+#: Windows per attend task (whole encode batches): enough to amortise reading the summary.
+ATTEND_TASK_WINDOWS = 64
+#: Windows an attend task keeps after reading them (MB): the near windows of its next batches.
+ATTEND_CACHE_MB = 128
 
 
-@functools.lru_cache(maxsize=2)
+_model_lock = threading.Lock()
+
+
 def load_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
                device: str) -> SegmentationModel:
     """The model of a run, loaded once per process and reused by every task there."""
+    with _model_lock:  # a worker's threads asking at once must not each load a copy (lru_cache would)
+        return _cached_model(name, weights, clip_weights, vfm_weights, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
+                  device: str) -> SegmentationModel:
     return create_model(name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights, device=device)
 
 
@@ -104,34 +120,184 @@ def embed_text(store_url: str) -> dict[str, float]:
     return {"text": time.perf_counter() - t0}
 
 
-def attend_windows(store_url: str, *_after: Any) -> dict[str, float]:
-    """Attention over all valid windows, then CLIP's projection: L2-normalised features per token."""
+class StoreWindows:
+    """The valid windows of a run store as a :class:`geogla.gla.source.WindowSource`.
+
+    Window ``i`` of the source is store window ``rows[i]``; runs of consecutive store windows are
+    read with one slice.  With ``cache_mb``, recently read windows are kept (least recently used
+    first out): scalable attention reads each window for several neighbouring batches.  Passes
+    over every window (the summary) read each once and need no cache.
+    """
+
+    def __init__(self, store: RunStore, rows: np.ndarray, cache_mb: int = 0) -> None:
+        self.rows = rows
+        self._arrays = {"keys": store.array("keys"), "values": store.array("values")}
+        self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        per_entry = 4 * self.n_tokens * max(int(a.shape[2]) for a in self._arrays.values())
+        self._capacity = cache_mb * 2**20 // per_entry  # window keys or values
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self._arrays["keys"].shape[1])
+
+    def keys(self, windows: Sequence[int]) -> torch.Tensor:
+        return self._read("keys", windows)
+
+    def values(self, windows: Sequence[int]) -> torch.Tensor:
+        return self._read("values", windows)
+
+    def _read(self, name: str, windows: Sequence[int]) -> torch.Tensor:
+        array = self._arrays[name]
+        found: dict[int, torch.Tensor] = {}
+        for w in windows:
+            hit = self._cache.get((name, int(w)))
+            if hit is not None:
+                found[int(w)] = hit
+                self._cache.move_to_end((name, int(w)))
+        missing = sorted({int(w) for w in windows} - found.keys())
+        start = 0
+        while start < len(missing):  # one read per run of consecutive store rows
+            stop = start + 1
+            while stop < len(missing) and self.rows[missing[stop]] == self.rows[missing[stop - 1]] + 1:
+                stop += 1
+            r0 = int(self.rows[missing[start]])
+            block = torch.from_numpy(np.asarray(array[r0:r0 + stop - start]))
+            for k, w in enumerate(missing[start:stop]):
+                found[w] = block[k]
+                if self._capacity:
+                    self._cache[(name, w)] = block[k]
+            start = stop
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        if not found:
+            return torch.empty(0, self.n_tokens, int(array.shape[2]))
+        return torch.stack([found[int(w)] for w in windows])
+
+
+def attention_mode(store: RunStore) -> Literal["window", "exact", "scalable"]:
+    """How the run's attention is computed: ``"window"`` (each window alone, no key-value
+    extension), ``"exact"`` or ``"scalable"`` (:meth:`GLAConfig.memory_mode` on the grid's
+    ``L * N`` tokens, nodata windows included, so that the graph is known before encoding)."""
+    cfg = store.config.attention
+    if not cfg.kv_extension:
+        return "window"
+    return cfg.memory_mode(len(store.grid) * store.tokens_per_side ** 2)
+
+
+def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.dtype, torch.dtype]:
+    like = torch.empty(0, dtype=torch.float32, device=model.device)
+    return compute_dtypes(store.config.attention.precision, like)
+
+
+def summarize_keys(store_url: str, *_after: Any) -> dict[str, float]:
+    """Scalable attention's far summary of all valid windows (two passes over the keys), stored
+    under ``summary/``; nothing to do in the other attention modes."""
     store = RunStore.open(store_url)
-    if store.is_done("attend"):
+    if store.is_done("summary"):
         return {}
     t0 = time.perf_counter()
-    cfg = store.config
+    if attention_mode(store) == "scalable":
+        ids = np.nonzero(store.read("windows/valid"))[0]
+        if len(ids):
+            model = model_for(store)
+            cdtype, adtype = _scalable_dtypes(store, model)
+            sample = summarize(StoreWindows(store, ids), store.config.attention, cdtype, adtype,
+                               torch.device(model.device))
+            store.write_tensors("summary", {k: v.numpy() for k, v in sample.to_tensors().items()})
+    store.mark_done("summary")
+    return {"summary": time.perf_counter() - t0}
+
+
+def attend_batches(store_url: str, batches: Sequence[int], *_after: Any) -> dict[str, float]:
+    """Attention, then CLIP's projection, for the given encode batches (indexes into
+    :func:`window_batches`): L2-normalised features per token, written batch by batch.
+
+    Scalable attention reads only the windows near each batch (and the stored summary); attention
+    inside each window reads the batch and, for query smoothing, the windows overlapping it.
+    Exact attention needs every window: its graph has one task over all batches.
+    """
+    store = RunStore.open(store_url)
+    all_batches = window_batches(store)
+    todo = [b for b in batches if not bool(np.all(store.read("windows/attended", _batch_slice(all_batches[b]))))]
+    if not todo:
+        return {}
+    t0 = time.perf_counter()
+    mode, cfg = attention_mode(store), store.config.attention
     valid = store.read("windows/valid")
-    ids = np.nonzero(valid)[0]
-    features = np.zeros((len(valid), store.tokens_per_side ** 2, store.embed_dim), dtype=np.float32)
+    rows = np.nonzero(valid)[0]
+    model = model_for(store)
+    device = torch.device(model.device)
+    source = StoreWindows(store, rows, cache_mb=ATTEND_CACHE_MB)
+    n = store.tokens_per_side
+    offsets = torch.from_numpy(store.grid.token_offsets(n)[rows])
+    exact: torch.Tensor | None = None
+    scalable: ScalableAttention | None = None
+    if mode == "exact" and len(rows):
+        every = list(range(len(rows)))
+        exact = attend(source.keys(every).to(device), source.values(every).to(device),
+                       config=replace(cfg, memory="exact"), offsets=offsets.to(device))
+    elif mode == "scalable" and len(rows):
+        cdtype, adtype = _scalable_dtypes(store, model)
+        tensors = {k: torch.from_numpy(v) for k, v in store.read_tensors("summary").items()}
+        scalable = ScalableAttention(FarSample.from_tensors(tensors, cdtype, adtype, device), offsets, cfg,
+                                     cdtype, adtype)
     t_att = t_proj = 0.0
-    if len(ids):
-        model = model_for(store)
-        keys = torch.from_numpy(store.read_rows("keys", ids))
-        values = torch.from_numpy(store.read_rows("values", ids))
-        offsets = torch.from_numpy(store.grid.token_offsets(store.tokens_per_side)[ids])
-        t1 = time.perf_counter()
-        attended = attend(keys.to(model.device), values.to(model.device), config=cfg.attention,
-                          offsets=offsets.to(model.device))
-        t_att = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        for s in range(0, len(ids), PROJECT_BATCH):
-            feats = F.normalize(model.project(attended[s:s + PROJECT_BATCH]).float(), dim=-1)
-            features[ids[s:s + PROJECT_BATCH]] = feats.cpu().numpy()
-        t_proj = time.perf_counter() - t2
-    store.array("features")[:] = features
-    store.mark_done("attend")
+    for b in todo:
+        ids = all_batches[b]
+        sl = _batch_slice(ids)
+        local = np.searchsorted(rows, [i for i in ids if valid[i]])
+        features = np.zeros((len(ids), n * n, store.embed_dim), dtype=np.float32)
+        if len(local):
+            t1 = time.perf_counter()
+            if exact is not None:
+                attended = exact[torch.from_numpy(local).to(exact.device)]
+            elif scalable is not None:
+                attended = scalable(source, local.tolist())
+            else:
+                attended = _attend_each_window(source, local, offsets, cfg, store, device)
+            t2 = time.perf_counter()
+            feats = F.normalize(model.project(attended.to(device=device, dtype=torch.float32)).float(), dim=-1)
+            features[valid[sl]] = feats.cpu().numpy()
+            t_att, t_proj = t_att + t2 - t1, t_proj + time.perf_counter() - t2
+        store.array("features")[sl] = features
+        store.array("windows/attended")[sl] = True  # last: marks the batch done
     return {"attend": t_att, "project": t_proj, "attend_io": time.perf_counter() - t0 - t_att - t_proj}
+
+
+def attend_all(store_url: str) -> dict[str, float]:
+    """The summary and every attend batch, in this process (for callers without a task graph)."""
+    timings = summarize_keys(store_url)
+    parts = attend_batches(store_url, range(len(window_batches(RunStore.open(store_url, mode="r")))))
+    return {**timings, **parts}
+
+
+def _batch_slice(ids: Sequence[int]) -> slice:
+    return slice(ids[0], ids[-1] + 1)
+
+
+def _attend_each_window(source: StoreWindows, local: np.ndarray, offsets: torch.Tensor, cfg: GLAConfig,
+                        store: RunStore, device: torch.device) -> torch.Tensor:
+    """Attention inside each of the ``local`` windows (no key-value extension).
+
+    Query smoothing averages over the tokens at the same place in overlapping windows, so those
+    are read too (as context) and only the batch's own rows are kept.
+    """
+    wanted = [int(i) for i in local]
+    context = wanted
+    if cfg.smoothing:
+        grid, rows = store.grid, source.rows
+        near = np.array(sorted({int(w) for i in wanted for w in grid.windows_intersecting(*grid.window(int(rows[i])))}))
+        pos = np.minimum(np.searchsorted(rows, near), len(rows) - 1)
+        context = sorted(set(pos[rows[pos] == near].tolist()) | set(wanted))  # the valid ones
+    off = offsets[context]
+    out = attend(source.keys(context).to(device), source.values(context).to(device), config=cfg,
+                 offsets=(off - off.amin(dim=0)).to(device))
+    position = {c: k for k, c in enumerate(context)}
+    return out[torch.tensor([position[i] for i in wanted], device=out.device)]
 
 
 def class_probabilities(pixel_logits: torch.Tensor, classes: ClassList, logit_scale: float) -> torch.Tensor:
@@ -316,10 +482,11 @@ def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float
     paths = output_paths(out_dir, scene.stem)
     classes = store.array("classes")
     t0 = time.perf_counter()
-    write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
-    if cfg.save_probabilities:
-        write_float_cog(paths["probabilities"], store.array("probabilities"), scene.georef, list(cfg.classes.names),
-                        tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
+    with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
+        write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
+        if cfg.save_probabilities:
+            write_float_cog(paths["probabilities"], store.array("probabilities"), scene.georef,
+                            list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
     t1 = time.perf_counter()
     # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
     polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area, simplify=cfg.simplify)

@@ -7,17 +7,21 @@ scene's file grid)::
       windows/box       (L, 4)      int32    window (y1, x1, y2, x2) in working pixels
       windows/valid     (L,)        bool     False: window is all nodata, not encoded
       windows/encoded   (L,)        bool     per-window done flags of the encode stage
+      windows/attended  (L,)        bool     per-window done flags of the attend stage
       keys              (L, N, Dk)  float32  VFM keys, L2-normalised
       values            (L, N, Dv)  float32  CLIP last-block value tokens on the VFM grid
+      summary/<field>               scalable attention's far summary of all keys (FarSample)
       features          (L, N, E)   float32  projected, L2-normalised features after attention
       text              (P, E)      float32  prompt embeddings
       classes           (H, W)      uint8    stitched class ids, 255 = nodata
       probabilities     (C, H, W)   uint8    class probability x 255 (only with save_probabilities)
       blocks/stitched   (B,)        bool     per-block done flags of the stitch stage
-      done/<stage>                  empty groups marking finished stages (text, attend)
+      done/<stage>                  empty groups marking finished stages (text, summary)
 
-Window arrays are chunked by encode batch and the rasters by output block, so that every task
-writes whole chunks that no other task touches.  Done flags are written after the data they mark.
+Window arrays are chunked (keys and values: sharded) by encode batch and the rasters by output
+block, so that every task writes whole chunks (shards) that no other task touches.  Keys and
+values hold one window per inner chunk, so attention reads single windows cheaply.  Done flags
+are written after the data they mark.
 
 Three fingerprints guard what is stored (:data:`geogla.runconfig.FINGERPRINT_LEVELS`): a store
 whose *encode* fingerprint differs is refused; when only the *attend* or *classify* one differs
@@ -31,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,10 +48,10 @@ from geogla.grid import WindowGrid
 from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
 
-FORMAT = 2
-STAGES = ("text", "attend")
+FORMAT = 3
+STAGES = ("text", "summary")
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
-_LEVEL_ARRAYS = {"attend": ("features", "done/attend"),
+_LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
                  "classify": ("text", "classes", "probabilities", "blocks/stitched", "done/text")}
 
 
@@ -117,9 +122,9 @@ class RunStore:
         group.create_array("windows/box", data=grid.boxes().astype(np.int32), chunks=(max(L, 1), 4))
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
-        group.create_array("keys", shape=(L, N, key_dim), chunks=(B, N, key_dim), dtype="float32", fill_value=0.0)
-        group.create_array("values", shape=(L, N, value_dim), chunks=(B, N, value_dim), dtype="float32",
-                           fill_value=0.0)
+        for name, dim in (("keys", key_dim), ("values", value_dim)):
+            group.create_array(name, shape=(L, N, dim), chunks=(1, N, dim), shards=(B, N, dim), dtype="float32",
+                               fill_value=0.0)
         store = cls(url, group)
         store._create_level_arrays("attend", scene, config, dims)
         store._create_level_arrays("classify", scene, config, dims)
@@ -139,6 +144,8 @@ class RunStore:
         N, B, E = dims["tokens_per_side"] ** 2, config.batch_size, dims["embed_dim"]
         if level == "attend":
             g.create_array("features", shape=(L, N, E), chunks=(B, N, E), dtype="float32", fill_value=0.0,
+                           overwrite=True)
+            g.create_array("windows/attended", shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
                            overwrite=True)
             return
         H, W = scene.georef.shape
@@ -212,6 +219,20 @@ class RunStore:
         """The given rows (first-axis indices, in any order) of array ``name``."""
         return np.asarray(self.array(name).oindex[np.asarray(rows, dtype=np.int64)])
 
+    def write_tensors(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store small arrays as the group ``name`` (replacing it), one Zarr array each."""
+        if name in self.group:
+            del self.group[name]
+        group = self.group.create_group(name)
+        for key, data in arrays.items():
+            group.create_array(key, data=np.ascontiguousarray(data), chunks=data.shape if data.ndim else "auto")
+
+    def read_tensors(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of group ``name`` written by :meth:`write_tensors`."""
+        group = self.group[name]
+        assert isinstance(group, zarr.Group)
+        return {key: np.asarray(arr[...]) for key, arr in group.arrays()}
+
     # -- stage markers -------------------------------------------------------------------------
     @property
     def embed_dim(self) -> int:
@@ -233,15 +254,18 @@ def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, in
 
 def _interrupted_creation(url: str) -> bool:
     """True for a store whose creation was interrupted: a group with no geogla metadata holding
-    nothing but arrays geogla creates."""
+    nothing but arrays geogla creates (the run lock, geogla.lock, is no Zarr node and not listed)."""
     try:
         group = zarr.open_group(url, mode="r")
     except (FileNotFoundError, ValueError, OSError):
         return False
     if "geogla" in group.attrs:
         return False
-    ours = {"windows", "keys", "values", "features", "text", "classes", "probabilities", "blocks", "done"}
-    return set(group.keys()) <= ours
+    ours = {"windows", "keys", "values", "features", "summary", "text", "classes", "probabilities", "blocks", "done"}
+    with warnings.catch_warnings():
+        # Listing warns about objects that are not Zarr nodes, such as the lock object.
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+        return set(group.keys()) <= ours
 
 
 def _store_exists(url: str) -> bool:
@@ -251,6 +275,7 @@ def _store_exists(url: str) -> bool:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache(path)  # object stores cache listings; the store may have changed since
     return bool(fs.exists(path))
 
 
@@ -266,3 +291,4 @@ def _remove_store(url: str) -> None:
 
     fs, path = fsspec.core.url_to_fs(url)
     fs.rm(path, recursive=True)
+    fs.invalidate_cache(path)

@@ -45,15 +45,13 @@ from geogla.datasets import DatasetError, DatasetSpec, DecodeStats, Sample, load
 from geogla.env import gdal_env
 from geogla.errors import StoreError
 from geogla.figures import Panel, comparison_figure, nearest_resize, save_figure
-from geogla.gla import GLAConfig
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel
-from geogla.runconfig import RunConfig
+from geogla.runconfig import ATTENTION_MODES, RunConfig, attention_config
 from geogla.scene import Scene, open_raster, open_scene
 from geogla.store import RunStore
 
 #: Attention modes ``geogla eval`` compares, in table order, with their display names.
-MODES: dict[str, Callable[[], GLAConfig]] = {"proxyclip": GLAConfig.proxyclip, "gla": GLAConfig}
 MODE_TITLES = {"proxyclip": "ProxyCLIP", "gla": "GLA"}
 #: Longest side of the images in the figures.
 FIGURE_SIDE = 448
@@ -414,15 +412,15 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
     after each image.  Raises :class:`DatasetError` when a mask's size differs from its image's.
     """
     for m in options.modes:
-        if m not in MODES:
-            raise DatasetError(f"Unknown attention mode {m!r}; known: {', '.join(MODES)}.")
+        if m not in ATTENTION_MODES:
+            raise DatasetError(f"Unknown attention mode {m!r}; known: {', '.join(ATTENTION_MODES)}.")
     out = Path(out_dir)
     classes = spec.class_list()
     model = stages.load_model(options.model, options.weights, options.clip_weights, options.vfm_weights,
                               options.device)
     configs = {m: RunConfig(classes=classes, model=options.model, weights=options.weights,
                             clip_weights=options.clip_weights, vfm_weights=options.vfm_weights, crop=spec.crop,
-                            stride=spec.stride, attention=MODES[m](), logit_scale=spec.logit_scale,
+                            stride=spec.stride, attention=attention_config(options.model, m), logit_scale=spec.logit_scale,
                             device=options.device, batch_size=options.batch_size)
                for m in options.modes}
     scores = {m: ModeScores(ConfusionMatrix(len(classes))) for m in options.modes}
@@ -459,7 +457,7 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
                 for ids in stages.window_batches(store):
                     _add(timings, stages.encode_windows(url, ids))
                 text.fill(store, timings)
-                _add(timings, stages.attend_windows(url))
+                _add(timings, stages.attend_all(url))
                 t1 = time.perf_counter()
                 pred = predict_labels(store, classes, spec.logit_scale, label_shape, model.device)
                 rows, cols = store.grid.edges_on(*label_shape)

@@ -2,7 +2,9 @@
 
 The graph carries only the store URL, window ids and block ids; every task is a stage function
 of :mod:`geogla.stages`, which reads from and writes to the run store.  By default the graph runs
-on an embedded local cluster (one worker, threads in this process, so the models load once).
+on an embedded local cluster (one worker, threads in this process, so the models load once); with
+a scheduler address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``) it runs on that Dask cluster,
+whose workers must reach the scene, the run store and the output folder by the same paths or URLs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,8 @@ from dask.delayed import Delayed, delayed
 from distributed import Client, LocalCluster, as_completed
 
 from geogla import stages
-from geogla.errors import OutputError
+from geogla.errors import ConfigError, OutputError, StoreError
+from geogla.lock import RunLock
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene, open_scene
 from geogla.store import RunStore
@@ -58,10 +61,13 @@ class Task:
     windows: int = 0
 
 
-def build_tasks(store: RunStore, out_dir: str, labels: str | None = None) -> list[Task]:
+def build_tasks(store: RunStore, out_dir: str, labels: str | None = None,
+                encode_resources: dict[str, float] | None = None) -> list[Task]:
     """The tasks of one run, dependencies wired; each computes to a dict of timings.
 
     With ``labels`` (a label raster of class ids) an evaluation task scores the class raster.
+    ``encode_resources`` (e.g. ``{"GPU": 1}``, see :func:`encode_resources`) are the worker
+    resources each encode task asks for.
     Task keys carry a token of the store so that runs sharing a cluster never collide.
     """
     url = store.url
@@ -71,16 +77,30 @@ def build_tasks(store: RunStore, out_dir: str, labels: str | None = None) -> lis
         return delayed(fn, pure=False)(*args, dask_key_name=f"{name}-{token}")
 
     batches = stages.window_batches(store)
-    encodes = [call(stages.encode_windows, f"encode-{k}", url, ids) for k, ids in enumerate(batches)]
+    with dask.annotate(resources=encode_resources) if encode_resources else nullcontext():
+        encodes = [call(stages.encode_windows, f"encode-{k}", url, ids) for k, ids in enumerate(batches)]
     text = call(stages.embed_text, "text", url)
-    attended = call(stages.attend_windows, "attend", url, text, *encodes)
-    stitched = [call(stages.stitch_block, f"stitch-{b}", url, b, attended) for b in range(len(store.blocks()))]
+    summary = call(stages.summarize_keys, "summary", url, *encodes)
+    attends = [call(stages.attend_batches, f"attend-{k}", url, part, summary)
+               for k, part in enumerate(attend_parts(store))]
+    stitched = [call(stages.stitch_block, f"stitch-{b}", url, b, text, *attends)
+                for b in range(len(store.blocks()))]
     tasks = [*(Task("encode", e, len(ids)) for e, ids in zip(encodes, batches, strict=True)), Task("text", text),
-             Task("attend", attended), *(Task("stitch", s) for s in stitched),
+             Task("summary", summary), *(Task("attend", a) for a in attends), *(Task("stitch", s) for s in stitched),
              Task("outputs", call(stages.write_outputs, "outputs", url, out_dir, *stitched))]
     if labels is not None:
         tasks.append(Task("evaluate", call(stages.evaluate, "evaluate", url, labels, out_dir, *stitched)))
     return tasks
+
+
+def attend_parts(store: RunStore) -> list[list[int]]:
+    """Encode batches grouped into attend tasks: all in one for exact attention (it needs every
+    window at once), else about ``stages.ATTEND_TASK_WINDOWS`` windows per task."""
+    n_batches = len(stages.window_batches(store))
+    if stages.attention_mode(store) == "exact":
+        return [list(range(n_batches))]
+    per_task = max(1, stages.ATTEND_TASK_WINDOWS // store.config.batch_size)
+    return [list(range(b, min(b + per_task, n_batches))) for b in range(0, n_batches, per_task)]
 
 
 @dataclass
@@ -121,16 +141,57 @@ def embedded_client() -> Iterator[Client]:
             cluster.close()
 
 
+#: The environment variable naming the scheduler when ``--scheduler`` is not given (Dask's own).
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+
+def scheduler_address(explicit: str | None = None) -> str | None:
+    """The Dask scheduler to run on: ``explicit``, else ``$DASK_SCHEDULER_ADDRESS``, else None (embedded)."""
+    return explicit or os.environ.get(SCHEDULER_ENV) or None
+
+
+@contextmanager
+def connect(address: str) -> Iterator[Client]:
+    """A client of the running Dask scheduler at ``address`` (:class:`ConfigError` when unreachable)."""
+    try:
+        client = Client(address)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"Cannot connect to the Dask scheduler at {address}: {reason}.") from None
+    with client:
+        yield client
+
+
+def gpu_resources(scheduler_info: dict[str, Any]) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when a worker in ``scheduler_info`` (``Client.scheduler_info()``) advertises a
+    ``GPU`` resource, else None: annotating tasks with a resource no worker has would stall them."""
+    workers = scheduler_info.get("workers", {}).values()
+    if any(float(w.get("resources", {}).get("GPU", 0)) >= 1 for w in workers):
+        return {"GPU": 1}
+    return None
+
+
+def encode_resources(client: Client) -> dict[str, float] | None:
+    """The resources encode tasks ask for on ``client``'s cluster (see :func:`gpu_resources`); decided
+    from the workers connected when the run starts."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker: some releases list only five by default
+    except TypeError:  # a release before n_workers, which lists them all
+        info = client.scheduler_info()
+    return gpu_resources(dict(info))
+
+
 def run_graph(store: RunStore, out_dir: str, client: Client | None = None, labels: str | None = None,
               progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
     """Compute the run's tasks on ``client`` (an embedded cluster when None); return summed timings.
 
+    Encode tasks ask for one ``GPU`` when the cluster's workers advertise that resource.
     ``progress`` is called after every finished task.
     """
     if client is None:
         with embedded_client() as c:
             return run_graph(store, out_dir, c, labels, progress)
-    tasks = build_tasks(store, out_dir, labels)
+    tasks = build_tasks(store, out_dir, labels, encode_resources=encode_resources(client))
     futures = client.compute([t.call for t in tasks])
     by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
     total: dict[str, int] = {}
@@ -181,11 +242,12 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
               overwrite: bool = False, client: Client | None = None, labels: str | None = None,
               on_start: Callable[[Scene], None] | None = None,
               progress: Callable[[Progress], None] | None = None) -> RunResult:
-    """Check everything a run needs, create (or resume) its store, and run it.
+    """Check everything a run needs, create (or resume) its store, lock it, and run it.
 
     Every check a user can fail (the scene, the weights, the output folder) happens before
     anything is written, so a user error leaves nothing behind.  ``on_start(scene)`` is called once
-    they have passed, before the work starts.
+    they have passed, before the work starts.  A store another run is writing is refused with
+    :class:`StoreError` (see :class:`geogla.lock.RunLock`).
     """
     scene = open_scene(scene_path, bands=bands, gsd=gsd, resize_long_side=resize_long_side)
     if labels is not None:
@@ -193,13 +255,36 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
     c = config
     model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
     ensure_writable_dir(out_dir)
+    if client is not None:  # a cluster's workers may run in another folder
+        out_dir = os.path.abspath(out_dir)
+        if labels is not None and "://" not in labels:
+            labels = os.path.abspath(labels)
     url = store_url or os.path.join(out_dir, f"{scene.stem}.zarr")
-    store, resumed = RunStore.create_or_resume(
-        url, scene, config, tokens=model.tokens_per_side(config.crop), key_dim=model.key_dim,
-        value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
-    if on_start is not None:
-        on_start(scene)
-    return timed_run(store, out_dir, resumed, client, labels, progress)
+    if "://" not in url:
+        url = os.path.abspath(url)
+    lock = RunLock(url)
+    try:
+        if _is_run_store(url):
+            # Before resuming: a resume may reset arrays (or --overwrite delete a store) another run is using.
+            lock.acquire(heartbeat=False)
+        store, resumed = RunStore.create_or_resume(
+            url, scene, config, tokens=model.tokens_per_side(config.crop), key_dim=model.key_dim,
+            value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
+        lock.acquire()  # takes a new store's lock, or re-takes it after --overwrite removed the old store
+        if on_start is not None:
+            on_start(scene)
+        return timed_run(store, out_dir, resumed, client, labels, progress)
+    finally:
+        lock.release()
+
+
+def _is_run_store(url: str) -> bool:
+    """Whether ``url`` holds a geogla run store (one a run may be writing)."""
+    try:
+        RunStore.open(url, mode="r")
+    except (StoreError, OSError, ValueError):
+        return False
+    return True
 
 
 def ensure_writable_dir(path: str) -> None:

@@ -19,7 +19,7 @@ from geogla import stages
 from geogla.cli import main
 from geogla.datasets import DatasetError, Sample, expand_tiles, find_samples, get_spec, spec_from_entry
 from geogla.gla import GLAConfig
-from geogla.runconfig import RunConfig
+from geogla.runconfig import RunConfig, attention_config
 from geogla.scene import SceneReader, open_scene
 from geogla.store import RunStore
 from pipelines import evaluate
@@ -93,7 +93,7 @@ def _attended_store(tmp_path: Path, shape: tuple[int, int]) -> tuple[RunStore, R
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     stages.embed_text(store.url)
-    stages.attend_windows(store.url)
+    stages.attend_all(store.url)
     return store, config
 
 
@@ -298,9 +298,10 @@ def test_eval_root_without_images_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert "No ISPRS images" in capsys.readouterr().err
 
 
-def test_mode_configs_are_the_two_attentions() -> None:
-    assert evaluate.MODES["gla"]() == GLAConfig()
-    assert evaluate.MODES["proxyclip"]() == GLAConfig.proxyclip()
+def test_mode_configs_are_the_two_attentions_with_the_presets_settings() -> None:
+    assert attention_config("default", "gla") == GLAConfig()
+    assert attention_config("default", "proxyclip") == GLAConfig.proxyclip()
+    assert attention_config("clearclip-b16", "gla") == GLAConfig(smoothing=True)
 
 
 def test_uavid_frames_are_scored_tile_by_tile(tmp_path: Path) -> None:

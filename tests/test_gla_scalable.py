@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 
 from geogla.errors import ConfigError
-from geogla.gla import GLAConfig, attend
+from geogla.gla import GLAConfig, attend, prototypes
 from geogla.gla.config import Precision
-from geogla.gla.prototypes import allocate, far_sample, spherical_kmeans
-from geogla.gla.scalable import near_groups, rows_per_block
-from geogla.gla.synthetic import structured_scene
+from geogla.gla.prototypes import FarSample, allocate, spherical_kmeans, summarize
+from geogla.gla.scalable import ScalableAttention, near_groups, rows_per_block
+from geogla.gla.source import TensorWindows
+from geogla.gla.synthetic import SyntheticScene, structured_scene
 from geogla.grid import WindowGrid
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -241,48 +242,81 @@ def test_allocate_is_proportional_with_one_per_stratum() -> None:
     assert int(allocate(sizes, 2).sum()) == 2
 
 
+def _summary(sc: SyntheticScene, samples: int, prototypes: int, **kw: Any) -> FarSample:
+    cfg = GLAConfig(memory="scalable", far_samples=samples, prototypes=prototypes, **kw)
+    return summarize(TensorWindows(sc.keys, sc.values), cfg, torch.float32, torch.float32, torch.device("cpu"))
+
+
 def test_far_sample_weights_count_far_tokens_exactly() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=2)
     total = 9 * 64
-    sample = far_sample(sc.keys, sc.values, 50, 6, 0, torch.float32, torch.float32, rho=0.6, steps=2)
+    sample = _summary(sc, 50, 6)
     flat_keys = sc.keys.reshape(-1, 32)
-    assert sample.token.numel() == 50 and torch.equal(sample.keys, flat_keys[sample.token])
+    # at most far_samples: a sampled token that is also central counts once
+    assert 40 < sample.token.numel() <= 50 and torch.equal(sample.keys, flat_keys[sample.token])
     assert 0 < int(sample.central.sum()) <= 25  # up to half central
-    assert torch.equal(sample.token_central.nonzero().flatten(), sample.token[sample.central])
+    token_stratum = sample.strata(sc.keys).reshape(-1)
+    assert torch.equal(sample.stratum, token_stratum[sample.token])
+    token_central = torch.zeros(total, dtype=torch.bool)
+    token_central[sample.token[sample.central]] = True
+    rest = ~token_central
+    assert int(sample.rest_size.sum()) + int(sample.central.sum()) == total
+    torch.testing.assert_close(sample.key_mean, flat_keys.mean(dim=0))
+
     near = torch.tensor([0, 4])
-    weight = sample.far_weights(near)
+    counts, key_sums, _ = sample.window_rest(near, token_stratum.view(9, 64)[near], sc.keys[near], sc.values[near])
+    count, key_sum = counts.sum(dim=0), key_sums.sum(dim=0)
+    near_rest = rest & torch.isin(torch.arange(total) // 64, near)
+    assert torch.equal(count, torch.bincount(token_stratum[near_rest], minlength=6))
+    want_near = torch.zeros(6, 32).index_add_(0, token_stratum[near_rest], flat_keys[near_rest])
+    torch.testing.assert_close(key_sum, want_near, rtol=1e-5, atol=1e-5)
+    weight = sample.far_weights(near, count)
     far = ~torch.isin(sample.window, near)
     assert bool((weight[~far] == 0).all()) and bool((weight[far & sample.central] == 1).all())
     assert bool((weight[far] >= 1).all())
     # strata with far sampled representatives: weights add up to their far token counts
-    n_far = sample.rest_size - sample.rest_hist[near].sum(dim=0)
+    n_far = sample.rest_size - count
     n_far += torch.bincount(sample.stratum[far & sample.central], minlength=n_far.numel())
     per = torch.zeros(n_far.numel()).index_add_(0, sample.stratum, weight)
     has = torch.bincount(sample.stratum[far & ~sample.central], minlength=per.numel()) > 0
     torch.testing.assert_close(per[has], n_far[has].float())
-    assert int(sample.rest_hist.sum()) + int(sample.central.sum()) == total
-    # exact per-stratum sums of the non-central keys, and of the far ones
-    rest = ~sample.token_central
-    want = torch.zeros(6, 32).index_add_(0, sample.token_stratum[rest], flat_keys[rest])
+    # exact per-stratum sums of the non-central keys
+    want = torch.zeros(6, 32).index_add_(0, token_stratum[rest], flat_keys[rest])
     torch.testing.assert_close(sample.rest_key_sum, want, rtol=1e-5, atol=1e-5)
-    near_tok = (near[:, None] * 64 + torch.arange(64)).reshape(-1)
-    keys_far, _ = sample.far_rest_sums(near, flat_keys[near_tok], sc.values.reshape(total, -1)[near_tok])
-    far_tok = rest & ~torch.isin(torch.arange(total) // 64, near)
-    want_far = torch.zeros(6, 32).index_add_(0, sample.token_stratum[far_tok], flat_keys[far_tok])
-    torch.testing.assert_close(keys_far, want_far, rtol=1e-5, atol=1e-5)
 
 
 def test_central_representatives_are_the_keys_closest_to_the_modes() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=3)
     flat_keys = sc.keys.reshape(-1, 32)
-    sample = far_sample(sc.keys, sc.values, 100, 4, 0, torch.float32, torch.float32)  # modes = prototypes
+    sample = _summary(sc, 100, 4, proxy=False)  # without proxy rounds the modes are the prototypes
     central = set(sample.token[sample.central].tolist())
-    # far_sample's k-means, replayed: the fit sample is every key in the seeded random order
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(flat_keys.shape[0], generator=gen)
-    centres = spherical_kmeans(torch.nn.functional.normalize(flat_keys[order], dim=1), 4, gen, iterations=10)
-    best = (flat_keys @ centres.T).argmax(dim=0).tolist()  # each prototype's closest key
+    best = (flat_keys @ sample.centres.T).argmax(dim=0).tolist()  # each prototype's closest key
     assert set(best) <= central
+
+
+def test_summary_does_not_depend_on_how_the_passes_are_batched(monkeypatch: pytest.MonkeyPatch) -> None:
+    sc = structured_scene(4, 4, side=8, dim=32, seed=5)
+    whole = _summary(sc, 60, 5)
+    monkeypatch.setattr(prototypes, "_PASS_TOKENS", 3 * 64)  # three windows per step
+    batched = _summary(sc, 60, 5)
+    for name, value in whole.to_tensors().items():
+        torch.testing.assert_close(batched.to_tensors()[name], value, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_attention_split_into_calls_equals_one_call_and_survives_storage() -> None:
+    keys, values, offsets = _small(rows=4, cols=4)
+    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6)
+    source = TensorWindows(keys, values)
+    dtype = torch.float64
+    sample = summarize(source, cfg, dtype, dtype, torch.device("cpu"))
+    whole = ScalableAttention(sample, offsets, cfg, dtype, dtype)(source, range(16))
+    torch.testing.assert_close(whole, attend(keys, values, cfg, offsets=offsets), rtol=1e-12, atol=1e-12)
+    # a run's attend tasks: the summary goes through the store, each task does some windows
+    stored = FarSample.from_tensors(sample.to_tensors(), torch.float32, torch.float32, torch.device("cpu"))
+    attention = ScalableAttention(stored, offsets, cfg, torch.float32, torch.float32)
+    parts = [attention(source, ids) for ids in ([5, 0, 1], [2, 3, 4, 6, 7], list(range(8, 16)))]
+    split = torch.cat(parts)[torch.tensor([1, 2, 3, 4, 5, 0, 6, 7, *range(8, 16)])]
+    torch.testing.assert_close(split.double(), whole, rtol=1e-4, atol=1e-5)
 
 
 def test_spherical_kmeans_finds_separated_clusters() -> None:

@@ -1,7 +1,10 @@
-"""geogla.models: presets, the encoders of method.md section 2, text embeddings and weight resolution.
+"""geogla.models: presets, the encoders of method.md section 2, text embeddings, weight resolution,
+the VFM-free mode and ``geogla models``.
 
-Everything runs on the ``tiny`` preset (random weights) except one test that builds the default
-architectures; no test touches the network or the real Hugging Face cache.
+Most tests run on the ``tiny`` preset or shrunk variants of the real timm classes (random weights).
+Every real preset is checked for shapes on the ``meta`` device (no compute) and with random
+weights at crop 224 (``slow``, except the default and the VFM-free preset); one end-to-end run uses
+the cheapest real architecture.  No test touches the network or the real Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,12 +29,14 @@ from geogla.models import (
     ModelPreset,
     RandomWeightsWarning,
     SegmentationModel,
+    VfmSpec,
     create_model,
     describe_weights,
     find_config_file,
     get_preset,
     list_presets,
 )
+from geogla.models.factory import create_meta_model
 from geogla.models.registry import parse_presets
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -99,7 +105,7 @@ def test_registry_lists_presets_and_rejects_unknown_names() -> None:
     assert (default.crop, default.stride, default.random_only) == (224, 112, False)
     assert default.clip.mean == OPENAI_MEAN and default.vfm.std == IMAGENET_STD
     assert get_preset("tiny").random_only
-    with pytest.raises(ConfigError, match="known presets: default, tiny"):
+    with pytest.raises(ConfigError, match="known presets: default, .*, tiny"):
         create_model("nope")
 
 
@@ -150,8 +156,9 @@ def test_tiny_shapes_and_normalised_keys(tiny: SegmentationModel, crop: int) -> 
 
 
 def test_crops_and_windows_are_checked(tiny: SegmentationModel) -> None:
-    with pytest.raises(ConfigError, match="multiple of 16"):
-        tiny.tokens_per_side(200)
+    assert tiny.tokens_per_side(200) == 25  # the keys' patch (8) sets the grid; CLIP's (16) does not
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        tiny.tokens_per_side(228)
     with pytest.raises(ValueError, match="square"):
         tiny.encode(torch.rand(1, 3, 224, 240))
 
@@ -378,3 +385,361 @@ def test_default_architectures_with_random_weights() -> None:
     assert features.shape == (1, 784, 512)
     torch.testing.assert_close(keys.norm(dim=-1), torch.ones(1, 784))
     print(f"default architectures: {seconds:.2f} s per 224 window (encode + project)")
+
+
+# -- backbone presets ---------------------------------------------------------------------
+
+#: The real presets: CLIP architecture, VFM timm name (None: keys from CLIP's queries), key patch.
+REAL_PRESETS: dict[str, tuple[str, str | None, int]] = {
+    "default": ("ViT-B-16", "vit_base_patch8_224.dino", 8),
+    "clip-b32-dino-b8": ("ViT-B-32", "vit_base_patch8_224.dino", 8),
+    "clip-l14-dino-b8": ("ViT-L-14", "vit_base_patch8_224.dino", 8),
+    "clip-b16-dino-b16": ("ViT-B-16", "vit_base_patch16_224.dino", 16),
+    "clip-b16-dinov2-l14-reg": ("ViT-B-16", "vit_large_patch14_reg4_dinov2.lvd142m", 14),
+    "clip-b16-dinov3-b16": ("ViT-B-16", "vit_base_patch16_dinov3.lvd1689m", 16),
+    "clip-b16-dinov3-l16-sat": ("ViT-B-16", "vit_large_patch16_dinov3.sat493m", 16),
+    "clearclip-b16": ("ViT-B-16", None, 16),
+}
+#: Key, value and embedding widths of each real preset.
+DIMS = {"default": (768, 768, 512), "clip-b32-dino-b8": (768, 768, 512), "clip-l14-dino-b8": (768, 1024, 768),
+        "clip-b16-dino-b16": (768, 768, 512), "clip-b16-dinov2-l14-reg": (1024, 768, 512),
+        "clip-b16-dinov3-b16": (768, 768, 512), "clip-b16-dinov3-l16-sat": (1024, 768, 512),
+        "clearclip-b16": (768, 768, 512)}
+
+
+def _quiet(preset: str | ModelPreset, **kwargs: object) -> SegmentationModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return create_model(preset, **kwargs)  # type: ignore[arg-type]
+
+
+def test_every_backbone_is_a_preset_with_published_weights() -> None:
+    import open_clip
+    import timm
+
+    assert set(REAL_PRESETS) | {"tiny"} <= set(list_presets())
+    for name, (arch, vfm, patch) in REAL_PRESETS.items():
+        preset = get_preset(name)
+        assert (preset.clip.arch, preset.clip.pretrained, preset.random_only) == (arch, "openai", False)
+        assert "openai" in open_clip.list_pretrained_tags_by_model(arch)
+        assert (preset.vfm.name if preset.vfm else None) == vfm
+        assert preset.key_patch == preset.crop_multiple == patch and preset.crop % patch == 0
+        assert preset.clip.mean == OPENAI_MEAN
+        if preset.vfm is not None:
+            assert timm.is_model(preset.vfm.name) and timm.models.get_pretrained_cfg(preset.vfm.name)
+            assert preset.vfm.layer == -1 and preset.keys == "vfm" and not preset.attention
+    sat = get_preset("clip-b16-dinov3-l16-sat").vfm
+    assert sat is not None and sat.mean == (0.430, 0.411, 0.296)  # SAT-493M statistics, not ImageNet's
+    clear = get_preset("clearclip-b16")
+    assert clear.keys == "clip-q" and dict(clear.attention) == {"smoothing": True}
+
+
+@pytest.mark.parametrize("name", list(REAL_PRESETS))
+def test_preset_shapes_and_grids_at_224_336_448(name: str) -> None:
+    """On the meta device: the real architectures' output shapes, no compute."""
+    model = create_meta_model(name)
+    key_dim, value_dim, embed_dim = DIMS[name]
+    patch = REAL_PRESETS[name][2]
+    assert (model.key_dim, model.value_dim, model.embed_dim) == DIMS[name]
+    for crop in (224, 336, 448):
+        n = crop // patch
+        x = torch.empty(2, 3, crop, crop, device="meta")
+        assert model.tokens_per_side(crop) == n
+        keys, values = model.encode(x)
+        assert keys.shape == (2, n * n, key_dim) and values.shape == (2, n * n, value_dim)
+        assert model.project(values).shape == (2, n * n, embed_dim)
+        clip_patch = model.preset.clip.patch
+        clip_side = -(-crop // clip_patch)  # B/32 at 336: CLIP sees 352, an 11 x 11 grid
+        assert model.clip.grid_side(crop) == clip_side
+        assert model.clip.input_side(crop) == clip_side * clip_patch
+    with pytest.raises(ConfigError, match=f"multiple of {patch}"):
+        model.tokens_per_side(224 + patch // 2)
+
+
+def _manual_ln1(model: SegmentationModel, images: torch.Tensor) -> torch.Tensor:
+    """``ln_1`` of the tokens entering CLIP's last block, class token included, computed by hand."""
+    visual = model.clip.model.visual
+    mean = torch.tensor(model.preset.clip.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.preset.clip.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        x = visual.conv1((images - mean) / std).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.expand(x.shape[0], 1, -1)
+        x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        return visual.transformer.resblocks[-1].ln_1(x)
+
+
+def test_crop_off_clips_patch_is_resized_for_clip(tiny: SegmentationModel) -> None:
+    """Crop 232 (29 DINO tokens) is not a multiple of CLIP's 16: CLIP sees the window at 240."""
+    x = torch.rand(1, 3, 232, 232, generator=torch.Generator().manual_seed(3))
+    assert (tiny.clip.input_side(232), tiny.clip.grid_side(232), tiny.tokens_per_side(232)) == (240, 15, 29)
+    on_clip = tiny.encode_values(x, on_vfm_grid=False)
+    at_240 = F.interpolate(x, size=(240, 240), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(on_clip, tiny.encode_values(at_240, on_vfm_grid=False))
+    grid = on_clip.transpose(1, 2).reshape(1, -1, 15, 15)
+    resized = F.interpolate(grid, size=(29, 29), mode="bilinear", align_corners=False)
+    resized = resized.flatten(2).transpose(1, 2)
+    keys, values = tiny.encode(x)
+    assert keys.shape == (1, 29 * 29, 64)
+    torch.testing.assert_close(values, resized)
+
+
+# -- VFMs with registers and RoPE, and the feature layer ---------------------------------
+
+
+@pytest.mark.parametrize(("name", "patch"), [("vit_small_patch14_reg4_dinov2.lvd142m", 14),
+                                             ("vit_base_patch16_dinov3.lvd1689m", 16)])
+def test_register_and_rope_vfms_give_their_patch_tokens(name: str, patch: int) -> None:
+    """The real timm classes (DINOv2 with registers; DINOv3: RoPE, registers), shrunk: the keys are
+    exactly the patch tokens timm itself splits off the class and register tokens."""
+    tiny = get_preset("tiny")
+    vfm = VfmSpec(kind="timm", name=name, patch=patch, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  kwargs={"embed_dim": 64, "depth": 2, "num_heads": 4})
+    model = _quiet(dataclasses.replace(tiny, name=f"tiny-{name}", vfm=vfm), weights="random")
+    assert model.vfm is not None and model.vfm.num_prefix_tokens == 5  # class + 4 registers
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for crop in (224, 336, 448):
+        x = torch.rand(1, 3, crop, crop, generator=torch.Generator().manual_seed(crop))
+        n = crop // patch
+        keys, values = model.encode(x)
+        assert model.tokens_per_side(crop) == n
+        assert keys.shape == (1, n * n, 64) and values.shape == (1, n * n, 64)
+        with torch.inference_mode():
+            (patches,) = model.vfm.model.forward_intermediates((x - mean) / std, indices=[1], norm=True,
+                                                               output_fmt="NLC", intermediates_only=True)
+        torch.testing.assert_close(keys, F.normalize(patches, dim=-1))
+        torch.testing.assert_close(keys.norm(dim=-1), torch.ones(1, n * n))
+
+
+def test_vfm_layer_picks_a_block_before_the_final_norm(tiny: SegmentationModel, images: torch.Tensor) -> None:
+    preset = get_preset("tiny")
+    assert preset.vfm is not None
+    first = _quiet(dataclasses.replace(preset, vfm=dataclasses.replace(preset.vfm, layer=0)),
+                   weights="random")
+    assert first.vfm is not None and (first.vfm.layer, first.vfm.depth) == (0, 2)
+    vit = first.vfm.model
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.inference_mode():  # block 0's output, through the final norm, class token dropped
+        x = vit.norm_pre(vit._pos_embed(vit.patch_embed((images - mean) / std)))
+        expected = F.normalize(vit.norm(vit.blocks[0](x))[:, 1:], dim=-1)
+    torch.testing.assert_close(first.encode_keys(images), expected)
+    assert not torch.allclose(first.encode_keys(images), tiny.encode_keys(images))  # same weights, last block
+    for layer in (2, -3):
+        outside = dataclasses.replace(preset, vfm=dataclasses.replace(preset.vfm, layer=layer))
+        with pytest.raises(ConfigError, match="has 2 blocks"):
+            _quiet(outside, weights="random")
+
+
+# -- the VFM-free mode ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_q() -> SegmentationModel:
+    """The tiny CLIP without a VFM: keys from its last-block queries."""
+    preset = dataclasses.replace(get_preset("tiny"), name="tiny-clip-q", vfm=None,
+                                 attention={"smoothing": True})
+    return _quiet(preset, weights="random")
+
+
+def test_without_vfm_keys_are_clips_normalised_last_block_queries(tiny_q: SegmentationModel,
+                                                                 images: torch.Tensor) -> None:
+    h = _manual_ln1(tiny_q, images)  # class token normalised with the rest
+    attn = tiny_q.clip.model.visual.transformer.resblocks[-1].attn
+    width = h.shape[-1]
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q = (h @ w[:width].T + b[:width])[:, 1:]
+    v = (h @ w[2 * width:].T + b[2 * width:])[:, 1:]
+    keys, values = tiny_q.encode(images)
+    assert tiny_q.vfm is None and tiny_q.preset.keys == "clip-q" and set(tiny_q.weights) == {"clip"}
+    assert tiny_q.tokens_per_side(224) == 14 and tiny_q.key_dim == tiny_q.value_dim == 64
+    assert keys.shape == values.shape == (2, 196, 64)  # both on CLIP's grid
+    torch.testing.assert_close(keys, F.normalize(q, dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(keys.norm(dim=-1), torch.ones(2, 196))
+    torch.testing.assert_close(values, v, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tiny_q.encode_keys(images), keys) and torch.equal(tiny_q.encode_values(images), values)
+    assert tiny_q.project(values).shape == (2, 196, 32)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        tiny_q.tokens_per_side(232)
+
+
+def test_without_vfm_only_clip_weights_are_needed(tiny_q: SegmentationModel, images: torch.Tensor,
+                                                  tmp_path: Path) -> None:
+    clip_file = _save_safetensors(tiny_q.clip.model.state_dict(), tmp_path / "clip.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)  # nothing random is left
+        loaded = create_model(tiny_q.preset, weights="pretrained", clip_weights=clip_file)
+    assert not loaded.random_weights and loaded.weights["clip"].path == clip_file
+    torch.testing.assert_close(loaded.encode_keys(images), tiny_q.encode_keys(images), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="has no VFM"):
+        create_model(tiny_q.preset, weights="random", vfm_weights=clip_file)
+    assert "no VFM" in describe_weights(tiny_q.preset)
+
+
+FREE_YAML = """
+version: 1
+presets:
+  q:
+    description: d
+    crop: 224
+    stride: 112
+    clip: {arch: ViT-B-16, pretrained: openai, patch: 16, norm: openai}
+    vfm: none
+    attention: {smoothing: true, rho: 0.5}
+"""
+
+
+def test_vfm_free_entries_layers_and_attention_overrides_are_parsed() -> None:
+    preset = parse_presets(FREE_YAML)["q"]
+    assert preset.vfm is None and (preset.keys, preset.key_patch) == ("clip-q", 16)
+    assert dict(preset.attention) == {"smoothing": True, "rho": 0.5}
+    assert parse_presets(FREE_YAML.replace("vfm: none", "vfm: null"))["q"].vfm is None
+    layered = PRESET_YAML.replace("lvd142m, patch: 14,", "lvd142m, patch: 14, layer: -4,")
+    vfm = parse_presets(layered)["a"].vfm
+    assert vfm is not None and vfm.layer == -4
+    for bad, message in [
+        (FREE_YAML.replace("rho: 0.5", "colour: red"), "colour are unknown"),
+        (FREE_YAML.replace("smoothing: true", "smoothing: maybe"), "smoothing must be true or false"),
+        (FREE_YAML.replace("crop: 224", "crop: 232"), "not a multiple of 16"),
+        (FREE_YAML.replace("stride: 112", "stride: 300"), "larger than the crop"),
+        (layered.replace("layer: -4", "layer: last"), "whole number"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_presets(bad)
+
+
+def test_preset_attention_overrides_apply_and_explicit_options_win() -> None:
+    from geogla.gla import GLAConfig
+    from geogla.runconfig import attention_config
+
+    assert attention_config("clearclip-b16") == GLAConfig(smoothing=True)
+    assert attention_config("clearclip-b16", "proxyclip") == GLAConfig.proxyclip(smoothing=True)
+    assert attention_config("clearclip-b16", smoothing=False) == GLAConfig()
+    assert attention_config("default", smoothing=None) == GLAConfig()
+    assert attention_config("default", "proxyclip", smoothing=True) == GLAConfig.proxyclip(smoothing=True)
+    with pytest.raises(ConfigError, match="Unknown attention mode"):
+        attention_config("default", "both")
+
+
+class _Captured(Exception):
+    """Raised by a stand-in for run_scene, carrying the run configuration the command built."""
+
+    def __init__(self, config: object) -> None:
+        super().__init__("captured")
+        self.config = config
+
+
+def test_run_command_takes_the_presets_attention_unless_told_otherwise(
+        scene_tif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import pipelines.run
+    from geogla.cli import main
+
+    def capture(scene: str, out: str, config: object, **kwargs: object) -> None:
+        raise _Captured(config)
+
+    monkeypatch.setattr(pipelines.run, "run_scene", capture)
+    for model, extra, smoothing in [("clearclip-b16", [], True), ("clearclip-b16", ["--no-smoothing"], False),
+                                    ("default", [], False), ("default", ["--smoothing"], True)]:
+        with pytest.raises(_Captured) as caught:
+            main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "out"), "--model", model,
+                  "--weights", "random", *extra])
+        assert caught.value.config.attention.smoothing is smoothing  # type: ignore[attr-defined]
+    # A crop off the key patch is refused before anything is built or written.
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "out"), "--model",
+                 "clearclip-b16", "--weights", "random", "--crop", "232"]) == 2
+    assert "not a positive multiple of 16" in capsys.readouterr().err
+
+
+def test_vfm_free_preset_runs_end_to_end(tmp_path: Path) -> None:
+    """``geogla run`` with the cheapest real architecture (CLIP ViT-B/16 alone), random weights."""
+    import rasterio
+
+    from geogla.cli import main
+    from geogla.store import RunStore
+    from tests.conftest import structured_rgb, write_geotiff
+
+    scene = write_geotiff(tmp_path / "small.tif", structured_rgb(224, 336))  # 1 x 2 overlapping windows
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    code = main(["run", str(scene), "--classes", "building,tree,road", "-o", str(out), "--model",
+                 "clearclip-b16", "--weights", "random", "--quiet"])
+    assert code == 0
+    with rasterio.open(out / "small.classes.tif") as ds:
+        assert ds.shape == (224, 336) and set(np.unique(ds.read(1))) <= {0, 1, 2}
+    store = RunStore.open(str(out / "small.zarr"), "r")
+    assert store.config.attention.smoothing and store.tokens_per_side == 14
+    assert store.array("keys").shape == (2, 196, 768) and store.array("values").shape == (2, 196, 768)
+    print(f"clearclip-b16 end to end: {time.perf_counter() - start:.1f} s")
+
+
+# -- real architectures with random weights -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in REAL_PRESETS if n != "default"])  # default: see above
+def test_real_presets_with_random_weights(name: str) -> None:
+    model = _quiet(name, weights="random")
+    key_dim, value_dim, embed_dim = DIMS[name]
+    n = 224 // REAL_PRESETS[name][2]
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    start = time.perf_counter()
+    keys, values = model.encode(x)
+    seconds = time.perf_counter() - start
+    assert keys.shape == (1, n * n, key_dim) and values.shape == (1, n * n, value_dim)
+    assert model.project(values).shape == (1, n * n, embed_dim)
+    torch.testing.assert_close(keys.norm(dim=-1), torch.ones(1, n * n))
+    # On the key grid the values are CLIP's own-grid values resized bilinearly.
+    side = model.clip.grid_side(224)
+    grid = model.encode_values(x, on_vfm_grid=False).transpose(1, 2).reshape(1, value_dim, side, side)
+    resized = F.interpolate(grid, size=(n, n), mode="bilinear", align_corners=False)
+    resized = resized.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(values, resized, rtol=1e-4, atol=1e-4)
+    print(f"{name}: {seconds:.2f} s for a first (cold) encode of one 224 window")
+
+
+# -- geogla models ------------------------------------------------------------------------------
+
+
+def test_summaries_count_the_built_models(tiny: SegmentationModel) -> None:
+    from geogla.models.listing import summarize
+
+    small = summarize("tiny")
+    clip_params = sum(p.numel() for p in tiny.clip.model.parameters())
+    assert small.clip_image_params + small.clip_text_params == clip_params
+    assert tiny.vfm is not None and small.vfm_params == sum(p.numel() for p in tiny.vfm.model.parameters())
+    assert small.window_bytes == (784 * 64 * 4, 784 * 64 * 4, 784 * 32 * 4)
+    default = summarize("default")  # OpenAI CLIP ViT-B/16 and DINO ViT-B/8, as published
+    clip_params = default.clip_image_params + default.clip_text_params
+    assert (clip_params, default.vfm_params) == (149_620_737, 85_807_872)
+    assert summarize("clearclip-b16").vfm_params == 0
+
+
+def test_models_command_lists_presets_sizes_and_weights(
+        capsys: pytest.CaptureFixture[str], empty_caches: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from geogla.cli import main
+
+    root = tmp_path / "weights"
+    (_dir(root / "clip") / "ViT-B-16-openai.safetensors").write_bytes(b"only looked up, never loaded")
+    monkeypatch.setenv("GEOGLA_WEIGHTS_DIR", str(root))
+    start = time.perf_counter()
+    assert main(["models"]) == 0
+    seconds = time.perf_counter() - start
+    out = capsys.readouterr().out
+    for name in list_presets():
+        assert f"\n{name} " in out and f"\n{name}: " in out  # a table row and a details block
+    text = " ".join(out.split())  # long lines are wrapped
+    assert "ViT-B-16-openai.safetensors (GEOGLA_WEIGHTS_DIR)" in text  # found
+    assert "--vfm-weights PATH" in text and "hf-hub:timm/vit_base_patch8_224.dino" in text  # how to provide
+    assert "none: CLIP last-block queries" in text and "smoothing=true" in text
+    assert "235.4 M" in text and "6.12 MiB" in text  # default: parameters; keys + values + features
+    assert "no published weights" in text  # tiny
+    assert seconds < 60  # meta-device builds; real ones would take minutes here
+    assert main(["models", "clearclip-b16"]) == 0
+    assert "\ndefault" not in capsys.readouterr().out
+    assert main(["models", "nope"]) == 2
+    assert "known presets" in capsys.readouterr().err
+    print(f"geogla models: {seconds:.1f} s")

@@ -17,7 +17,7 @@ import zarr
 
 from tests.conftest import REPO, structured_rgb, write_geotiff
 
-ARGS = ["--classes", "building,tree,road", "--model", "tiny", "--weights", "random", "--attention", "proxyclip"]
+ARGS = ["--classes", "building,tree,road", "--model", "tiny", "--weights", "random"]
 
 
 def _geogla(*args: str) -> subprocess.Popen[bytes]:
@@ -26,35 +26,45 @@ def _geogla(*args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _encoded(store: Path) -> np.ndarray | None:
+def _flags(store: Path, name: str) -> np.ndarray | None:
     try:
-        return np.asarray(zarr.open_group(store, mode="r")["windows/encoded"][:])
+        return np.asarray(zarr.open_group(store, mode="r")[name][:])
     except (FileNotFoundError, KeyError, ValueError, OSError):  # not created yet, or being written now
         return None
 
 
-def _chunk_times(store: Path, batches: list[int]) -> dict[int, int]:
-    """Modification times of the `keys` chunk files of the given encode batches."""
-    return {b: (store / "keys" / "c" / str(b) / "0" / "0").stat().st_mtime_ns for b in batches}
+def _chunk_times(store: Path, array: str, batches: list[int]) -> dict[int, int]:
+    """Modification times of the chunk (shard) files of ``array`` for the given encode batches."""
+    return {b: (store / array / "c" / str(b) / "0" / "0").stat().st_mtime_ns for b in batches}
+
+
+# Kill while encoding (ProxyCLIP: attention is quick) and while attending (GLA on a scene past the
+# exact-attention threshold, so scalable attention streams batch by batch through the store).
+STAGES = {
+    "encode": (2400, ["--attention", "proxyclip"], "windows/encoded", "keys"),
+    "attend": (1700, [], "windows/attended", "features"),
+}
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
-    scene = write_geotiff(tmp_path / "big.tif", structured_rgb(2400, 2400))
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_sigkill_mid_run_then_resume(tmp_path: Path, stage: str) -> None:
+    side, extra, flags, array = STAGES[stage]
+    scene = write_geotiff(tmp_path / "big.tif", structured_rgb(side, side))
     reference = tmp_path / "reference"
-    assert _geogla(str(scene), "-o", str(reference), *ARGS).wait(timeout=600) == 0
+    assert _geogla(str(scene), "-o", str(reference), *ARGS, *extra).wait(timeout=600) == 0
 
     out = tmp_path / "out"
     store = out / "big.zarr"
-    proc = _geogla(str(scene), "-o", str(out), *ARGS)
+    proc = _geogla(str(scene), "-o", str(out), *ARGS, *extra)
     done_at_kill = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        encoded = _encoded(store)
-        if encoded is not None and 8 * 3 <= encoded.sum() < encoded.size // 2:
+        done = _flags(store, flags)
+        if done is not None and 8 * 3 <= done.sum() < done.size // 2:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            done_at_kill = encoded
+            done_at_kill = done
             break
         time.sleep(0.02)
     assert done_at_kill is not None, "the run finished or never started before it could be killed"
@@ -63,10 +73,10 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
 
     # Batches whose done flag was set when the kill came; their chunks must not be written again.
     batches = [b for b in range(done_at_kill.size // 8) if done_at_kill[8 * b:8 * b + 8].all()]
-    before = _chunk_times(store, batches)
+    before = _chunk_times(store, array, batches)
     time.sleep(0.05)  # so that a rewrite would show a later modification time
-    rerun = _geogla(str(scene), "-o", str(out), *ARGS)
+    rerun = _geogla(str(scene), "-o", str(out), *ARGS, *extra)
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read().decode() if rerun.stderr else ""
-    assert _chunk_times(store, batches) == before
+    assert _chunk_times(store, array, batches) == before
     with rasterio.open(reference / "big.classes.tif") as a, rasterio.open(out / "big.classes.tif") as b:
         assert np.array_equal(a.read(1), b.read(1))

@@ -1,58 +1,71 @@
 """Summaries of all keys of a scene for scalable attention: k-means strata and a stratified sample.
 
-Pure tensor functions.  :func:`far_sample` picks a fixed number of representative tokens from all
-``T = L * N`` keys.  Up to half are *central*: for each mode of the proxy iteration (GLA's proxy
-rounds run from every spherical k-means prototype, :func:`proxy_modes`), the keys most similar
-to it, taken with certainty.  The rest is a seeded random sample stratified by prototype, in
-proportion to the strata's sizes.  :meth:`FarSample.far_weights` weighs the representatives
-outside a set of near windows: a central one stands for itself, a sampled one for its share of
-the far non-central tokens of its stratum (post-stratification); those in near windows get
-weight 0.  Why central members: attention keeps the keys most similar to a query's proxy, which
-ends near a mode, and at large ``u m_i`` only the single most similar key of the whole scene; a
-random sample would miss it.  The strata's exact key and value sums (non-central tokens) serve
-the control variates of geogla/gla/scalable.py.  Every step is seeded, so the same inputs give
-the same sample.  Memory: ``O(T)`` integers plus ``O((samples + fit + K) D)``; keys are read in
-chunks.
+Pure tensor functions over a :class:`geogla.gla.source.WindowSource`.  :func:`summarize` reads
+every window twice, in batches, and once more only the windows holding the chosen tokens; it
+never holds anything of the size of the scene (no ``O(T)`` array), so a store-backed source
+summarises a scene of any size in bounded memory.
+
+It picks a fixed number of representative tokens from all ``T = L * N`` keys.  Up to half are
+*central*: for each mode of the proxy iteration (GLA's proxy rounds run from every spherical
+k-means prototype, :func:`proxy_modes`), the keys most similar to it, taken with certainty.  The
+rest is a seeded random sample stratified by prototype, in proportion to the strata's sizes.
+:meth:`FarSample.far_weights` weighs the representatives outside a set of near windows: a central
+one stands for itself, a sampled one for its share of the far non-central tokens of its stratum
+(post-stratification); those in near windows get weight 0.  Why central members: attention keeps
+the keys most similar to a query's proxy, which ends near a mode, and at large ``u m_i`` only the
+single most similar key of the whole scene; a random sample would miss it.  The strata's exact
+key and value sums (non-central tokens) serve the control variates of geogla/gla/scalable.py.
+
+Randomness without ``O(T)`` state: every token gets a priority, a uniform draw that depends only
+on ``(seed, window)`` (:func:`priorities`).  The k-means fit sample is the tokens of lowest
+priority in the scene, and a stratum's sample its tokens of lowest priority (a bottom-k sample is
+a uniform random sample); both are kept in running bounded buffers during a pass.  The same
+inputs and seed give the same summary, however the passes are batched.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geogla.gla.config import GLAConfig
+from geogla.gla.source import WindowSource
+
 # k-means is fitted on a sample of this many tokens per prototype (capped at T): enough for a
 # stable partition, small next to T.
 _FIT_PER_PROTOTYPE = 256
 _KMEANS_ITERATIONS = 10
-# Tokens per chunk when all keys are assigned to their prototype.
-_ASSIGN_CHUNK_TOKENS = 65536
 # Up to one representative in this many is central (taken with certainty); on the hard
 # synthetic scene (benchmarks/bench_scalable.py) a half changed fewer labels than a quarter.
 _CENTRAL_SHARE = 2
+# Tokens read per step of a pass over all windows.
+_PASS_TOKENS = 16384
 
 
 @dataclass(frozen=True)
 class FarSample:
-    """Representatives of the keys and values of all windows.
+    """Representatives of the keys and values of all windows, and what the far sums need.
 
     Attributes:
         token: ``(R,)`` int64 flat token index ``l * N + t`` of each representative, ascending.
         window: ``(R,)`` int64 window of each representative.
         stratum: ``(R,)`` int64 prototype (stratum) of each representative.
-        central: ``(R,)`` bool, taken with certainty (a stratum's most central member).
+        central: ``(R,)`` bool, taken with certainty (a mode's most similar keys).
         keys: ``(R, Dk)`` representative keys in the accumulate dtype.
         values: ``(R, Dv)`` representative values in the compute dtype.
+        centres: ``(K, Dk)`` unit prototypes in the accumulate dtype; a token's stratum is the
+            prototype of largest cosine (:meth:`strata`).
         rest_size: ``(K,)`` int64 number of non-central tokens of every stratum.
-        rest_hist: ``(L, K)`` int64 number of non-central tokens of window ``l`` in stratum ``h``.
-        token_stratum: ``(T,)`` int64 stratum of every token.
-        token_central: ``(T,)`` bool, whether every token is a central representative.
         rest_key_sum, rest_value_sum: ``(K, Dk)``, ``(K, Dv)`` sums of the keys and values of
             every stratum's non-central tokens, in the accumulate dtype (exact totals for the
             control variates of :class:`geogla.gla.scalable._Work`).
+        key_mean: ``(Dk,)`` mean of all ``T`` keys, accumulate dtype (the row means ``m_i``).
+        n_tokens: tokens per window ``N``.
     """
 
     token: Tensor
@@ -61,50 +74,302 @@ class FarSample:
     central: Tensor
     keys: Tensor
     values: Tensor
+    centres: Tensor
     rest_size: Tensor
-    rest_hist: Tensor
-    token_stratum: Tensor
-    token_central: Tensor
     rest_key_sum: Tensor
     rest_value_sum: Tensor
+    key_mean: Tensor
+    n_tokens: int
 
-    def far_weights(self, near_windows: Tensor) -> Tensor:
+    def strata(self, keys: Tensor) -> Tensor:
+        """``(k, N)`` int64 stratum of every token of ``keys`` ``(k, N, Dk)``.
+
+        The same function serves every pass, so a token is given the same stratum in each.
+        """
+        return _strata(keys.to(self.centres.dtype), self.centres)
+
+    def window_rest(
+        self, windows: Tensor, strata: Tensor, keys: Tensor, values: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per window and stratum: the number ``(W, K)`` and the key and value sums ``(W, K, Dk)``,
+        ``(W, K, Dv)`` (accumulate dtype) of the non-central tokens of ``windows`` ``(W,)``.
+
+        ``strata`` ``(W, N)`` are their tokens' strata (:meth:`strata`), ``keys`` ``(W, N, Dk)``
+        and ``values`` ``(W, N, Dv)`` their tokens.  Summed over a set of near windows, they are
+        what :meth:`far_weights` and the far sums leave out.
+        """
+        n_tokens = self.n_tokens
+        tokens = windows[:, None] * n_tokens + torch.arange(n_tokens, device=windows.device)
+        dtype = self.rest_key_sum.dtype
+        onehot = F.one_hot(strata, self.rest_size.numel()).to(dtype)  # (W, N, K)
+        onehot.masked_fill_(torch.isin(tokens, self.token[self.central])[..., None], 0.0)
+        counts = onehot.sum(dim=1).round().to(torch.int64)
+        member = onehot.transpose(1, 2)
+        return counts, member @ keys.to(dtype), member @ values.to(dtype)
+
+    def far_weights(self, near_windows: Tensor, near_count: Tensor) -> Tensor:
         """``(R,)`` weights of the representatives for queries whose near windows are given.
 
-        A representative in a near window gets 0 (its key is among the exact near keys); a far
-        central one 1; a far sampled one ``F_h / s_h``, where ``F_h`` is the number of far
-        non-central tokens of its stratum ``h`` and ``s_h`` the number of far sampled
-        representatives of ``h``.  Weighted sums over the representatives then estimate sums
-        over all far keys; a stratum's far token count is reproduced exactly whenever it has a
-        far sampled representative (its far non-central tokens are lost, with their sums, when
-        it has none: strata are sampled in proportion to their size, at least once each).
-        Weights are in ``keys.dtype``.
+        ``near_count`` ``(K,)`` is the number of non-central tokens of every stratum in the near
+        windows (:meth:`window_rest`, summed).  A representative in a near window gets 0 (its key is among
+        the exact near keys); a far central one 1; a far sampled one ``F_h / s_h``, where
+        ``F_h`` is the number of far non-central tokens of its stratum ``h`` and ``s_h`` the
+        number of far sampled representatives of ``h``.  Weighted sums over the representatives
+        then estimate sums over all far keys; a stratum's far token count is reproduced exactly
+        whenever it has a far sampled representative (its far non-central tokens are lost, with
+        their sums, when it has none: strata are sampled in proportion to their size, at least
+        once each).  Weights are in ``keys.dtype``.
         """
         near = torch.isin(self.window, near_windows)
-        n_far = self.rest_size - self.rest_hist[near_windows].sum(dim=0)
+        n_far = self.rest_size - near_count
         sampled = ~near & ~self.central
         n_rep = torch.bincount(self.stratum[sampled], minlength=self.rest_size.numel())
         weight = (n_far.to(torch.float64) / n_rep.clamp_min(1).to(torch.float64))[self.stratum]
         weight = torch.where(self.central, torch.ones_like(weight), weight)
         return weight.masked_fill_(near, 0.0).to(self.keys.dtype)
 
-    def far_rest_sums(
-        self, near_windows: Tensor, near_keys: Tensor, near_values: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """``(K, Dk)`` and ``(K, Dv)`` sums of the far non-central keys and values of every stratum.
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Every field as a CPU tensor (``n_tokens`` as a 0-d int64), floats as float32: what a
+        run store keeps between the summary and the attend tasks (see :meth:`from_tensors`)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            t = torch.tensor(value) if isinstance(value, int) else value.detach().cpu()
+            out[f.name] = t.float() if t.is_floating_point() else t
+        return out
 
-        ``near_keys`` ``(W * N, Dk)`` and ``near_values`` are the tokens of ``near_windows``
-        (``W`` windows, in that order); their non-central members are subtracted from the totals.
-        """
-        n_tokens = near_keys.shape[0] // near_windows.numel()
-        tokens = (
-            near_windows[:, None] * n_tokens + torch.arange(n_tokens, device=near_windows.device)
-        ).reshape(-1)
-        onehot = F.one_hot(self.token_stratum[tokens], self.rest_size.numel()).to(self.rest_key_sum.dtype)
-        onehot.masked_fill_(self.token_central[tokens][:, None], 0.0)
-        keys = self.rest_key_sum - onehot.T @ near_keys.to(onehot.dtype)
-        values = self.rest_value_sum - onehot.T @ near_values.to(onehot.dtype)
-        return keys, values
+    @classmethod
+    def from_tensors(
+        cls, data: dict[str, Tensor], cdtype: torch.dtype, adtype: torch.dtype, device: torch.device
+    ) -> FarSample:
+        """Rebuild a sample from :meth:`to_tensors`: representative values in ``cdtype``, other
+        floats in ``adtype``, everything on ``device`` (lossless for bfloat16 and float32)."""
+        kw: dict[str, object] = {}
+        for f in fields(cls):
+            t = data[f.name]
+            if f.name == "n_tokens":
+                kw[f.name] = int(t)
+            elif t.is_floating_point():
+                kw[f.name] = t.to(device=device, dtype=cdtype if f.name == "values" else adtype)
+            else:
+                kw[f.name] = t.to(device)
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+def _strata(keys: Tensor, centres: Tensor) -> Tensor:
+    # One product for all windows; a token's stratum is the same in every pass (a rounding tie
+    # between two prototypes, which could differ with the batch shape, would only move one token).
+    return (keys @ centres.T).argmax(dim=-1)
+
+
+def priorities(seed: int, windows: Sequence[int], n_tokens: int) -> Tensor:
+    """``(len(windows), N)`` float64 uniform draws in ``[0, 1)``, one per token.
+
+    A token's draw depends only on ``seed``, its window and its place in the window, so every
+    pass over the windows, batched in any way, sees the same draws.
+    """
+    out = torch.empty(len(windows), n_tokens, dtype=torch.float64)
+    gen = torch.Generator()
+    for i, w in enumerate(windows):
+        gen.manual_seed((int(seed) * 0x9E3779B97F4A7C15 + int(w) * 0xBF58476D1CE4E5B9 + 1) % 2**63)
+        out[i] = torch.rand(n_tokens, dtype=torch.float64, generator=gen)
+    return out
+
+
+def _passes(n_windows: int, n_tokens: int) -> list[list[int]]:
+    step = max(1, _PASS_TOKENS // n_tokens)
+    return [list(range(w0, min(w0 + step, n_windows))) for w0 in range(0, n_windows, step)]
+
+
+def _tokens_of(windows: Sequence[int], n_tokens: int, device: torch.device) -> Tensor:
+    ids = torch.tensor(list(windows), dtype=torch.int64, device=device)
+    return (ids[:, None] * n_tokens + torch.arange(n_tokens, device=device)).reshape(-1)
+
+
+def summarize(
+    source: WindowSource, config: GLAConfig, cdtype: torch.dtype, adtype: torch.dtype, device: torch.device
+) -> FarSample:
+    """The far summary of every window of ``source`` (see the module docstring).
+
+    ``config.far_samples`` representatives ``R`` (every token when ``R >= T``),
+    ``config.prototypes`` strata ``K``, seeded by ``config.seed``; the proxy modes follow
+    ``config.rho`` and ``config.steps`` when ``config.proxy`` (else the prototypes are the
+    modes).  Memory: ``O((R + fit sample + K + one pass step) D)``, independent of ``T``.
+    """
+    n_windows, n_tokens = source.n_windows, source.n_tokens
+    total = n_windows * n_tokens
+    samples, n_proto, seed = config.far_samples, config.prototypes, config.seed
+    passes = _passes(n_windows, n_tokens)
+
+    # Pass 1 (keys): the mean key and the k-means fit sample (the lowest-priority tokens).
+    fit_size = min(total, _FIT_PER_PROTOTYPE * n_proto)
+    key_sum: Tensor | None = None
+    fit_prio = torch.empty(0, dtype=torch.float64, device=device)
+    fit_keys: Tensor | None = None
+    for ids in passes:
+        keys = source.keys(ids).to(device=device, dtype=adtype)
+        flat = keys.reshape(-1, keys.shape[2])
+        part = flat.sum(dim=0)
+        key_sum = part if key_sum is None else key_sum + part
+        prio = priorities(seed, ids, n_tokens).to(device).reshape(-1)
+        if fit_keys is not None and fit_prio.numel() >= fit_size:
+            low = prio < fit_prio.max()  # the others cannot enter the fit sample
+            prio, flat = prio[low], flat[low]
+        fit_prio = torch.cat([fit_prio, prio])
+        fit_keys = flat if fit_keys is None else torch.cat([fit_keys, flat])
+        if fit_prio.numel() > fit_size:
+            keep = torch.topk(fit_prio, fit_size, largest=False).indices
+            fit_prio, fit_keys = fit_prio[keep], fit_keys[keep]
+    assert key_sum is not None and fit_keys is not None
+    key_mean = key_sum / total
+    fit = F.normalize(fit_keys[torch.argsort(fit_prio)], dim=1)
+    gen = torch.Generator().manual_seed(seed)
+    centres = spherical_kmeans(fit, n_proto, gen, _KMEANS_ITERATIONS)
+    n_strata = centres.shape[0]
+    rho = config.rho if config.proxy else None
+    modes = distinct(proxy_modes(centres, fit, rho, config.steps) if rho is not None else centres)
+
+    if samples >= total:
+        return _every_token(source, passes, centres, key_mean, cdtype, adtype, device)
+
+    per_mode = samples // (_CENTRAL_SHARE * modes.shape[0])
+    # Stratum sizes estimated from the fit sample (a uniform sample) set each stratum's share of
+    # the random part; post-stratified weights later use the true sizes.
+    fit_sizes = torch.bincount((fit @ centres.T).argmax(dim=1), minlength=n_strata)
+    estimate = (fit_sizes.to(torch.float64) * (total / fit.shape[0])).round().to(torch.int64)
+    take = allocate(estimate.clamp_min(1), max(samples - per_mode * modes.shape[0], n_strata)).to(device)
+
+    # Pass 2 (keys and values): strata sizes and sums, each mode's most similar keys, and each
+    # stratum's lowest-priority tokens.
+    size = torch.zeros(n_strata, dtype=torch.int64, device=device)
+    sum_k = torch.zeros(n_strata, centres.shape[1], dtype=adtype, device=device)
+    sum_v: Tensor | None = None
+    top_score = torch.full((modes.shape[0], per_mode), -math.inf, dtype=adtype, device=device)
+    top_token = torch.full((modes.shape[0], per_mode), -1, dtype=torch.int64, device=device)
+    res_prio = torch.empty(0, dtype=torch.float64, device=device)
+    res_token = torch.empty(0, dtype=torch.int64, device=device)
+    res_stratum = torch.empty(0, dtype=torch.int64, device=device)
+    # Keys, values and strata of the current candidates (top and sample tokens), so that no
+    # third pass is needed to fetch the chosen ones.
+    kept = _Candidates(device, adtype)
+    for ids in passes:
+        keys = source.keys(ids).to(device=device, dtype=adtype)
+        values = source.values(ids).to(device=device, dtype=adtype)
+        member = _strata(keys, centres).reshape(-1)
+        flat_k = keys.reshape(-1, keys.shape[2])
+        onehot_t = F.one_hot(member, n_strata).to(adtype).T
+        size += torch.bincount(member, minlength=n_strata)
+        sum_k += onehot_t @ flat_k
+        part_v = onehot_t @ values.reshape(flat_k.shape[0], -1)
+        sum_v = part_v if sum_v is None else sum_v + part_v
+        tokens = _tokens_of(ids, n_tokens, device)
+        if per_mode:
+            score = torch.cat([top_score, modes @ flat_k.T], dim=1)
+            token = torch.cat([top_token, tokens.expand(len(modes), -1)], dim=1)
+            top_score, pick = torch.topk(score, per_mode, dim=1)
+            top_token = torch.gather(token, 1, pick)
+        res_prio = torch.cat([res_prio, priorities(seed, ids, n_tokens).to(device).reshape(-1)])
+        res_token = torch.cat([res_token, tokens])
+        res_stratum = torch.cat([res_stratum, member])
+        # Keep the take[h] lowest priorities of every stratum h.
+        order = torch.argsort(res_stratum.to(torch.float64) * 2.0 + res_prio)
+        grouped = res_stratum[order]
+        counts = torch.bincount(grouped, minlength=n_strata)
+        rank = torch.arange(order.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[grouped]
+        keep = order[rank < take[grouped]]
+        res_prio, res_token, res_stratum = res_prio[keep], res_token[keep], res_stratum[keep]
+        wanted = torch.unique(torch.cat([top_token[top_token >= 0], res_token]))
+        kept.update(wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member)
+    assert sum_v is not None
+
+    # The representatives: every mode's top keys with certainty, then the strata samples; a
+    # sampled token that is also central stays central (its stratum then has one sample less).
+    central_tokens = torch.unique(top_token[top_token >= 0])
+    sampled = res_token[~torch.isin(res_token, central_tokens)]
+    chosen = torch.sort(torch.cat([central_tokens, sampled])).values
+    is_central = torch.isin(chosen, central_tokens)
+    rep_keys, rep_values, rep_stratum = kept.rows(chosen)
+    central_onehot_t = F.one_hot(rep_stratum[is_central], n_strata).to(adtype).T
+    return FarSample(
+        token=chosen,
+        window=chosen // n_tokens,
+        stratum=rep_stratum,
+        central=is_central,
+        keys=rep_keys,
+        values=rep_values.to(cdtype),
+        centres=centres,
+        rest_size=size - central_onehot_t.sum(dim=1).round().to(torch.int64),
+        rest_key_sum=sum_k - central_onehot_t @ rep_keys[is_central],
+        rest_value_sum=sum_v - central_onehot_t @ rep_values[is_central],
+        key_mean=key_mean,
+        n_tokens=n_tokens,
+    )
+
+
+class _Candidates:
+    """Keys, values and strata of a changing set of tokens, kept sorted by token."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.tokens = torch.empty(0, dtype=torch.int64, device=device)
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.strata = torch.empty(0, dtype=torch.int64, device=device)
+
+    def update(self, wanted: Tensor, tokens: Tensor, keys: Tensor, values: Tensor, strata: Tensor) -> None:
+        """Keep exactly the ascending ``wanted`` tokens: those held already, the others taken from
+        this pass step's consecutive ``tokens`` (with their ``keys``, ``values``, ``strata``)."""
+        old = torch.isin(wanted, self.tokens)
+        at_old = torch.searchsorted(self.tokens, wanted[old])
+        at_new = wanted[~old] - tokens[0]
+
+        def merge(held: Tensor | None, fresh: Tensor) -> Tensor:
+            out = fresh.new_empty((wanted.numel(), *fresh.shape[1:]))
+            if held is not None:
+                out[old] = held[at_old]
+            out[~old] = fresh[at_new]
+            return out
+
+        self.keys, self.values = merge(self.keys, keys), merge(self.values, values)
+        self.strata = merge(self.strata, strata)
+        self.tokens = wanted
+
+    def rows(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Keys, values and strata of ``tokens`` (a subset of the kept ones)."""
+        assert self.keys is not None and self.values is not None
+        at = torch.searchsorted(self.tokens, tokens)
+        return self.keys[at], self.values[at], self.strata[at]
+
+
+def _every_token(
+    source: WindowSource,
+    passes: list[list[int]],
+    centres: Tensor,
+    key_mean: Tensor,
+    cdtype: torch.dtype,
+    adtype: torch.dtype,
+    device: torch.device,
+) -> FarSample:
+    """The exact limit (``far_samples >= T``): every token represents itself with weight 1."""
+    n_tokens = source.n_tokens
+    total = source.n_windows * n_tokens
+    keys = torch.cat([source.keys(ids).to(device=device, dtype=adtype).reshape(-1, centres.shape[1]) for ids in passes])
+    values = torch.cat([source.values(ids).to(device=device).reshape(len(ids) * n_tokens, -1) for ids in passes])
+    token = torch.arange(total, device=device)
+    n_strata = centres.shape[0]
+    return FarSample(
+        token=token,
+        window=token // n_tokens,
+        stratum=_strata(keys.view(-1, n_tokens, keys.shape[1]), centres).reshape(-1),
+        central=torch.ones(total, dtype=torch.bool, device=device),
+        keys=keys,
+        values=values.to(cdtype),
+        centres=centres,
+        rest_size=torch.zeros(n_strata, dtype=torch.int64, device=device),
+        rest_key_sum=torch.zeros(n_strata, keys.shape[1], dtype=adtype, device=device),
+        rest_value_sum=torch.zeros(n_strata, values.shape[1], dtype=adtype, device=device),
+        key_mean=key_mean,
+        n_tokens=n_tokens,
+    )
 
 
 def spherical_kmeans(points: Tensor, count: int, generator: torch.Generator, iterations: int = 10) -> Tensor:
@@ -152,116 +417,6 @@ def allocate(sizes: Tensor, total: int) -> Tensor:
     return torch.minimum(base + floor + extra, sizes)
 
 
-def far_sample(
-    keys: Tensor,
-    values: Tensor,
-    samples: int,
-    prototypes: int,
-    seed: int,
-    adtype: torch.dtype,
-    cdtype: torch.dtype,
-    rho: float | None = None,
-    steps: int = 0,
-) -> FarSample:
-    """``samples`` representatives of all windows' tokens (see :class:`FarSample`).
-
-    Up to half of them (fewer when modes share tokens) are central: the keys most similar to the
-    modes of the proxy iteration, ``samples / (2 M)`` for each of the ``M`` distinct modes.  The
-    rest is a random sample stratified by k-means prototype.
-
-    Args:
-        keys: ``(L, N, Dk)`` unit keys; ``values``: ``(L, N, Dv)``.
-        samples: number of representatives ``R`` (all ``T`` tokens when ``R >= T``).
-        prototypes: number of k-means strata ``K``.
-        seed: seed of the k-means start and of the draw.
-        adtype, cdtype: dtypes of the sampled keys and values (accumulate and compute dtypes).
-        rho, steps: the proxy iteration (:func:`proxy_modes`); ``rho=None``: none, the
-            prototypes themselves are the modes.
-    """
-    n_windows, n_tokens, dim = keys.shape
-    total = n_windows * n_tokens
-    device = keys.device
-    flat_keys = keys.reshape(total, dim)
-    flat_values = values.reshape(total, -1)
-    gen = torch.Generator().manual_seed(seed)
-    # One random order of all tokens serves both the k-means fit sample and the stratified
-    # draw (within each stratum the first tokens in this order are taken).
-    order = torch.randperm(total, generator=gen).to(device)
-    fit = F.normalize(flat_keys[order[: min(total, _FIT_PER_PROTOTYPE * prototypes)]].to(adtype), dim=1)
-    centres = spherical_kmeans(fit, prototypes, gen, _KMEANS_ITERATIONS)
-    n_strata = centres.shape[0]
-    modes = distinct(proxy_modes(centres, fit, rho, steps) if rho is not None else centres)
-    per_mode = 0 if samples >= total else samples // (_CENTRAL_SHARE * modes.shape[0])
-
-    # One pass over all keys, chunk by chunk: every token's stratum, the strata's key and value
-    # sums, and the running top ``per_mode`` keys of every mode.
-    stratum = torch.empty(total, dtype=torch.int64, device=device)
-    key_sum = torch.zeros(n_strata, dim, dtype=adtype, device=device)
-    value_sum = torch.zeros(n_strata, flat_values.shape[1], dtype=adtype, device=device)
-    top_score = torch.full((modes.shape[0], per_mode), -math.inf, dtype=adtype, device=device)
-    top_token = torch.full((modes.shape[0], per_mode), -1, dtype=torch.int64, device=device)
-    step = max(1, _ASSIGN_CHUNK_TOKENS // n_tokens) * n_tokens
-    for t0 in range(0, total, step):
-        chunk = flat_keys[t0 : t0 + step].to(adtype)
-        member = (chunk @ centres.T).argmax(dim=1)
-        stratum[t0 : t0 + step] = member
-        onehot_t = F.one_hot(member, n_strata).to(adtype).T
-        key_sum += onehot_t @ chunk
-        value_sum += onehot_t @ flat_values[t0 : t0 + step].to(adtype)
-        if per_mode:
-            score = torch.cat([top_score, modes @ chunk.T], dim=1)
-            token = torch.cat(
-                [top_token, torch.arange(t0, t0 + chunk.shape[0], device=device).expand(len(modes), -1)],
-                dim=1,
-            )
-            top_score, pick = torch.topk(score, per_mode, dim=1)
-            top_token = torch.gather(token, 1, pick)
-    window_of = torch.arange(total, device=device) // n_tokens
-    hist = torch.bincount(window_of * n_strata + stratum, minlength=n_windows * n_strata).view(
-        n_windows, n_strata
-    )
-    size = hist.sum(dim=0)
-
-    if samples >= total:
-        # Every token represents itself: exact.
-        chosen = torch.arange(total, device=device)
-        is_central = torch.ones(total, dtype=torch.bool, device=device)
-    else:
-        central = torch.unique(top_token[top_token >= 0])
-        taken = torch.zeros(total, dtype=torch.bool, device=device)
-        taken[central] = True
-        # The rest: a stratified random sample of the other tokens.
-        rest_order = order[~taken[order]]
-        rest_size = size - torch.bincount(stratum[central], minlength=n_strata)
-        take = allocate(rest_size, samples - central.numel())
-        sampled = _first_of_each(rest_order, stratum, rest_size, take)
-        chosen, slot = torch.sort(torch.cat([central, sampled]))  # token order: local gathers
-        is_central = slot < central.numel()
-    central_tokens = chosen[is_central]
-    token_central = torch.zeros(total, dtype=torch.bool, device=device)
-    token_central[central_tokens] = True
-    central_onehot_t = F.one_hot(stratum[central_tokens], n_strata).to(adtype).T
-    key_sum -= central_onehot_t @ flat_keys[central_tokens].to(adtype)
-    value_sum -= central_onehot_t @ flat_values[central_tokens].to(adtype)
-    rest_hist = hist - torch.bincount(
-        window_of[central_tokens] * n_strata + stratum[central_tokens], minlength=n_windows * n_strata
-    ).view(n_windows, n_strata)
-    return FarSample(
-        token=chosen,
-        window=chosen // n_tokens,
-        stratum=stratum[chosen],
-        central=is_central,
-        keys=flat_keys[chosen].to(adtype),
-        values=flat_values[chosen].to(cdtype),
-        rest_size=rest_hist.sum(dim=0),
-        rest_hist=rest_hist,
-        token_stratum=stratum,
-        token_central=token_central,
-        rest_key_sum=key_sum,
-        rest_value_sum=value_sum,
-    )
-
-
 def proxy_modes(centres: Tensor, points: Tensor, rho: float, steps: int) -> Tensor:
     """The proxy iteration of GLA started from each prototype, over sample ``points``.
 
@@ -283,14 +438,3 @@ def distinct(directions: Tensor, cosine: float = 0.999) -> Tensor:
         if not keep or float((directions[keep] @ directions[i]).max()) < cosine:
             keep.append(i)
     return directions[keep]
-
-
-def _first_of_each(tokens: Tensor, stratum: Tensor, sizes: Tensor, take: Tensor) -> Tensor:
-    """The first ``take[h]`` of ``tokens`` (in their order) of every stratum ``h``.
-
-    ``sizes[h]`` is the number of ``tokens`` in stratum ``h``.
-    """
-    grouped = tokens[torch.sort(stratum[tokens], stable=True).indices]
-    starts = torch.cumsum(sizes, dim=0) - sizes
-    first = torch.repeat_interleave(starts - (torch.cumsum(take, dim=0) - take), take)
-    return grouped[first + torch.arange(int(take.sum()), device=tokens.device)]

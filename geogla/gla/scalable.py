@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,8 @@ from torch import Tensor
 from geogla.errors import ConfigError
 from geogla.gla.attention import _Buffers, _round_down, _row_sum, compute_dtypes, smooth_queries
 from geogla.gla.config import GLAConfig
-from geogla.gla.prototypes import FarSample, far_sample
+from geogla.gla.prototypes import FarSample, summarize
+from geogla.gla.source import TensorWindows, WindowSource
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,14 @@ class NearGroup:
     local: Tensor
 
 
-def near_groups(offsets: Tensor, side: int, radius: int) -> list[NearGroup]:
-    """Group every token of every window by its near windows (see the module docstring).
+#: Query windows per call of the in-memory entry point (:func:`attend_scalable`).
+_CALL_WINDOWS = 256
+
+
+def near_groups(
+    offsets: Tensor, side: int, radius: int, windows: Sequence[int] | None = None
+) -> list[NearGroup]:
+    """Group the tokens of the query ``windows`` by their near windows (see the module docstring).
 
     Args:
         offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene token grid;
@@ -90,22 +98,33 @@ def near_groups(offsets: Tensor, side: int, radius: int) -> list[NearGroup]:
         side: tokens per window side (``N = side * side``).
         radius: a window is near a position when its extent grown by ``radius`` tokens on every
             side contains it.
+        windows: the query windows (all ``L`` when None); near windows are taken from all ``L``.
 
     Returns:
-        Groups in a deterministic order; every token ``l * N + t`` is a query of exactly one.
+        Groups in a deterministic order; every token ``t`` of the ``p``-th query window is the
+        query ``p * N + t`` of exactly one group.
     """
-    off = offsets.detach().to("cpu", torch.int64).tolist()
-    n_windows = len(off)
+    off_t = offsets.detach().to("cpu", torch.int64)
+    query = list(range(off_t.shape[0])) if windows is None else [int(w) for w in windows]
+    if not query:
+        return []
+    q_off = off_t[query]
+    lo = q_off.amin(dim=0)
+    hi = q_off.amax(dim=0) + side
+    # Only windows whose grown extent meets the query windows can be near one of their tokens.
+    meets = ((off_t - radius < hi) & (off_t + side + radius > lo)).all(dim=1)
+    candidates = meets.nonzero().flatten().tolist()
+    off = off_t.tolist()
     # Cut each axis where some window's extent or grown extent starts or ends: on every
     # segment the covering and near windows are constant.
     cuts = []
     for axis in (0, 1):
         points: set[int] = set()
-        for o in off:
+        for w in candidates:
+            o = off[w]
             points.update((o[axis], o[axis] + side, o[axis] - radius, o[axis] + side + radius))
-        lo = min(o[axis] for o in off)
-        hi = max(o[axis] for o in off) + side
-        cuts.append(sorted(p for p in points if lo <= p <= hi))
+        a0, a1 = int(lo[axis]), int(hi[axis])
+        cuts.append(sorted(p for p in points if a0 <= p <= a1))
 
     def span(axis: int, start: int, stop: int) -> range:
         """Segments ``[cuts[i], cuts[i+1])`` inside ``[start, stop)``."""
@@ -114,36 +133,40 @@ def near_groups(offsets: Tensor, side: int, radius: int) -> list[NearGroup]:
 
     near: dict[tuple[int, int], list[int]] = defaultdict(list)
     cover: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for w, (r, c) in enumerate(off):
+    for w in candidates:
+        r, c = off[w]
         for a in span(0, r - radius, r + side + radius):
             for b in span(1, c - radius, c + side + radius):
                 near[(a, b)].append(w)
+    for p, w in enumerate(query):
+        r, c = off[w]
         for a in span(0, r, r + side):
             for b in span(1, c, c + side):
-                cover[(a, b)].append(w)
+                cover[(a, b)].append(p)
 
     # Cells with the same near windows form one group (the queries of every covering window).
     members: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
     for cell in sorted(cover):
         members[tuple(near[cell])].append(cell)
     groups = []
-    for windows, cells in members.items():
-        slot = {w: i for i, w in enumerate(windows)}
+    for near_windows, cells in members.items():
+        slot = {w: i for i, w in enumerate(near_windows)}
         queries: list[Tensor] = []
         local: list[Tensor] = []
         for a, b in cells:
             r0, r1 = cuts[0][a], cuts[0][a + 1]
             c0, c1 = cuts[1][b], cuts[1][b + 1]
-            for w in cover[(a, b)]:
+            for p in cover[(a, b)]:
+                w = query[p]
                 rows = torch.arange(r0 - off[w][0], r1 - off[w][0])
                 cols = torch.arange(c0 - off[w][1], c1 - off[w][1])
                 tok = (rows[:, None] * side + cols[None, :]).reshape(-1)
-                queries.append(w * side * side + tok)
+                queries.append(p * side * side + tok)
                 local.append(slot[w] * side * side + tok)
         groups.append(
-            NearGroup(torch.tensor(windows, dtype=torch.int64), torch.cat(queries), torch.cat(local))
+            NearGroup(torch.tensor(near_windows, dtype=torch.int64), torch.cat(queries), torch.cat(local))
         )
-    assert sum(int(g.queries.numel()) for g in groups) == n_windows * side * side
+    assert sum(int(g.queries.numel()) for g in groups) == len(query) * side * side
     return groups
 
 
@@ -164,6 +187,8 @@ def attend_scalable(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Te
 
     Args and result as :func:`geogla.gla.attend` (inputs already checked there); ``offsets`` is
     required.  Needs ``config.kv_extension`` (without it attention is per window: use exact).
+    The inputs are in memory here; a run streams them from its store through
+    :func:`geogla.gla.prototypes.summarize` and :class:`ScalableAttention` instead.
 
     Raises:
         ConfigError: ``offsets`` is missing.
@@ -171,64 +196,103 @@ def attend_scalable(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Te
     """
     if offsets is None:
         raise ConfigError("scalable attention needs the windows' token offsets; pass offsets=(L, 2).")
-    if not config.kv_extension:
-        raise ValueError("scalable attention is for kv_extension; per-window attention is exact and linear")
-    n_windows, n_tokens = keys.shape[:2]
-    side = math.isqrt(n_tokens)
-    if side * side != n_tokens:
-        raise ValueError(f"scalable attention needs square windows, got {n_tokens} tokens per window")
-    dim_v = values.shape[2]
-    total = n_windows * n_tokens
+    source = TensorWindows(keys, values)
     cdtype, adtype = compute_dtypes(config.precision, keys)
-    device = keys.device
-    offsets = offsets.to(device=device, dtype=torch.int64)
+    sample = summarize(source, config, cdtype, adtype, keys.device)
+    attention = ScalableAttention(sample, offsets, config, cdtype, adtype)
+    # Calls of a bounded number of windows bound the per-call near-window state; the result does
+    # not depend on the split.
+    n_windows = keys.shape[0]
+    parts = [attention(source, range(w0, min(w0 + _CALL_WINDOWS, n_windows)))
+             for w0 in range(0, n_windows, _CALL_WINDOWS)]
+    return torch.cat(parts).to(values.dtype)
 
-    groups = near_groups(offsets, side, config.near_radius)
-    rho = config.rho if config.proxy else None
-    sample = far_sample(
-        keys, values, config.far_samples, config.prototypes, config.seed, adtype, cdtype, rho, config.steps
-    )
-    key_mean = _mean_key(keys, adtype)
-    u = 1.0 + config.lambda1 * math.log1p(n_windows) if config.norm == "dynamic" else config.beta
-    max_near = max(int(g.windows.numel()) for g in groups) * n_tokens
-    work = _Work(keys, values, offsets, sample, max_near, config, cdtype, adtype)
 
-    window_mean: Tensor | None = None
-    if config.mean == "window":
-        # One mean per window needs every proxy of the window first: a pass that keeps only the
-        # scalar q_i . mean(k) per token (proxies are recomputed below, no T x D store).
-        row_dot = torch.empty(total, dtype=adtype, device=device)
+class ScalableAttention:
+    """Scalable GLA for any subset of a scene's windows, given the scene's far summary.
+
+    Build it once per process from the :class:`FarSample` of all windows and their offsets; each
+    call computes ``A V`` for some query windows, reading only the windows near them from the
+    source.  Results do not depend on how the windows are split into calls.
+    """
+
+    def __init__(self, sample: FarSample, offsets: Tensor, config: GLAConfig, cdtype: torch.dtype,
+                 adtype: torch.dtype) -> None:
+        if not config.kv_extension:
+            raise ValueError("scalable attention is for kv_extension; per-window attention is exact and linear")
+        self.side = math.isqrt(sample.n_tokens)
+        if self.side * self.side != sample.n_tokens:
+            raise ValueError(f"scalable attention needs square windows, got {sample.n_tokens} tokens per window")
+        self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
+        self.device = sample.keys.device
+        self.offsets = offsets.to(device=self.device, dtype=torch.int64)
+        n_windows = int(offsets.shape[0])
+        self.u = 1.0 + config.lambda1 * math.log1p(n_windows) if config.norm == "dynamic" else config.beta
+        self._work: _Work | None = None
+
+    def __call__(self, source: WindowSource, windows: Sequence[int]) -> Tensor:
+        """``(len(windows), N, Dv)`` ``A V`` of the query ``windows`` (indices into the scene's
+        windows), in the compute dtype's accumulate dtype."""
+        query = [int(w) for w in windows]
+        n_tokens, config = self.sample.n_tokens, self.config
+        groups = near_groups(self.offsets, self.side, config.near_radius, query)
+        near_ids = sorted({int(w) for g in groups for w in g.windows.tolist()})
+        keys = source.keys(near_ids).to(self.device)
+        values = source.values(near_ids).to(self.device)
+        ids_t = torch.tensor(near_ids, dtype=torch.int64, device=self.device)
+        rest = self.sample.window_rest(ids_t, self.sample.strata(keys), keys, values)
+        near = _NearWindows(near_ids, keys, values, *rest)
+        max_near = max((int(g.windows.numel()) for g in groups), default=1) * n_tokens
+        if self._work is None or self._work.max_near < max_near:
+            self._work = _Work(self.offsets, self.sample, max_near, config, self.cdtype, self.adtype)
+        work = self._work
+        work.bind(near)
+        key_mean = self.sample.key_mean
+        total = len(query) * n_tokens
+        out = torch.empty(total, values.shape[2], dtype=self.adtype, device=self.device)
+
+        window_mean: Tensor | None = None
+        if config.mean == "window":
+            # One mean per window needs every proxy of the window first: a pass that keeps only the
+            # scalar q_i . mean(k) per token (proxies are recomputed below).
+            row_dot = torch.empty(total, dtype=self.adtype, device=self.device)
+            for group in groups:
+                queries = group.queries.to(self.device)
+                work.load(group)
+                for r0, r1 in work.blocks():
+                    q, _ = work.proxies(r0, r1)
+                    row_dot[queries[r0:r1]] = q[0] @ key_mean
+            window_mean = row_dot.view(len(query), n_tokens).mean(dim=1)
+
         for group in groups:
-            queries = group.queries.to(device)
+            queries = group.queries.to(self.device)
             work.load(group)
             for r0, r1 in work.blocks():
-                q, _ = work.proxies(r0, r1)
-                row_dot[queries[r0:r1]] = q[0] @ key_mean
-        window_mean = row_dot.view(n_windows, n_tokens).mean(dim=1)
-
-    out = torch.empty(total, dim_v, dtype=values.dtype, device=values.device)
-    for group in groups:
-        queries = group.queries.to(device)
-        work.load(group)
-        for r0, r1 in work.blocks():
-            q, counts = work.proxies(r0, r1)
-            if window_mean is None:
-                mean = q[0] @ key_mean
-            else:
-                mean = window_mean[queries[r0:r1] // n_tokens]
-            shift = (mean.clamp_min(0.0) * u)[None]
-            out[queries[r0:r1]] = work.attention(q, shift, counts).to(values.dtype)[0]
-    return out.view(n_windows, n_tokens, dim_v)
+                q, counts = work.proxies(r0, r1)
+                if window_mean is None:
+                    mean = q[0] @ key_mean
+                else:
+                    mean = window_mean[queries[r0:r1] // n_tokens]
+                shift = (mean.clamp_min(0.0) * self.u)[None]
+                out[queries[r0:r1]] = work.attention(q, shift, counts)[0]
+        return out.view(len(query), n_tokens, -1)
 
 
-def _mean_key(keys: Tensor, adtype: torch.dtype) -> Tensor:
-    """Mean of all ``T`` keys in the accumulate dtype, summed window by window (no T-size copy)."""
-    n_windows, n_tokens, dim = keys.shape
-    total = torch.zeros(dim, dtype=adtype, device=keys.device)
-    step = max(1, 65536 // n_tokens)
-    for w0 in range(0, n_windows, step):
-        total += keys[w0 : w0 + step].to(adtype).sum(dim=(0, 1))
-    return total / (n_windows * n_tokens)
+@dataclass(frozen=True)
+class _NearWindows:
+    """The windows one call reads: ids ascending, their keys ``(W, N, Dk)`` and values, and the
+    counts and sums of their non-central tokens per stratum (:meth:`FarSample.window_rest`)."""
+
+    ids: list[int]
+    keys: Tensor
+    values: Tensor
+    rest_count: Tensor
+    rest_key_sum: Tensor
+    rest_value_sum: Tensor
+
+    def slots(self, windows: list[int]) -> Tensor:
+        index = {w: i for i, w in enumerate(self.ids)}
+        return torch.tensor([index[w] for w in windows], dtype=torch.int64, device=self.keys.device)
 
 
 def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
@@ -249,13 +313,11 @@ class _Work:
     Key rows ``0 .. R - 1`` hold the far representatives (the same for every group, weighted per
     group by :meth:`FarSample.far_weights`, 0 for those in near windows), rows ``R ..`` the
     current group's near keys (weight 1).  Allocated once: ``R + max_near`` keys and values and one
-    block of work memory, whatever the number of groups.
+    block of work memory, whatever the number of groups and calls.
     """
 
     def __init__(
         self,
-        keys: Tensor,
-        values: Tensor,
         offsets: Tensor,
         sample: FarSample,
         max_near: int,
@@ -263,10 +325,10 @@ class _Work:
         cdtype: torch.dtype,
         adtype: torch.dtype,
     ) -> None:
-        self.keys_in, self.values_in, self.offsets, self.sample = keys, values, offsets, sample
+        self.offsets, self.sample, self.max_near = offsets, sample, max_near
         self.config, self.cdtype, self.adtype = config, cdtype, adtype
-        device = keys.device
-        self.n_tokens, self.dim = keys.shape[1:]
+        device = sample.keys.device
+        self.n_tokens, self.dim = sample.n_tokens, sample.keys.shape[1]
         self.n_far = int(sample.token.numel())
         rows = self.n_far + max_near
         # Compute-dtype keys for the proxy similarities and aggregations; in bfloat16 with a
@@ -286,32 +348,42 @@ class _Work:
             else torch.empty(rows, self.dim, dtype=adtype, device=device)
         )
         self.acc[: self.n_far] = sample.keys
-        self.vals = torch.empty(rows, values.shape[2], dtype=cdtype, device=device)
+        self.vals = torch.empty(rows, sample.values.shape[1], dtype=cdtype, device=device)
         self.vals[: self.n_far] = sample.values
         self.rows = rows_per_block(config, rows, cdtype, adtype)
         self.buffers = _Buffers(min(self.rows, max_near) * rows, cdtype, adtype, device)
         self.tk = rows
         self.n_queries = 0
+        self.near: _NearWindows | None = None
+
+    def bind(self, near: _NearWindows) -> None:
+        """Use the keys, values and strata of ``near`` (every near window of the coming groups)."""
+        self.near = near
 
     def load(self, group: NearGroup) -> None:
         """Make ``group`` current: its near keys and values, far weights and starting queries."""
-        device = self.keys_in.device
+        assert self.near is not None
+        device = self.mat.device
         windows = group.windows.to(device)
+        slots = self.near.slots(group.windows.tolist())
         n, r = self.n_tokens, self.n_far
-        for a, w in enumerate(group.windows.tolist()):
-            rows = slice(r + a * n, r + (a + 1) * n)
-            self.mat[rows, : self.dim] = self.keys_in[w]
-            if self.acc is not self.mat:
-                self.acc[rows] = self.keys_in[w]
-            self.vals[rows] = self.values_in[w]
         self.tk = r + int(windows.numel()) * n
-        self.far_weight = self.sample.far_weights(windows)  # accumulate dtype: weighted counts
+        near_rows = slice(r, self.tk)
+        near_keys = self.near.keys[slots].reshape(-1, self.dim)
+        self.mat[near_rows, : self.dim] = near_keys
+        if self.acc is not self.mat:
+            self.acc[near_rows] = near_keys
+        self.vals[near_rows] = self.near.values[slots].reshape(-1, self.vals.shape[1])
+        near_count = self.near.rest_count[slots].sum(dim=0)
+        near_key_sum = self.near.rest_key_sum[slots].sum(dim=0)
+        near_value_sum = self.near.rest_value_sum[slots].sum(dim=0)
+        self.far_weight = self.sample.far_weights(windows, near_count)  # accumulate dtype: counts
         self.far_weight_c = self.far_weight.to(self.cdtype)  # compute dtype: scales masks, numerators
         if r:
-            self._control_variates(windows)
+            self._control_variates(near_count, near_key_sum, near_value_sum)
 
         local = group.local.to(device)
-        near = self.acc[r : self.tk]
+        near = self.acc[near_rows]
         self.self_keys = near[local]  # each query's own key: the empty-P fallback
         if self.config.smoothing:
             # relative offsets: the scene grid smooth_queries builds spans the near windows only
@@ -323,7 +395,7 @@ class _Work:
         self.start = F.normalize(start, dim=-1)
         self.n_queries = int(local.numel())
 
-    def _control_variates(self, windows: Tensor) -> None:
+    def _control_variates(self, near_count: Tensor, near_key_sum: Tensor, near_value_sum: Tensor) -> None:
         """Per-stratum corrections of the far sums (regression estimator), for the current group.
 
         The far part of a sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax
@@ -333,6 +405,7 @@ class _Work:
         ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``.  Still a weighted
         sample estimate, but exact when ``z`` is constant over a stratum (a cluster entirely
         inside or outside a query's positives), which removes most of the sampling noise.
+        ``near_*`` are the counts and sums of the near windows' non-central tokens per stratum.
         """
         sample, adtype = self.sample, self.adtype
         n_strata = sample.rest_size.numel()
@@ -340,11 +413,9 @@ class _Work:
         member = torch.zeros(self.n_far, n_strata, dtype=adtype, device=self.mat.device)
         idx = sampled.nonzero().flatten()
         member[idx, sample.stratum[idx]] = self.far_weight[idx]
-        n_far = (sample.rest_size - sample.rest_hist[windows].sum(dim=0)).to(adtype)
-        near = slice(self.n_far, self.tk)
-        key_far, value_far = sample.far_rest_sums(windows, self.acc[near], self.vals[near])
-        self.cv_keys = key_far - member.T @ sample.keys
-        self.cv_values = value_far - member.T @ sample.values.to(adtype)
+        n_far = (sample.rest_size - near_count).to(adtype)
+        self.cv_keys = (sample.rest_key_sum - near_key_sum) - member.T @ sample.keys
+        self.cv_values = (sample.rest_value_sum - near_value_sum) - member.T @ sample.values.to(adtype)
         # z_far @ share = zbar (r x K); with the weights in front, one product also gives the
         # far part of the counts.
         share = member / n_far.clamp_min(1.0)

@@ -6,12 +6,19 @@
 
 Presets live in ``configs/models.yaml`` (:mod:`geogla.models.registry`); weights are looked up as
 described in :mod:`geogla.models.weights`; the encoders follow method.md section 2
-(:mod:`geogla.models.clip`, :mod:`geogla.models.vfm`).
+(:mod:`geogla.models.clip`, :mod:`geogla.models.vfm`); ``geogla models`` is
+:func:`geogla.models.listing.models_text`.
 """
 
 from __future__ import annotations
 
-from geogla.models.factory import SegmentationModel, create_model, resolve_device, text_templates
+from geogla.models.factory import (
+    SegmentationModel,
+    create_meta_model,
+    create_model,
+    resolve_device,
+    text_templates,
+)
 from geogla.models.registry import (
     ClipSpec,
     ModelPreset,
@@ -38,6 +45,7 @@ __all__ = [
     "VfmSpec",
     "WeightsSource",
     "config_dir",
+    "create_meta_model",
     "create_model",
     "describe_weights",
     "find_config_file",

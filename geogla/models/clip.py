@@ -3,7 +3,8 @@
 The vision tower runs blocks ``0..last-1`` unchanged.  Of the last block only ``ln_1`` and the value
 part of the fused in-projection are used for the values; after attention (done elsewhere) the
 block's ``out_proj`` is applied, then ``ln_post`` and ``proj``.  There is no residual connection
-and no MLP in the last block.
+and no MLP in the last block.  Presets without a VFM also take the query part of the same
+in-projection as the keys (ClearCLIP-style q-q similarity), from the same ``ln_1`` tokens.
 """
 
 from __future__ import annotations
@@ -105,12 +106,14 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def build_open_clip(spec: ClipSpec, weights_file: Path | None, seed: int) -> nn.Module:
+def build_open_clip(spec: ClipSpec, weights_file: Path | None, seed: int,
+                    device: str | torch.device = "cpu") -> nn.Module:
     """Build ``spec``'s open_clip model, seeded, loading ``weights_file`` when given.
 
     A regular checkpoint goes through open_clip's own loader (``pretrained=PATH``), which converts
     third-party layouts and checks every key; a TorchScript archive is loaded here because open_clip
-    refuses those with ``weights_only=True``.
+    refuses those with ``weights_only=True``.  ``device="meta"`` (inside ``torch.device("meta")``)
+    builds the architecture without storage, for parameter counts and shape checks.
     """
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
@@ -132,7 +135,7 @@ def build_open_clip(spec: ClipSpec, weights_file: Path | None, seed: int) -> nn.
         torch.manual_seed(seed)
         try:
             with loading(spec.label, weights_file), _quiet_root_logger():
-                model = open_clip.create_model(spec.arch, pretrained=checkpoint, **kwargs)
+                model = open_clip.create_model(spec.arch, pretrained=checkpoint, device=device, **kwargs)
                 if scripted:
                     assert weights_file is not None
                     _load_torchscript(model, weights_file)
@@ -194,8 +197,17 @@ class ClipEncoder:
     # -- vision ----------------------------------------------------------------------------
 
     def grid_side(self, crop: int) -> int:
-        """CLIP's token grid side for a crop (224 -> 14 for ViT-B/16)."""
-        return crop // self.spec.patch
+        """CLIP's token grid side for a crop (224 -> 14 for ViT-B/16; 336 -> 11 for ViT-B/32)."""
+        return -(-crop // self.spec.patch)
+
+    def input_side(self, crop: int) -> int:
+        """Side CLIP sees a ``crop`` window at: the crop rounded up to a multiple of CLIP's patch.
+
+        When it differs from the crop the window is resized bilinearly to it, so that CLIP's grid
+        covers the whole window (a truncating patch embedding would drop its right and bottom
+        edges); the values are resized to the key grid afterwards in any case.
+        """
+        return self.grid_side(crop) * self.spec.patch
 
     def positional_embedding(self, side: int) -> torch.Tensor:
         """The positional embedding for a ``side`` x ``side`` grid, class position first.
@@ -221,6 +233,9 @@ class ClipEncoder:
         """Tokens entering the last block, (B, 1 + g*g, width), class token first."""
         visual = self.visual
         x = (images - self._mean) / self._std
+        side = self.input_side(int(images.shape[-1]))
+        if side != images.shape[-1]:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
         x = visual.conv1(x)  # (B, width, g, g)
         side = x.shape[-1]
         x = x.flatten(2).transpose(1, 2)
@@ -234,24 +249,52 @@ class ClipEncoder:
             x = block(x)
         return x if self.batch_first else x.transpose(0, 1)
 
+    def _in_proj(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """Part ``part`` (0 query, 1 key, 2 value) of the last block's fused in-projection of ``x``."""
+        width = self.value_dim
+        assert self.attn.in_proj_weight is not None  # checked in __init__; narrows the type
+        bias = self.attn.in_proj_bias
+        rows = slice(part * width, (part + 1) * width)
+        return F.linear(x, self.attn.in_proj_weight[rows], None if bias is None else bias[rows])
+
+    def _last_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``ln_1`` of the last block's input, class token dropped after the norm, (B, g*g, width)."""
+        return self.last.ln_1(self.last_block_input(images))[:, 1:]
+
+    def _to_side(self, tokens: torch.Tensor, side: int, out_side: int | None) -> torch.Tensor:
+        """Row-major tokens on a ``side`` grid resized bilinearly (align_corners=False) to ``out_side``."""
+        if out_side is None or out_side == side:
+            return tokens
+        width = tokens.shape[-1]
+        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], width, side, side)
+        grid = F.interpolate(grid, size=(out_side, out_side), mode="bilinear", align_corners=False)
+        return grid.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
+
     def values(self, images: torch.Tensor, out_side: int | None = None) -> torch.Tensor:
         """Values of the last block, (B, out_side**2, width), row-major.
 
         ``images`` are RGB in [0, 1], (B, 3, c, c).  The values live on CLIP's grid and are resized
-        bilinearly (align_corners=False) to ``out_side`` (the VFM grid); None keeps CLIP's grid.
+        bilinearly (align_corners=False) to ``out_side`` (the key grid); None keeps CLIP's grid.
         """
-        x = self.last.ln_1(self.last_block_input(images))  # the class token takes part in the norm
-        side = self.grid_side(images.shape[-1])
-        width = self.value_dim
-        assert self.attn.in_proj_weight is not None  # checked in __init__; narrows the type
-        bias = self.attn.in_proj_bias
-        v = F.linear(x[:, 1:], self.attn.in_proj_weight[2 * width:],
-                     None if bias is None else bias[2 * width:])
-        if out_side is None or out_side == side:
-            return v
-        grid = v.transpose(1, 2).reshape(v.shape[0], width, side, side)
-        grid = F.interpolate(grid, size=(out_side, out_side), mode="bilinear", align_corners=False)
-        return grid.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
+        side = self.grid_side(int(images.shape[-1]))
+        return self._to_side(self._in_proj(self._last_tokens(images), 2), side, out_side)
+
+    def queries(self, images: torch.Tensor) -> torch.Tensor:
+        """Keys of a preset without VFM: the last block's queries, L2-normalised per token,
+        (B, g*g, width) on CLIP's grid, row-major."""
+        return self.queries_and_values(images)[0]
+
+    def queries_and_values(self, images: torch.Tensor,
+                           out_side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised queries (on CLIP's grid) and values (resized to ``out_side``) from one pass.
+
+        Both come from the same ``ln_1`` tokens of the last block (class token normalised with the
+        rest, then dropped); the queries are L2-normalised over channels.
+        """
+        x = self._last_tokens(images)
+        side = self.grid_side(int(images.shape[-1]))
+        q = F.normalize(self._in_proj(x, 0).float(), dim=-1)
+        return q, self._to_side(self._in_proj(x, 2), side, out_side)
 
     def project(self, attended: torch.Tensor) -> torch.Tensor:
         """(B, N, width) -> (B, N, embed_dim): out_proj, ln_post, proj; no residual, no MLP."""

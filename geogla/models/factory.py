@@ -61,21 +61,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class SegmentationModel:
-    """The two frozen encoders of a preset, as the pipeline uses them.
+    """The frozen encoders of a preset, as the pipeline uses them.
 
-    ``encode`` gives per-window keys (VFM) and values (CLIP); attention over windows happens
+    ``encode`` gives per-window keys (the VFM's patch tokens, or CLIP's last-block queries for a
+    preset without VFM) and values (CLIP), both on the key grid; attention over windows happens
     elsewhere; ``project`` maps attended values to CLIP's embedding space; ``embed_text`` gives the
     class prompt embeddings.  Every method runs under ``torch.inference_mode`` in float32.
     """
 
-    def __init__(self, preset: ModelPreset, clip: ClipEncoder, vfm: VfmEncoder, device: torch.device,
+    def __init__(self, preset: ModelPreset, clip: ClipEncoder, vfm: VfmEncoder | None, device: torch.device,
                  weights: Mapping[str, WeightsSource]) -> None:
+        if (vfm is None) != (preset.vfm is None):
+            raise ValueError(f"preset '{preset.name}' and the encoders given disagree on the VFM.")
         self.preset = preset
         self.device = device
         self.clip = clip
         self.vfm = vfm
         self.weights: Mapping[str, WeightsSource] = MappingProxyType(dict(weights))
-        self.key_dim: int = vfm.key_dim
+        self.key_dim: int = vfm.key_dim if vfm is not None else clip.value_dim
         self.value_dim: int = clip.value_dim
         self.embed_dim: int = clip.embed_dim
         self._templates = text_templates()
@@ -86,19 +89,15 @@ class SegmentationModel:
         return any(source.origin == RANDOM for source in self.weights.values())
 
     def __repr__(self) -> str:
-        return (f"SegmentationModel(preset={self.preset.name!r}, device={str(self.device)!r}, "
-                f"clip={self.weights['clip']}, vfm={self.weights['vfm']})")
+        parts = ", ".join(f"{part}={source}" for part, source in self.weights.items())
+        return f"SegmentationModel(preset={self.preset.name!r}, device={str(self.device)!r}, {parts})"
 
     def tokens_per_side(self, crop: int) -> int:
-        """VFM grid side n for a crop (224 -> 28 for DINO ViT-B/8).
+        """Key grid side n for a crop (224 -> 28 for DINO ViT-B/8, 14 for CLIP ViT-B/16 without VFM).
 
-        A crop that is not a multiple of both encoders' patch sides raises ConfigError.
+        A crop that is not a multiple of the key encoder's patch side raises ConfigError.
         """
-        multiple = self.preset.crop_multiple
-        if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0 or crop % multiple:
-            raise ConfigError(f"The crop {crop!r} is not a positive multiple of {multiple} "
-                              f"(the patch sides of preset '{self.preset.name}').")
-        return self.vfm.grid_side(crop)
+        return self.preset.tokens_per_side(crop)
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -112,22 +111,30 @@ class SegmentationModel:
     @torch.inference_mode()
     def encode_keys(self, images: torch.Tensor) -> torch.Tensor:
         """Keys (B, N, key_dim), L2-normalised, of RGB windows in [0, 1] (B, 3, c, c)."""
-        return self.vfm.keys(self._check_images(images))
+        images = self._check_images(images)
+        return self.vfm.keys(images) if self.vfm is not None else self.clip.queries(images)
 
     @torch.inference_mode()
     def encode_values(self, images: torch.Tensor, on_vfm_grid: bool = True) -> torch.Tensor:
-        """Values (B, N, value_dim) on the VFM grid (or, with ``on_vfm_grid=False``, on CLIP's own grid)."""
+        """Values (B, N, value_dim) on the key grid (or, with ``on_vfm_grid=False``, on CLIP's own grid).
+
+        Without a VFM the key grid is CLIP's grid, so both give the same values.
+        """
         images = self._check_images(images)
-        side = self.vfm.grid_side(int(images.shape[-1])) if on_vfm_grid else None
+        side = self.tokens_per_side(int(images.shape[-1])) if on_vfm_grid else None
         return self.clip.values(images, side)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim); N = n*n row-major."""
+        """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim); N = n*n row-major.
+
+        Without a VFM, keys and values come from one pass through CLIP.
+        """
         images = self._check_images(images)
-        keys = self.vfm.keys(images)
-        values = self.clip.values(images, self.vfm.grid_side(int(images.shape[-1])))
-        return keys, values
+        side = self.tokens_per_side(int(images.shape[-1]))
+        if self.vfm is None:
+            return self.clip.queries_and_values(images, side)
+        return self.vfm.keys(images), self.clip.values(images, side)
 
     @torch.inference_mode()
     def project(self, attended: torch.Tensor) -> torch.Tensor:
@@ -147,13 +154,15 @@ class SegmentationModel:
 
 def _resolve(preset: ModelPreset, weights: str, clip_weights: PathLike | None,
              vfm_weights: PathLike | None) -> tuple[WeightsSource | None, WeightsSource | None]:
-    """Both encoders' weight files (None: random), or WeightsError naming all that are missing."""
+    """The encoders' weight files (None: random or no VFM), or WeightsError naming all that are missing."""
     want = weights == "pretrained"
     clip = resolve_clip(preset.clip, clip_weights) if want or clip_weights is not None else None
-    vfm = resolve_vfm(preset.vfm, vfm_weights) if want or vfm_weights is not None else None
+    vfm = None
+    if preset.vfm is not None and (want or vfm_weights is not None):
+        vfm = resolve_vfm(preset.vfm, vfm_weights)
     if want:
         missing: list[ClipSpec | VfmSpec] = [spec for spec, src in ((preset.clip, clip), (preset.vfm, vfm))
-                                             if src is None]
+                                             if spec is not None and src is None]
         if missing:
             raise WeightsError(missing_weights_message(missing))
     return clip, vfm
@@ -174,16 +183,22 @@ def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str
     if weights not in ("pretrained", "random"):
         raise ConfigError(f"weights must be 'pretrained' or 'random', not {weights!r}.")
     dev = resolve_device(device)
-    if weights == "pretrained" and preset.random_only and (clip_weights is None or vfm_weights is None):
+    if preset.vfm is None and vfm_weights is not None:
+        raise ConfigError(f"Preset '{preset.name}' has no VFM (its keys come from CLIP); drop --vfm-weights.")
+    explicit_all = clip_weights is not None and (vfm_weights is not None or preset.vfm is None)
+    if weights == "pretrained" and preset.random_only and not explicit_all:
         raise ConfigError(f"Preset '{preset.name}' has no published weights (it exists for tests); "
                           "pass --weights random.")
     clip_src, vfm_src = _resolve(preset, weights, clip_weights, vfm_weights)
 
     clip_model = build_open_clip(preset.clip, clip_src.path if clip_src else None, seed)
-    vfm_model = build_timm(preset.vfm, vfm_src.path if vfm_src else None, seed)
-    sources = {"clip": clip_src or WeightsSource(RANDOM), "vfm": vfm_src or WeightsSource(RANDOM)}
-    model = SegmentationModel(preset, ClipEncoder(clip_model, preset.clip, dev),
-                              VfmEncoder(vfm_model, preset.vfm, dev), dev, sources)
+    sources = {"clip": clip_src or WeightsSource(RANDOM)}
+    vfm: VfmEncoder | None = None
+    if preset.vfm is not None:
+        vfm_model = build_timm(preset.vfm, vfm_src.path if vfm_src else None, seed)
+        vfm = VfmEncoder(vfm_model, preset.vfm, dev)
+        sources["vfm"] = vfm_src or WeightsSource(RANDOM)
+    model = SegmentationModel(preset, ClipEncoder(clip_model, preset.clip, dev), vfm, dev, sources)
     random_parts = [part.upper() for part, src in sources.items() if src.origin == RANDOM]
     if random_parts:
         message = (f"Preset '{preset.name}' runs with RANDOM {' and '.join(random_parts)} weights: "
@@ -192,3 +207,21 @@ def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str
     for part, src in sources.items():
         log.info("%s weights: %s", part, src)
     return model
+
+
+def create_meta_model(name: str | ModelPreset = "default") -> SegmentationModel:
+    """Build preset ``name``'s architecture on the ``meta`` device: no storage, no weights, no warning.
+
+    It takes a fraction of a second even for ViT-L, and serves parameter counts and shape checks
+    (``encode`` on meta tensors gives the real output shapes); its outputs have no values.
+    """
+    preset = name if isinstance(name, ModelPreset) else get_preset(name)
+    meta = torch.device("meta")
+    sources = {"clip": WeightsSource(RANDOM)}
+    vfm: VfmEncoder | None = None
+    with meta:  # parameters are created on meta, so no random initialisation is computed
+        clip = ClipEncoder(build_open_clip(preset.clip, None, 0, device=meta), preset.clip, meta)
+        if preset.vfm is not None:
+            vfm = VfmEncoder(build_timm(preset.vfm, None, 0), preset.vfm, meta)
+            sources["vfm"] = WeightsSource(RANDOM)
+    return SegmentationModel(preset, clip, vfm, meta, sources)

@@ -1,17 +1,20 @@
 """Named model presets, read from ``configs/models.yaml``.
 
-A preset pairs a CLIP (values, projection, text) with a vision foundation model (keys) and says how
-each is normalised and which crop/stride the method uses by default.  Adding a backbone is a new
-entry in the YAML file, not a new code path: every entry is built by the same two builders
-(:mod:`geogla.models.clip` through open_clip, :mod:`geogla.models.vfm` through timm).
+A preset pairs a CLIP (values, projection, text) with a vision foundation model (keys), or with
+none (the keys are then CLIP's own last-block queries), and says how each encoder is normalised,
+which layer gives the keys, which crop/stride the method uses by default and which attention
+settings the pairing needs.  Adding a backbone is a new entry in the YAML file, not a new code
+path: every entry is built by the same two builders (:mod:`geogla.models.clip` through open_clip,
+:mod:`geogla.models.vfm` through timm).
 
 The YAML file (``version: 1``) has one mapping ``presets``; each entry is::
 
     <name>:
       description: str
-      crop: int                   # default window side in pixels
+      crop: int                   # default window side in pixels; a multiple of the key patch
       stride: int                 # default window stride in pixels
       random_only: bool           # optional (false): no published weights exist (test presets)
+      attention: {}               # optional; GLAConfig fields this preset changes, e.g. {smoothing: true}
       clip:
         arch: str                 # open_clip model config name, e.g. ViT-B-16
         pretrained: str | null    # open_clip pretrained tag, e.g. openai (null: none published)
@@ -19,19 +22,24 @@ The YAML file (``version: 1``) has one mapping ``presets``; each entry is::
         quick_gelu: bool | null   # optional; null follows the pretrained tag (OpenAI weights use QuickGELU)
         norm: openai | imagenet | inception | {mean: [r, g, b], std: [r, g, b]}
         overrides: {}             # optional; deep-merged into the open_clip config (vision_cfg, ...)
-      vfm:
+      vfm:                        # or `none`: keys from CLIP's last-block queries (ClearCLIP style)
         kind: timm                # the only kind so far
         name: str                 # timm model name with pretrained tag, e.g. vit_base_patch8_224.dino
         patch: int                # patch side; checked against the built model
+        layer: int                # optional (-1): block whose output gives the keys, after the final norm
         norm: openai | imagenet | inception | {mean: [...], std: [...]}
         kwargs: {}                # optional; extra keyword arguments for timm.create_model
+
+The keys fix the token grid: ``crop / patch`` tokens a side of the VFM (of CLIP without a VFM), so
+the crop must be a multiple of that patch.  CLIP's values are computed on CLIP's own grid and
+resized bilinearly to the key grid; a crop that is not a multiple of CLIP's patch is resized up to
+the next multiple before it enters CLIP (see :meth:`geogla.models.clip.ClipEncoder.input_side`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -52,6 +60,9 @@ NORMALISATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 VFM_KINDS = ("timm",)  #: encoder libraries a VFM entry may name
+NO_VFM = "none"  #: ``vfm: none``: the keys are CLIP's own last-block queries
+KEYS_VFM = "vfm"  #: :attr:`ModelPreset.keys` when a VFM gives the keys
+KEYS_CLIP_Q = "clip-q"  #: :attr:`ModelPreset.keys` when CLIP's last-block queries give the keys
 
 
 def config_dir() -> Path:
@@ -110,6 +121,7 @@ class VfmSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    layer: int = -1  #: block whose output (after the final norm) gives the keys; negative counts from the end
 
     @property
     def label(self) -> str:
@@ -124,20 +136,46 @@ class VfmSpec:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """One named pairing of CLIP and VFM with its default crop and stride."""
+    """One named pairing of CLIP and a VFM (or no VFM) with its default crop, stride and attention."""
 
     name: str
     description: str
     clip: ClipSpec
-    vfm: VfmSpec
+    vfm: VfmSpec | None
     crop: int
     stride: int
     random_only: bool = False
+    attention: Mapping[str, Any] = field(default_factory=dict)  #: GLAConfig fields this preset sets
+
+    @property
+    def keys(self) -> str:
+        """Where the keys come from: :data:`KEYS_VFM` or, without a VFM, :data:`KEYS_CLIP_Q`."""
+        return KEYS_VFM if self.vfm is not None else KEYS_CLIP_Q
+
+    @property
+    def key_patch(self) -> int:
+        """Patch side of the encoder that gives the keys; it sets the token grid."""
+        return self.vfm.patch if self.vfm is not None else self.clip.patch
 
     @property
     def crop_multiple(self) -> int:
-        """Crops must be a multiple of this (both encoders' patch sides)."""
-        return math.lcm(self.clip.patch, self.vfm.patch)
+        """Crops must be a multiple of this: the patch side of the encoder that gives the keys.
+
+        CLIP's patch does not constrain the crop: CLIP's input is resized up to a multiple of it
+        when needed, and its values are resized to the key grid in any case (method.md section 2).
+        """
+        return self.key_patch
+
+    def tokens_per_side(self, crop: int) -> int:
+        """Key (and value) grid side for ``crop``: ``crop / key_patch``.
+
+        A crop that is not a positive multiple of :attr:`crop_multiple` raises ConfigError.
+        """
+        multiple = self.crop_multiple
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0 or crop % multiple:
+            raise ConfigError(f"The crop {crop!r} is not a positive multiple of {multiple}, the patch "
+                              f"side of the encoder that gives the keys of preset '{self.name}'.")
+        return crop // multiple
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,23 +254,44 @@ def _parse_clip(value: Any, preset: str) -> ClipSpec:
                     quick_gelu=quick_gelu, overrides=_mapping(entry.get("overrides"), f"{where}.overrides"))
 
 
-def _parse_vfm(value: Any, preset: str) -> VfmSpec:
+def _parse_vfm(value: Any, preset: str) -> VfmSpec | None:
     where = _where(preset, "vfm")
+    if value is None or value == NO_VFM:
+        return None
     entry = _mapping(value, where)
-    _check_keys(entry, {"kind", "name", "patch", "norm"}, {"kwargs"}, where)
+    _check_keys(entry, {"kind", "name", "patch", "norm"}, {"kwargs", "layer"}, where)
     kind = _str(entry["kind"], f"{where}.kind")
     if kind not in VFM_KINDS:
         raise ConfigError(f"In {where}.kind '{kind}' is not supported (supported: {', '.join(VFM_KINDS)}).")
+    layer = entry.get("layer", -1)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ConfigError(f"In {where}.layer must be a whole number (-1: the last block), not {layer!r}.")
     mean, std = _norm(entry["norm"], f"{where}.norm")
     return VfmSpec(kind=kind, name=_str(entry["name"], f"{where}.name"),
                    patch=_positive_int(entry["patch"], f"{where}.patch"), mean=mean, std=std,
-                   kwargs=_mapping(entry.get("kwargs"), f"{where}.kwargs"))
+                   kwargs=_mapping(entry.get("kwargs"), f"{where}.kwargs"), layer=layer)
+
+
+def _parse_attention(value: Any, preset: str) -> Mapping[str, Any]:
+    """The preset's GLAConfig overrides, checked by building a GLAConfig from them."""
+    from geogla.gla.config import GLAConfig
+
+    where = _where(preset, "attention")
+    entry = _mapping(value, where)
+    unknown = sorted(entry.keys() - {f.name for f in fields(GLAConfig)})
+    if unknown:
+        raise ConfigError(f"In {where} the GLA option(s) {', '.join(unknown)} are unknown.")
+    try:
+        GLAConfig(**entry)
+    except ConfigError as exc:
+        raise ConfigError(f"In {where}: {exc}") from exc
+    return MappingProxyType(dict(entry))
 
 
 def _parse_preset(name: str, value: Any) -> ModelPreset:
     where = _where(name, "the entry")
     entry = _mapping(value, where)
-    _check_keys(entry, {"description", "crop", "stride", "clip", "vfm"}, {"random_only"}, where)
+    _check_keys(entry, {"description", "crop", "stride", "clip", "vfm"}, {"random_only", "attention"}, where)
     random_only = entry.get("random_only", False)
     if not isinstance(random_only, bool):
         raise ConfigError(f"In {_where(name, 'random_only')} must be true or false.")
@@ -240,13 +299,15 @@ def _parse_preset(name: str, value: Any) -> ModelPreset:
                          clip=_parse_clip(entry["clip"], name), vfm=_parse_vfm(entry["vfm"], name),
                          crop=_positive_int(entry["crop"], _where(name, "crop")),
                          stride=_positive_int(entry["stride"], _where(name, "stride")),
-                         random_only=random_only)
+                         random_only=random_only, attention=_parse_attention(entry.get("attention"), name))
     if not random_only and preset.clip.pretrained is None:
         raise ConfigError(f"In {_where(name, 'clip.pretrained')} is null, so the preset must set "
                           "random_only: true.")
     if preset.crop % preset.crop_multiple:
         raise ConfigError(f"In {_where(name, 'crop')} {preset.crop} is not a multiple of "
-                          f"{preset.crop_multiple} (both encoders' patch sides).")
+                          f"{preset.crop_multiple} (the patch side of the encoder that gives the keys).")
+    if preset.stride > preset.crop:
+        raise ConfigError(f"In {_where(name, 'stride')} {preset.stride} is larger than the crop {preset.crop}.")
     return preset
 
 

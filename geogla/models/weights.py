@@ -220,6 +220,30 @@ def vfm_library_file(spec: VfmSpec, download: bool) -> Path | None:
     return None
 
 
+def library_source(spec: ClipSpec | VfmSpec) -> str | None:
+    """Where open_clip / timm would download ``spec``'s weights from: a Hugging Face hub repository
+    (``hf-hub:org/name``) or a URL; None when the library publishes none under that name."""
+    if isinstance(spec, ClipSpec):
+        if spec.pretrained is None:
+            return None
+        from open_clip.pretrained import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.arch, spec.pretrained) or {}
+        hub = str(cfg.get("hf_hub") or "").rstrip("/")
+        url = str(cfg.get("url") or "")
+    else:
+        import timm.models
+
+        tcfg = timm.models.get_pretrained_cfg(spec.name)
+        if tcfg is None:
+            return None
+        hub = tcfg.hf_hub_id or ""
+        url = tcfg.url[0] if isinstance(tcfg.url, tuple) else (tcfg.url or "")
+    if hub:
+        return f"hf-hub:{hub}"
+    return url or None
+
+
 def resolve_clip(spec: ClipSpec, explicit: str | os.PathLike[str] | None,
                  download: bool = True) -> WeightsSource | None:
     """Find the CLIP weights of ``spec``; None when no source has them."""
@@ -277,7 +301,8 @@ def describe_weights(preset: ModelPreset, clip_weights: str | os.PathLike[str] |
     pairs: list[tuple[ClipSpec | VfmSpec, WeightsSource | None]] = []
     try:
         pairs.append((preset.clip, resolve_clip(preset.clip, clip_weights, download=False)))
-        pairs.append((preset.vfm, resolve_vfm(preset.vfm, vfm_weights, download=False)))
+        if preset.vfm is not None:
+            pairs.append((preset.vfm, resolve_vfm(preset.vfm, vfm_weights, download=False)))
     except WeightsError as exc:  # a missing explicit path or a bad GEOGLA_WEIGHTS_DIR
         return "\n".join([*lines, f"  {exc}"])
     for spec, source in pairs:
@@ -287,4 +312,6 @@ def describe_weights(preset: ModelPreset, clip_weights: str | os.PathLike[str] |
             lines.append(f"  {spec.label}: no published weights (test preset; use --weights random)")
         else:
             lines.append(f"  {spec.label}: {missing_weights_message([spec])}")
+    if preset.vfm is None:
+        lines.append("  no VFM: the keys are CLIP's own last-block queries")
     return "\n".join(lines)

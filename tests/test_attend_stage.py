@@ -1,0 +1,100 @@
+"""The attend stage streams attention through the run store: the summary, then attend tasks over
+batches that read only the windows they need; features equal in-memory attention's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geogla import stages
+from geogla.classes import parse_classes
+from geogla.gla import GLAConfig, attend
+from geogla.runconfig import RunConfig
+from geogla.scene import open_scene
+from geogla.store import RunStore
+from pipelines.run import attend_parts
+from tests.conftest import structured_rgb, write_geotiff
+
+
+def _encoded_store(tmp_path: Path, attention: GLAConfig, name: str = "s") -> RunStore:
+    scene = open_scene(str(write_geotiff(tmp_path / f"{name}.tif", structured_rgb(560, 780))))
+    config = RunConfig(classes=parse_classes("building,tree,road"), model="tiny", weights="random",
+                       device="cpu", attention=attention)
+    model = stages.load_model("tiny", "random", None, None, "cpu")
+    store, _ = RunStore.create_or_resume(str(tmp_path / f"{name}.zarr"), scene, config,
+                                         tokens=model.tokens_per_side(224), key_dim=model.key_dim,
+                                         value_dim=model.value_dim, embed_dim=model.embed_dim)
+    for ids in stages.window_batches(store):
+        stages.encode_windows(store.url, ids)
+    return store
+
+
+def _in_memory_features(store: RunStore, attention: GLAConfig) -> np.ndarray:
+    """What the attend stage must store: attention over all windows at once, then projection."""
+    model = stages.model_for(store)
+    n = store.tokens_per_side
+    offsets = torch.from_numpy(store.grid.token_offsets(n))
+    keys, values = torch.from_numpy(store.read("keys")), torch.from_numpy(store.read("values"))
+    attended = attend(keys, values, attention, offsets=offsets)
+    return F.normalize(model.project(attended).float(), dim=-1).numpy()
+
+
+@pytest.mark.parametrize("attention", [
+    GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32"),
+    GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32", mean="window"),
+    GLAConfig.proxyclip(smoothing=True),
+], ids=["scalable", "scalable-window-mean", "per-window-smoothing"])
+def test_streamed_attention_equals_in_memory_attention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       attention: GLAConfig) -> None:
+    monkeypatch.setattr(stages, "ATTEND_TASK_WINDOWS", 8)  # one batch per task: many tasks
+    store = _encoded_store(tmp_path, attention)
+    assert len(store.grid) == 4 * 6 and len(attend_parts(store)) == 3
+    read = []
+    source_read = stages.StoreWindows._read
+
+    def counting(self: stages.StoreWindows, name: str, windows: list[int]) -> torch.Tensor:
+        read.append(len(windows))
+        return source_read(self, name, windows)
+
+    monkeypatch.setattr(stages.StoreWindows, "_read", counting)
+    stages.summarize_keys(store.url)
+    summary_reads = sum(read)
+    read.clear()
+    for part in reversed(attend_parts(store)):  # any order: tasks are independent
+        stages.attend_batches(store.url, part)
+    assert bool(store.read("windows/attended").all())
+    if attention.kv_extension:
+        # each task reads the windows near its batch, not the scene
+        assert summary_reads >= 2 * 24 and max(read) < 24
+    want = _in_memory_features(store, attention)
+    np.testing.assert_allclose(store.read("features"), want, rtol=1e-4, atol=1e-5)
+
+
+def test_attended_batches_are_not_recomputed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attention = GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32")
+    store = _encoded_store(tmp_path, attention)
+    stages.summarize_keys(store.url)
+    parts = attend_parts(store)
+    stages.attend_batches(store.url, parts[0])
+    before = store.read("features")
+    calls = []
+    monkeypatch.setattr(stages.ScalableAttention, "__call__",
+                        lambda self, source, windows: calls.append(list(windows)) or torch.zeros(0))
+    assert stages.attend_batches(store.url, parts[0]) == {}
+    assert calls == []
+    np.testing.assert_array_equal(store.read("features"), before)
+
+
+def test_exact_attention_is_one_task_and_nodata_windows_stay_empty(tmp_path: Path) -> None:
+    store = _encoded_store(tmp_path, GLAConfig(memory="exact", precision="float32"))
+    assert attend_parts(store) == [list(range(len(stages.window_batches(store))))]
+    valid = store.read("windows/valid").copy()
+    valid[3] = False
+    store.array("windows/valid")[:] = valid
+    stages.attend_all(store.url)
+    features = store.read("features")
+    assert not features[3].any() and bool(np.abs(np.linalg.norm(features[valid], axis=-1) - 1).max() < 1e-5)
