@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
                      help="gla: attention across all windows (default); proxyclip: each window alone")
+    run.add_argument("--attention-memory", choices=("auto", "exact", "scalable"), default=None,
+                     help="GLA across windows: exact (cost grows with the square of the scene), scalable "
+                          "(linear cost, far windows sampled) or auto (default: exact up to 32,768 tokens)")
     run.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
                      help="query smoothing over each token's neighbours and overlapping windows (default: the "
                           "preset's; on for presets without a VFM)")
@@ -134,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
 
     classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
     preset = get_preset(args.model)
-    attention = attention_config(preset, args.attention, smoothing=args.smoothing)
+    attention = attention_config(preset, args.attention, smoothing=args.smoothing, memory=args.attention_memory)
     config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
                        vfm_weights=args.vfm_weights, crop=args.crop or preset.crop,
                        stride=args.stride or preset.stride, attention=attention, logit_scale=args.logit_scale,

@@ -18,6 +18,7 @@ from geogla.classes import parse_classes
 from geogla.cli import main
 from geogla.gla import GLAConfig
 from geogla.runconfig import RunConfig
+from geogla.store import RunStore
 from pipelines.run import run_scene
 from tests.conftest import REPO, structured_rgb, write_geotiff
 
@@ -107,6 +108,17 @@ def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:
                      "--attention", mode, *TINY]) == 0
         results[mode] = rasterio.open(out / "scene.classes.tif").read(1)
     assert results["gla"].shape == results["proxyclip"].shape
+
+
+def test_attention_memory_option_picks_the_streamed_scalable_attention(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
+                 "--attention-memory", "scalable", *TINY]) == 0
+    store = RunStore.open(str(out / "scene.zarr"), mode="r")
+    assert store.config.attention.memory == "scalable"
+    assert "summary" in store.group and bool(store.read("windows/attended").all())
+    with rasterio.open(out / "scene.classes.tif") as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1, 2}
 
 
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
