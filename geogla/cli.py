@@ -73,6 +73,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, random_means: str) -> None:
+    """The model options every command that runs the encoders takes (preset and weights)."""
+    parser.add_argument("--model", default="default",
+                        help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
+    parser.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
+                        help=f"'random' runs without weights ({random_means})")
+    parser.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
+    parser.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="geogla", description="Open-vocabulary segmentation of large aerial, satellite and "
                      "drone images (ProxyCLIP + GLA, training-free).")
@@ -82,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", required=True,
                      help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"')
     run.add_argument("-o", "--out", default="geogla-out", help="output folder (default: ./geogla-out)")
-    run.add_argument("--model", default="default",
-                     help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
-    run.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
-                     help="'random' runs without weights (labels meaningless; for testing and benchmarks)")
-    run.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
-    run.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
+    _add_model_arguments(run, random_means="labels meaningless; for testing and benchmarks")
     run.add_argument("--crop", type=int, help="window size in pixels (default: the preset's, 224)")
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
@@ -210,12 +215,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
     ev.add_argument("-o", "--out", help="output folder (default: ./geogla-eval/<dataset>-<split>)")
     ev.add_argument("--figures", type=_non_negative_int, default=0, metavar="K",
                     help="write a comparison PNG for each of the first K images to OUT/figures")
-    ev.add_argument("--model", default="default",
-                    help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
-    ev.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
-                    help="'random' runs without weights (scores meaningless; for testing)")
-    ev.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
-    ev.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
+    _add_model_arguments(ev, random_means="scores meaningless; for testing")
     ev.add_argument("--classes", help="prompts replacing the preset's, same number and order of classes")
     ev.add_argument("--prob-threshold", type=float, metavar="P", help="background threshold (preset's by default)")
     ev.add_argument("--background", metavar="NAME", help="background class (preset's by default)")

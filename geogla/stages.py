@@ -79,7 +79,7 @@ def encode_windows(store_url: str, window_ids: Sequence[int]) -> dict[str, float
     """
     store = RunStore.open(store_url)
     ids = list(window_ids)
-    sl = slice(ids[0], ids[-1] + 1)
+    sl = _batch_slice(ids)
     if bool(np.all(store.read("windows/encoded", sl))):
         return {"encode_skipped": 1.0}
     t0 = time.perf_counter()
@@ -276,6 +276,7 @@ def attend_all(store_url: str) -> dict[str, float]:
 
 
 def _batch_slice(ids: Sequence[int]) -> slice:
+    """The rows of the window arrays that one encode batch (consecutive ids) owns."""
     return slice(ids[0], ids[-1] + 1)
 
 

@@ -51,6 +51,7 @@ estimate changes more of them than elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -232,7 +233,7 @@ class ScalableAttention:
 
     def __call__(self, source: WindowSource, windows: Sequence[int]) -> Tensor:
         """``(len(windows), N, Dv)`` ``A V`` of the query ``windows`` (indices into the scene's
-        windows), in the compute dtype's accumulate dtype."""
+        windows), in the accumulate dtype."""
         query = [int(w) for w in windows]
         n_tokens, config = self.sample.n_tokens, self.config
         groups = near_groups(self.offsets, self.side, config.near_radius, query)
@@ -290,9 +291,13 @@ class _NearWindows:
     rest_key_sum: Tensor
     rest_value_sum: Tensor
 
+    @functools.cached_property
+    def _index(self) -> dict[int, int]:
+        return {w: i for i, w in enumerate(self.ids)}
+
     def slots(self, windows: list[int]) -> Tensor:
-        index = {w: i for i, w in enumerate(self.ids)}
-        return torch.tensor([index[w] for w in windows], dtype=torch.int64, device=self.keys.device)
+        """Rows of ``windows`` in :attr:`keys` (every group of a call asks; the index is built once)."""
+        return torch.tensor([self._index[w] for w in windows], dtype=torch.int64, device=self.keys.device)
 
 
 def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
