@@ -15,7 +15,9 @@ import rasterio
 
 #: GDAL options geogla runs with; environment variables of the same name win.
 GDAL_DEFAULTS: dict[str, Any] = {
-    "GDAL_CACHEMAX": 256,  # MB: enough for a few rows of tiles, bounded whatever the scene size
+    # MB: a few rows of tiles.  GDAL fills its cache up to this bound (the COG overviews of a 16k
+    # scene would take 256 MB), so it is part of the run's peak memory: kept small.
+    "GDAL_CACHEMAX": 64,
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing for remote scenes
     "GDAL_NUM_THREADS": "ALL_CPUS",  # decompression and COG overviews
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.png,.jpg,.jpeg",

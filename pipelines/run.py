@@ -9,8 +9,11 @@ whose workers must reach the scene, the run store and the output folder by the s
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -74,7 +77,7 @@ def build_tasks(store: RunStore, out_dir: str, labels: str | None = None,
     token = tokenize(url, store.meta["fingerprints"], time.time_ns())
 
     def call(fn: Any, name: str, *args: Any) -> Delayed:
-        return delayed(fn, pure=False)(*args, dask_key_name=f"{name}-{token}")
+        return delayed(run_stage, pure=False)(fn, *args, dask_key_name=f"{name}-{token}")
 
     batches = stages.window_batches(store)
     with dask.annotate(resources=encode_resources) if encode_resources else nullcontext():
@@ -91,6 +94,47 @@ def build_tasks(store: RunStore, out_dir: str, labels: str | None = None,
     if labels is not None:
         tasks.append(Task("evaluate", call(stages.evaluate, "evaluate", url, labels, out_dir, *stitched)))
     return tasks
+
+
+def run_stage(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """Run one stage function, then give the memory it freed back to the operating system.
+
+    Stages allocate and free large buffers (model activations, attention blocks, tiles); without
+    this, glibc keeps the freed heap and a long run's resident memory creeps up with the number of
+    tasks instead of staying at one task's peak.
+    """
+    try:
+        return fn(*args)
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    It also makes allocations of 4 MiB or more always ``mmap``-ed, so that freeing them returns
+    them at once (glibc otherwise raises that threshold after the first large free, and such
+    buffers then fragment the heap).
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+        libc.malloc_trim(0)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - absent outside glibc (musl)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def attend_parts(store: RunStore) -> list[list[int]]:

@@ -237,7 +237,9 @@ def summarize(
     # the random part; post-stratified weights later use the true sizes.
     fit_sizes = torch.bincount((fit @ centres.T).argmax(dim=1), minlength=n_strata)
     estimate = (fit_sizes.to(torch.float64) * (total / fit.shape[0])).round().to(torch.int64)
-    take = allocate(estimate.clamp_min(1), max(samples - per_mode * modes.shape[0], n_strata)).to(device)
+    # Each stratum's reservoir is sized for the whole budget: how many central keys coincide is
+    # known only after the pass, and the sample then fills what they leave.
+    take = allocate(estimate.clamp_min(1), samples).to(device)
 
     # Pass 2 (keys and values): strata sizes and sums, each mode's most similar keys, and each
     # stratum's lowest-priority tokens.
@@ -271,21 +273,20 @@ def summarize(
         res_prio = torch.cat([res_prio, priorities(seed, ids, n_tokens).to(device).reshape(-1)])
         res_token = torch.cat([res_token, tokens])
         res_stratum = torch.cat([res_stratum, member])
-        # Keep the take[h] lowest priorities of every stratum h.
-        order = torch.argsort(res_stratum.to(torch.float64) * 2.0 + res_prio)
-        grouped = res_stratum[order]
-        counts = torch.bincount(grouped, minlength=n_strata)
-        rank = torch.arange(order.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[grouped]
-        keep = order[rank < take[grouped]]
+        keep = _lowest_per_stratum(res_stratum, res_prio, take)
         res_prio, res_token, res_stratum = res_prio[keep], res_token[keep], res_stratum[keep]
         wanted = torch.unique(torch.cat([top_token[top_token >= 0], res_token]))
         kept.update(wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member)
     assert sum_v is not None
 
-    # The representatives: every mode's top keys with certainty, then the strata samples; a
-    # sampled token that is also central stays central (its stratum then has one sample less).
+    # The representatives: every mode's top keys with certainty, then the strata samples.
     central_tokens = torch.unique(top_token[top_token >= 0])
-    sampled = res_token[~torch.isin(res_token, central_tokens)]
+    candidate = ~torch.isin(res_token, central_tokens)
+    res_token, res_stratum, res_prio = res_token[candidate], res_stratum[candidate], res_prio[candidate]
+    # Bottom-k of the non-central tokens of each stratum (a uniform sample of them), k from the
+    # budget left by the central keys.
+    take = allocate(estimate.clamp_min(1), max(samples - central_tokens.numel(), n_strata)).to(device)
+    sampled = res_token[_lowest_per_stratum(res_stratum, res_prio, take)]
     chosen = torch.sort(torch.cat([central_tokens, sampled])).values
     is_central = torch.isin(chosen, central_tokens)
     rep_keys, rep_values, rep_stratum = kept.rows(chosen)
@@ -304,6 +305,15 @@ def summarize(
         key_mean=key_mean,
         n_tokens=n_tokens,
     )
+
+
+def _lowest_per_stratum(stratum: Tensor, priority: Tensor, take: Tensor) -> Tensor:
+    """Indices of the ``take[h]`` tokens of lowest ``priority`` (in ``[0, 1)``) of every stratum ``h``."""
+    order = torch.argsort(stratum.to(torch.float64) * 2.0 + priority)
+    grouped = stratum[order]
+    counts = torch.bincount(grouped, minlength=take.numel())
+    rank = torch.arange(order.numel(), device=order.device) - (torch.cumsum(counts, 0) - counts)[grouped]
+    return order[rank < take[grouped]]
 
 
 class _Candidates:
