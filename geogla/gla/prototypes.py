@@ -8,7 +8,8 @@ summarises a scene of any size in bounded memory.
 It picks a fixed number of representative tokens from all ``T = L * N`` keys.  Up to half are
 *central*: for each mode of the proxy iteration (GLA's proxy rounds run from every spherical
 k-means prototype, :func:`proxy_modes`), the keys most similar to it, taken with certainty.  The
-rest is a seeded random sample stratified by prototype, in proportion to the strata's sizes.
+rest of the budget (modes share many of their top keys, so often well over half) is a seeded
+random sample of the non-central keys, stratified by prototype in proportion to the strata's sizes.
 :meth:`FarSample.far_weights` weighs the representatives outside a set of near windows: a central
 one stands for itself, a sampled one for its share of the far non-central tokens of its stratum
 (post-stratification); those in near windows get weight 0.  Why central members: attention keeps
