@@ -169,7 +169,9 @@ class StoreWindows:
             for k, w in enumerate(missing[start:stop]):
                 found[w] = block[k]
                 if self._capacity:
-                    self._cache[(name, w)] = block[k]
+                    # A copy: a view would keep the whole run it was read with alive, and on a wide
+                    # scene those runs span a row of windows each (memory growing with the scene).
+                    self._cache[(name, w)] = block[k].clone()
             start = stop
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)

@@ -98,3 +98,16 @@ def test_exact_attention_is_one_task_and_nodata_windows_stay_empty(tmp_path: Pat
     stages.attend_all(store.url)
     features = store.read("features")
     assert not features[3].any() and bool(np.abs(np.linalg.norm(features[valid], axis=-1) - 1).max() < 1e-5)
+
+
+def test_window_cache_holds_single_windows_not_the_runs_they_were_read_with(tmp_path: Path) -> None:
+    store = _encoded_store(tmp_path, GLAConfig(memory="scalable"))
+    rows = np.arange(len(store.grid))
+    one_window = store.tokens_per_side ** 2 * store.array("keys").shape[2] * 4
+    source = stages.StoreWindows(store, rows, cache_mb=max(1, 3 * one_window // 2**20 + 1))
+    got = source.keys(list(range(len(rows))))  # one run of every window; the cache keeps the last few
+    assert torch.equal(got, torch.from_numpy(store.read("keys")))
+    cached = list(source._cache.values())
+    assert 0 < len(cached) < len(rows)
+    # Each entry owns its window alone: it does not pin the run's whole buffer.
+    assert all(t.untyped_storage().nbytes() == one_window for t in cached)
