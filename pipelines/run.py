@@ -1,9 +1,9 @@
-"""The Dask graph of ``geogla run``: encode -> text -> attend -> stitch -> outputs.
+"""The Dask tasks of ``geogla run``: encode and text -> summary -> attend -> stitch -> outputs.
 
-The graph carries only the store URL, window ids and block ids; every task is a stage function
-of :mod:`geogla.stages`, which reads from and writes to the run store.  By default the graph runs
+Tasks carry only the store URL, window ids and block ids; every task is a stage function
+of :mod:`geogla.stages`, which reads from and writes to the run store.  By default they run
 on an embedded local cluster (one worker, threads in this process, so the models load once); with
-a scheduler address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``) it runs on that Dask cluster,
+a scheduler address (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``) they run on that Dask cluster,
 whose workers must reach the scene, the run store and the output folder by the same paths or URLs.
 """
 
@@ -12,19 +12,19 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 from dask.base import tokenize
-from dask.delayed import Delayed, delayed
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 
 from geogla import stages
 from geogla.errors import ConfigError, OutputError, StoreError
@@ -47,53 +47,42 @@ class RunResult:
     valid_windows: int = 0
 
 
-def _sum_timings(parts: Any) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for part in parts:
-        for k, v in part.items():
-            total[k] = total.get(k, 0.0) + v
-    return total
-
-
 @dataclass(frozen=True)
 class Task:
-    """One task of a run's graph: its stage, the delayed call, and how many windows it encodes."""
+    """One task of a run: its stage, the stage function and its arguments (a store URL and ids, never
+    data), how many windows it encodes, and the worker resources it asks for."""
 
     stage: str
-    call: Delayed
+    name: str
+    fn: Callable[..., dict[str, float]]
+    args: tuple[Any, ...]
     windows: int = 0
+    resources: dict[str, float] | None = None
 
 
-def build_tasks(store: RunStore, out_dir: str, labels: str | None = None,
-                encode_resources: dict[str, float] | None = None) -> list[Task]:
-    """The tasks of one run, dependencies wired; each computes to a dict of timings.
+def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
+                encode_resources: dict[str, float] | None = None) -> list[list[Task]]:
+    """The tasks of one run in waves: every task of a wave needs only the waves before it.
 
-    With ``labels`` (a label raster of class ids) an evaluation task scores the class raster.
-    ``encode_resources`` (e.g. ``{"GPU": 1}``, see :func:`encode_resources`) are the worker
-    resources each encode task asks for.
-    Task keys carry a token of the store so that runs sharing a cluster never collide.
+    Encode and text, then the summary, the attend tasks, the stitch tasks, and last the outputs
+    (and, with ``labels``, a label raster of class ids, the evaluation).  ``encode_resources``
+    (e.g. ``{"GPU": 1}``, see :func:`encode_resources`) are the worker resources each encode task
+    asks for.
     """
     url = store.url
-    token = tokenize(url, store.meta["fingerprints"], time.time_ns())
-
-    def call(fn: Any, name: str, *args: Any) -> Delayed:
-        return delayed(run_stage, pure=False)(fn, *args, dask_key_name=f"{name}-{token}")
-
     batches = stages.window_batches(store)
-    with dask.annotate(resources=encode_resources) if encode_resources else nullcontext():
-        encodes = [call(stages.encode_windows, f"encode-{k}", url, ids) for k, ids in enumerate(batches)]
-    text = call(stages.embed_text, "text", url)
-    summary = call(stages.summarize_keys, "summary", url, *encodes)
-    attends = [call(stages.attend_batches, f"attend-{k}", url, part, summary)
-               for k, part in enumerate(attend_parts(store))]
-    stitched = [call(stages.stitch_block, f"stitch-{b}", url, b, text, *attends)
-                for b in range(len(store.blocks()))]
-    tasks = [*(Task("encode", e, len(ids)) for e, ids in zip(encodes, batches, strict=True)), Task("text", text),
-             Task("summary", summary), *(Task("attend", a) for a in attends), *(Task("stitch", s) for s in stitched),
-             Task("outputs", call(stages.write_outputs, "outputs", url, out_dir, *stitched))]
+    first = [Task("encode", f"encode-{k}", stages.encode_windows, (url, ids), len(ids), encode_resources)
+             for k, ids in enumerate(batches)]
+    first.append(Task("text", "text", stages.embed_text, (url,)))
+    last = [Task("outputs", "outputs", stages.write_outputs, (url, out_dir))]
     if labels is not None:
-        tasks.append(Task("evaluate", call(stages.evaluate, "evaluate", url, labels, out_dir, *stitched)))
-    return tasks
+        last.append(Task("evaluate", "evaluate", stages.evaluate, (url, labels, out_dir)))
+    return [first,
+            [Task("summary", "summary", stages.summarize_keys, (url,))],
+            [Task("attend", f"attend-{k}", stages.attend_batches, (url, part))
+             for k, part in enumerate(attend_parts(store))],
+            [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(len(store.blocks()))],
+            last]
 
 
 def run_stage(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
@@ -229,33 +218,91 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
               progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
     """Compute the run's tasks on ``client`` (an embedded cluster when None); return summed timings.
 
-    Encode tasks ask for one ``GPU`` when the cluster's workers advertise that resource.
-    ``progress`` is called after every finished task.
+    Waves (:func:`build_waves`) run one after the other, and inside a wave at most
+    :func:`in_flight_limit` tasks are submitted at a time: the scheduler then holds a bounded
+    number of tasks however large the scene (a whole graph at once costs about 0.2 GiB of
+    scheduler state at 16k x 16k pixels, and grows with the scene).  Encode tasks ask for one
+    ``GPU`` when the cluster's workers advertise that resource.  ``progress`` is called after
+    every finished task.
     """
     if client is None:
         with embedded_client() as c:
             return run_graph(store, out_dir, c, labels, progress)
-    tasks = build_tasks(store, out_dir, labels, encode_resources=encode_resources(client))
-    futures = client.compute([t.call for t in tasks])
-    by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+    waves = build_waves(store, out_dir, labels, encode_resources=encode_resources(client))
+    token = tokenize(store.url, store.meta["fingerprints"], time.time_ns())  # runs sharing a cluster never collide
     total: dict[str, int] = {}
-    for t in tasks:
+    for t in (t for wave in waves for t in wave):
         total[t.stage] = total.get(t.stage, 0) + 1
     state = Progress(done=dict.fromkeys(total, 0), total=total, windows_done=0,
-                     windows_total=sum(t.windows for t in tasks), elapsed=0.0)
+                     windows_total=sum(t.windows for wave in waves for t in wave), elapsed=0.0)
+    limit = _Limit(client)
     t0 = time.perf_counter()
-    parts = []
+    timings: dict[str, float] = {}
+    running: dict[Future, Task] = {}
     try:
-        for future in as_completed(futures):
-            part = future.result()  # re-raises a task's error here, with its own type
-            parts.append(part)
-            _advance(state, by_key[future.key], part, time.perf_counter() - t0)
-            if progress is not None:
-                progress(state)
+        for wave in waves:
+            for task, part in _run_wave(client, wave, token, limit, running):
+                for k, v in part.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                _advance(state, task, part, time.perf_counter() - t0)
+                if progress is not None:
+                    progress(state)
     except BaseException:
-        client.cancel(futures)  # a failed (or interrupted) run leaves no tasks behind on the cluster
+        client.cancel(list(running))  # a failed (or interrupted) run leaves no tasks behind on the cluster
         raise
-    return _sum_timings(parts)
+    return timings
+
+
+def _run_wave(client: Client, wave: list[Task], token: str, limit: _Limit,
+              running: dict[Future, Task]) -> Iterator[tuple[Task, dict[str, float]]]:
+    """Each task of ``wave`` and its result, as they finish; at most ``limit`` in ``running`` at once.
+
+    A task's error is raised here, with its own type.  Finished tasks are released at once, so that
+    the scheduler forgets them.
+    """
+    pending = iter(wave)
+    finished = as_completed()
+
+    def fill() -> None:
+        while len(running) < limit.value():
+            task = next(pending, None)
+            if task is None:
+                return
+            future = client.submit(run_stage, task.fn, *task.args, key=f"{task.name}-{token}",
+                                   resources=task.resources, pure=False)
+            running[future] = task
+            finished.add(future)
+
+    fill()
+    for future in finished:
+        part = future.result()
+        task = running.pop(future)
+        future.release()
+        yield task, part
+        fill()
+
+
+def in_flight_limit(client: Client) -> int:
+    """Tasks submitted at a time on ``client``'s cluster: two per worker thread, so that no thread
+    waits for its next task."""
+    try:
+        threads = sum(client.nthreads().values())
+    except (OSError, TimeoutError):
+        threads = 1
+    return max(2, 2 * threads)
+
+
+class _Limit:
+    """:func:`in_flight_limit`, asked again every ``refresh`` seconds: workers join and leave."""
+
+    def __init__(self, client: Client, refresh: float = 10.0) -> None:
+        self.client, self.refresh = client, refresh
+        self.asked, self.limit = -math.inf, 2
+
+    def value(self) -> int:
+        if time.monotonic() - self.asked > self.refresh:
+            self.limit, self.asked = in_flight_limit(self.client), time.monotonic()
+        return self.limit
 
 
 def _advance(state: Progress, task: Task, part: dict[str, float], elapsed: float) -> None:

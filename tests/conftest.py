@@ -48,7 +48,7 @@ def structured_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def scene_tif(tmp_path: Path) -> Path:
-    """A 300 x 420 RGB GeoTIFF in EPSG:32633 with 0.5 m pixels (3 x 4 windows at crop 224)."""
+    """A 300 x 420 RGB GeoTIFF in EPSG:32633 with 0.5 m pixels (2 x 3 windows at crop 224, stride 112)."""
     return write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420))
 
 

@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dask
 import numpy as np
@@ -35,9 +34,10 @@ from geogla.runconfig import RunConfig
 from geogla.store import RunStore
 from pipelines.run import (
     Progress,
-    build_tasks,
+    build_waves,
     encode_resources,
     gpu_resources,
+    in_flight_limit,
     run_scene,
     scheduler_address,
 )
@@ -200,10 +200,25 @@ def test_encode_tasks_ask_for_a_gpu_on_a_gpu_cluster(scene_tif: Path, tmp_path: 
         assert resources == {"GPU": 1}
         result = run_scene(str(scene_tif), str(tmp_path / "out"), CONFIG, client=client)
     store = RunStore.open(result.store_url)
-    for task in build_tasks(store, str(tmp_path / "out"), encode_resources=resources):
-        graph: Any = task.call.__dask_graph__()  # a HighLevelGraph: one layer per delayed call
-        annotations = graph.layers[task.call.key].annotations or {}
-        assert annotations.get("resources") == ({"GPU": 1} if task.stage == "encode" else None), task.stage
+    for task in (t for wave in build_waves(store, str(tmp_path / "out"), encode_resources=resources) for t in wave):
+        assert task.resources == ({"GPU": 1} if task.stage == "encode" else None), task.stage
+
+
+def test_scheduler_holds_a_bounded_number_of_tasks(scene_tif: Path, tmp_path: Path) -> None:
+    # The whole graph at once would cost scheduler memory growing with the scene.
+    config = CONFIG.with_(batch_size=1)  # an encode task per window: more than the limit
+    held: list[int] = []
+    with (dask.config.set({"distributed.worker.daemon": False}),
+          LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as local,
+          Client(local) as client):
+        limit = in_flight_limit(client)
+        result = run_scene(str(scene_tif), str(tmp_path / "out"), config, client=client,
+                           progress=lambda p: held.append(len(local.scheduler.tasks)))
+    windows = len(RunStore.open(result.store_url).grid)
+    assert limit == 2 and windows >= 3 * limit
+    assert len(held) == windows + 5  # and text, summary, attend, stitch, outputs
+    assert 1 <= max(held) <= 2 * limit, held  # finished tasks may still be on their way out
+    assert Path(result.outputs["cog"]).is_file()
 
 
 # -- the store lock ----------------------------------------------------------------------------
