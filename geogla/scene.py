@@ -24,6 +24,7 @@ from rasterio.windows import Window
 from geogla.env import gdal_env
 from geogla.errors import ConfigError, SceneError
 from geogla.georef import GeoRef
+from geogla.paths import absolute, is_url
 
 #: Output transform of a file without georeferencing: x = column, y = -row (QGIS's convention for
 #: such images, so that the class raster and the polygons show upright and aligned).
@@ -90,9 +91,9 @@ def open_raster(path: str, what: str = "scene") -> Any:
 
     ``what`` names the file in the message ("scene", "label raster").
     """
-    if "://" not in path and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise SceneError(f"The {what} {path} does not exist.")
-    if "://" not in path and os.path.isdir(path):
+    if not is_url(path) and os.path.isdir(path):
         raise SceneError(f"The {what} {path} is a folder, not a raster file.")
     try:
         with warnings.catch_warnings():
@@ -201,7 +202,7 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
             georef = GeoRef.from_dataset(ds)
             if georef.crs_wkt is None and georef.is_identity:
                 georef = replace(georef, transform=PIXEL_TRANSFORM)
-            return Scene(path=os.path.abspath(path) if "://" not in path else path, georef=georef,
+            return Scene(path=absolute(path), georef=georef,
                          band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
                          work_shape=_work_shape(georef, gsd, resize_long_side, path))
         finally:

@@ -29,6 +29,7 @@ from distributed import Client, Future, LocalCluster, as_completed
 from geogla import stages
 from geogla.errors import ConfigError, OutputError, StoreError
 from geogla.lock import RunLock
+from geogla.paths import absolute
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene, open_scene
 from geogla.store import RunStore
@@ -348,11 +349,9 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
     ensure_writable_dir(out_dir)
     if client is not None:  # a cluster's workers may run in another folder
         out_dir = os.path.abspath(out_dir)
-        if labels is not None and "://" not in labels:
-            labels = os.path.abspath(labels)
-    url = store_url or os.path.join(out_dir, f"{scene.stem}.zarr")
-    if "://" not in url:
-        url = os.path.abspath(url)
+        if labels is not None:
+            labels = absolute(labels)
+    url = absolute(store_url or os.path.join(out_dir, f"{scene.stem}.zarr"))
     lock = RunLock(url)
     try:
         if _is_run_store(url):
