@@ -1,6 +1,6 @@
 """A STAC Item describing a run's outputs: the class COG, the GeoPackage and the probabilities.
 
-:func:`write_stac_item` writes one STAC 1.1 Item (JSON, built and serialised with pystac) next to
+:func:`build_stac_item` builds and :func:`write_stac_item` writes one STAC 1.1 Item (JSON, with pystac) next to
 the outputs, so that a catalogue, a STAC browser or ``pystac.Item.from_file`` finds the files,
 their footprint, grid and class legend without opening them.
 
@@ -234,7 +234,32 @@ def build_stac_item(
     properties: Mapping[str, Any] | None = None,
     probabilities_path: str | os.PathLike[str] | None = None,
 ) -> pystac.Item:
-    """Build the Item that :func:`write_stac_item` writes to ``path``; see there."""
+    """The STAC Item describing a run's outputs, for :func:`write_stac_item` to write at ``path``.
+
+    * ``geometry`` / ``bbox``: the scene's whole raster extent in EPSG:4326, each edge densified
+      (:func:`footprint_wgs84`; split at the antimeridian; a scene containing a pole is not
+      handled).  A scene without a CRS (pixel coordinates) has no place on Earth: ``geometry``
+      is null and there is no ``bbox``, which the STAC spec allows.
+    * ``datetime`` (STAC requires one), first found of: the ``datetime`` argument; a
+      ``"datetime"`` entry of ``properties`` (ISO 8601, or the scene's TIFF ``DateTime`` tag as
+      is, see :func:`tiff_datetime`; then ``geogla:datetime_source`` defaults to ``"scene"``);
+      else the current UTC time with ``"geogla:datetime_source": "processing"``.  Times without a
+      zone are taken as UTC.
+    * projection extension on the Item (all its rasters share the grid): ``proj:code``
+      (``EPSG:xxxx``, or another authority's code; with no registered code, null plus
+      ``proj:wkt2``; null and no ``proj:bbox`` without a CRS), ``proj:shape`` ``[height,
+      width]``, ``proj:transform`` (the georef's six coefficients, rasterio order) and
+      ``proj:bbox`` (the corners in the scene's CRS).
+    * assets, hrefs relative to ``path``'s folder: ``classes`` (the class COG, with
+      ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
+      ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
+      when ``probabilities_path`` is given, ``probabilities`` (a COG); all with roles ``["data"]``.
+    * properties: ``geogla:classes`` (the class names), ``geogla:version`` (the installed
+      package's, unless ``properties`` gives one), ``created`` (now, UTC) and ``properties``
+      as given (they override all but ``geogla:classes``).
+
+    Raises ValueError for a datetime that cannot be parsed or a footprint that cannot be transformed.
+    """
     folder = Path(path).resolve().parent
     props: dict[str, Any] = {"geogla:version": _geogla_version()}
     props.update(properties or {})
@@ -289,49 +314,10 @@ def build_stac_item(
     return item
 
 
-def write_stac_item(
-    path: str | os.PathLike[str],
-    *,
-    item_id: str,
-    cog_path: str | os.PathLike[str],
-    gpkg_path: str | os.PathLike[str],
-    georef: GeoRef,
-    class_list: ClassList,
-    datetime: Datetime | None = None,
-    properties: Mapping[str, Any] | None = None,
-    probabilities_path: str | os.PathLike[str] | None = None,
-) -> None:
-    """Write a STAC Item (JSON) at ``path`` describing a run's outputs, atomically.
-
-    * ``geometry`` / ``bbox``: the scene's whole raster extent in EPSG:4326, each edge densified
-      (:func:`footprint_wgs84`; split at the antimeridian; a scene containing a pole is not
-      handled).  A scene without a CRS (pixel coordinates) has no place on Earth: ``geometry``
-      is null and there is no ``bbox``, which the STAC spec allows.
-    * ``datetime`` (STAC requires one), first found of: the ``datetime`` argument; a
-      ``"datetime"`` entry of ``properties`` (ISO 8601, or the scene's TIFF ``DateTime`` tag as
-      is, see :func:`tiff_datetime`; then ``geogla:datetime_source`` defaults to ``"scene"``);
-      else the current UTC time with ``"geogla:datetime_source": "processing"``.  Times without a
-      zone are taken as UTC.
-    * projection extension on the Item (all its rasters share the grid): ``proj:code``
-      (``EPSG:xxxx``, or another authority's code; with no registered code, null plus
-      ``proj:wkt2``; null and no ``proj:bbox`` without a CRS), ``proj:shape`` ``[height,
-      width]``, ``proj:transform`` (the georef's six coefficients, rasterio order) and
-      ``proj:bbox`` (the corners in the scene's CRS).
-    * assets, hrefs relative to ``path``'s folder: ``classes`` (the class COG, with
-      ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
-      ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
-      when ``probabilities_path`` is given, ``probabilities`` (a COG); all with roles ``["data"]``.
-    * properties: ``geogla:classes`` (the class names), ``geogla:version`` (the installed
-      package's, unless ``properties`` gives one), ``created`` (now, UTC) and ``properties``
-      as given (they override all but ``geogla:classes``).
-
-    The file is written with :func:`geogla.cog.atomic_output`: on any error (a property that is
-    not JSON-serialisable, say) ``path`` is left as it was and no temporary remains.  Raises
-    ValueError for a datetime that cannot be parsed or a footprint that cannot be transformed.
-    """
-    item = build_stac_item(path, item_id=item_id, cog_path=cog_path, gpkg_path=gpkg_path, georef=georef,
-                           class_list=class_list, datetime=datetime, properties=properties,
-                           probabilities_path=probabilities_path)
+def write_stac_item(path: str | os.PathLike[str], item: pystac.Item) -> None:
+    """Write ``item`` (from :func:`build_stac_item`, built for the same ``path``) as JSON at
+    ``path``, atomically (:func:`geogla.cog.atomic_output`): on any error (a property that is
+    not JSON-serialisable, say) ``path`` is left as it was and no temporary remains."""
     document = item.to_dict(include_self_link=False, transform_hrefs=False)
     with atomic_output(path) as scratch, open(scratch.result, "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=2, allow_nan=False)

@@ -34,7 +34,7 @@ from geogla.gla.scalable import ScalableAttention
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel, create_model
 from geogla.scene import Scene, SceneReader, open_raster
-from geogla.stac import tiff_datetime, write_stac_item
+from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
 from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
 
@@ -499,7 +499,8 @@ def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float
     properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
                   "geogla:attention": cfg.attention.to_json(),
                   "geogla:source": os.path.basename(scene.path)}
-    write_stac_item(paths["stac"], item_id=scene.stem, cog_path=paths["cog"], gpkg_path=paths["gpkg"],
-                    georef=scene.georef, class_list=cfg.classes, datetime=acquired, properties=properties,
-                    probabilities_path=paths["probabilities"] if cfg.save_probabilities else None)
+    item = build_stac_item(paths["stac"], item_id=scene.stem, cog_path=paths["cog"], gpkg_path=paths["gpkg"],
+                           georef=scene.georef, class_list=cfg.classes, datetime=acquired, properties=properties,
+                           probabilities_path=paths["probabilities"] if cfg.save_probabilities else None)
+    write_stac_item(paths["stac"], item)
     return {"cog": t1 - t0, "vectorize": time.perf_counter() - t1}

@@ -63,8 +63,8 @@ def _outputs(folder: Path, stem: str = "scene") -> tuple[Path, Path]:
 def _write(tmp_path: Path, georef: GeoRef, classes: ClassList = CLASSES, **kwargs: object) -> Path:
     cog, gpkg = _outputs(tmp_path)
     item = tmp_path / "scene.stac.json"
-    write_stac_item(item, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=georef, class_list=classes,
-                    **kwargs)  # type: ignore[arg-type]
+    write_stac_item(item, build_stac_item(item, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=georef,
+                                          class_list=classes, **kwargs))  # type: ignore[arg-type]
     return item
 
 
@@ -137,8 +137,8 @@ def test_probabilities_asset_and_outputs_in_another_folder(tmp_path: Path) -> No
     probs.write_bytes(b"p")
     path = tmp_path / "catalog" / "scene.json"
     path.parent.mkdir()
-    write_stac_item(path, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM, class_list=CLASSES,
-                    probabilities_path=probs)
+    write_stac_item(path, build_stac_item(path, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
+                                          class_list=CLASSES, probabilities_path=probs))
     raw = json.loads(path.read_text())
     assert raw["assets"]["probabilities"]["href"] == "../out/scene.probabilities.tif"
     item = pystac.Item.from_file(str(path))
@@ -222,18 +222,19 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     cog, gpkg = tmp_path / "scene.classes.tif", tmp_path / "scene.gpkg"
     # Not JSON-serialisable: fails half-way through writing the temporary file.
     with pytest.raises(TypeError):
-        write_stac_item(path, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM, class_list=CLASSES,
-                        properties={"geogla:bad": object()})
+        write_stac_item(path, build_stac_item(path, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
+                                              class_list=CLASSES, properties={"geogla:bad": object()}))
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == listing  # no temporary left
     fresh = tmp_path / "new.json"
     with pytest.raises(ValueError):  # NaN is not JSON
-        write_stac_item(fresh, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM, class_list=CLASSES,
-                        properties={"geogla:score": float("nan")})
+        write_stac_item(fresh, build_stac_item(fresh, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
+                                               class_list=CLASSES, properties={"geogla:score": float("nan")}))
     assert not fresh.exists() and sorted(os.listdir(tmp_path)) == listing
     with pytest.raises(OutputError):
-        write_stac_item(tmp_path / "missing" / "x.json", item_id="scene", cog_path=cog, gpkg_path=gpkg,
-                        georef=UTM, class_list=CLASSES)
+        missing = tmp_path / "missing" / "x.json"
+        write_stac_item(missing, build_stac_item(missing, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
+                                                 class_list=CLASSES))
 
 
 def test_schema_validation_where_possible(tmp_path: Path) -> None:
