@@ -16,7 +16,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
-from geogla.models.weights import RandomWeightsWarning
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -304,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0)
         return int(exc.code or 0)
+    from geogla.models.weights import RandomWeightsWarning  # imports torch: not for --help
+
     try:
         with warnings.catch_warnings():
             # The banner says it, once and loudly.

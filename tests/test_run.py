@@ -258,3 +258,10 @@ def test_stage_wrapper_passes_errors_through() -> None:
 
     with pytest.raises(ValueError, match="broken"):
         run_stage(failing)
+
+
+def test_help_is_quick_and_does_not_import_torch() -> None:
+    # Importing torch takes seconds; asking for help must not.
+    code = "import sys; from geogla.cli import main; main(['run', '--help']); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--classes" in done.stdout and done.stdout.strip().endswith("False")
