@@ -44,7 +44,9 @@ import numpy as np
 import zarr
 
 from geogla.errors import OutputError, StoreError
+from geogla.gla.config import ATTENTION_VERSION
 from geogla.grid import WindowGrid
+from geogla.paths import is_url
 from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
 
@@ -59,13 +61,16 @@ def fingerprints(scene: Scene, config: RunConfig) -> dict[str, str]:
     """One hash per level of stored results: of the scene and of the settings that level depends on."""
     out = {}
     for level in FINGERPRINT_LEVELS:
-        blob = json.dumps({"scene": scene.to_json(), "config": config.level_json(level)}, sort_keys=True)
+        payload: dict[str, Any] = {"scene": scene.to_json(), "config": config.level_json(level)}
+        if level != "encode":
+            payload["attention_version"] = ATTENTION_VERSION
+        blob = json.dumps(payload, sort_keys=True)
         out[level] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return out
 
 
 def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
+    return not is_url(url) or url.startswith("file://")
 
 
 @dataclass

@@ -285,6 +285,53 @@ def test_far_sample_weights_count_far_tokens_exactly() -> None:
     torch.testing.assert_close(sample.rest_key_sum, want, rtol=1e-5, atol=1e-5)
 
 
+def test_anchor_totals_count_every_non_central_positive() -> None:
+    sc = structured_scene(3, 3, side=8, dim=32, seed=2)
+    flat_keys = sc.keys.reshape(-1, 32)
+    rho = 0.4
+    sample = _summary(sc, 50, 6, rho=rho)
+    assert 1 <= sample.anchors.shape[0] <= 6
+    central = torch.zeros(9 * 64, dtype=torch.bool)
+    central[sample.token[sample.central]] = True
+    positive = (sample.anchors @ flat_keys.T > rho) & ~central  # (M, T)
+    assert torch.equal(sample.anchor_count, positive.sum(dim=1))
+    torch.testing.assert_close(sample.anchor_key_sum, positive.float() @ flat_keys, rtol=1e-5, atol=1e-4)
+    near = torch.tensor([1, 5, 6])
+    counts, sums = sample.window_anchor_rest(near, sc.keys[near], rho)
+    in_near = torch.isin(torch.arange(9 * 64) // 64, near)
+    assert torch.equal(counts.sum(dim=0), (positive & in_near).sum(dim=1))
+    torch.testing.assert_close(sums.sum(dim=0), (positive & in_near).float() @ flat_keys, rtol=1e-5, atol=1e-4)
+    assert _summary(sc, 50, 6, proxy=False).anchors.shape[0] == 0  # without proxy rounds: none
+
+
+def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
+    # A query whose far positives are exactly an anchor's gets the exact far count and key sum
+    # (the anchor's control variate); the strata's alone leave a sampling error.
+    sc = structured_scene(4, 4, side=8, dim=32, seed=4)
+    flat_keys = sc.keys.reshape(-1, 32)
+    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6, rho=0.4)
+    sample = summarize(TensorWindows(sc.keys, sc.values), cfg, torch.float32, torch.float32, torch.device("cpu"))
+    attention = ScalableAttention(sample, sc.offsets, cfg, torch.float32, torch.float32)
+    attention(TensorWindows(sc.keys, sc.values), [5])  # binds the near windows of window 5
+    work = attention._work
+    assert work is not None
+    group = near_groups(sc.offsets, 8, 0, [5])[0]
+    work.load(group)
+    far = ~torch.isin(torch.arange(16 * 64) // 64, group.windows)
+    y = work.anchor_positive  # (M, R): the anchors' positives among the representatives
+    m = int(torch.argmax(y.sum(dim=1)))
+    z = torch.zeros(1, 1, work.tk)
+    z[0, 0, : work.n_far] = y[m]
+    counts, summed = work._positive_sums(z.clone())
+    positive = (sample.anchors[m] @ flat_keys.T > 0.4) & far
+    assert float(counts) == pytest.approx(float(positive.sum()), abs=1e-3)
+    torch.testing.assert_close(summed[0, 0], flat_keys[positive].sum(dim=0), rtol=1e-4, atol=1e-3)
+    work.anchor_key_fix.zero_()  # the strata's control variates only
+    work.anchor_count_fix.zero_()
+    counts, summed = work._positive_sums(z.clone())
+    assert float((summed[0, 0] - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
+
+
 def test_central_representatives_are_the_keys_closest_to_the_modes() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=3)
     flat_keys = sc.keys.reshape(-1, 32)

@@ -101,6 +101,17 @@ def test_new_classes_or_attention_reuse_the_encoded_windows(scene_tif: Path, tmp
     assert {"encode", "attend", "text", "stitch"}.isdisjoint(again.timings)
 
 
+def test_attention_results_of_another_version_are_recomputed(scene_tif: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = str(tmp_path / "out")
+    config = RunConfig(classes=parse_classes("building,tree"), model="tiny", weights="random")
+    monkeypatch.setattr("geogla.store.ATTENTION_VERSION", 1)
+    run_scene(str(scene_tif), out, config)
+    monkeypatch.setattr("geogla.store.ATTENTION_VERSION", 2)
+    newer = run_scene(str(scene_tif), out, config)
+    assert newer.resumed and "encode" not in newer.timings and newer.timings["attend"] > 0
+
+
 def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:
     results = {}
     for mode in ("gla", "proxyclip"):

@@ -19,6 +19,12 @@ _PRECISIONS = ("float32", "bfloat16", "auto")
 _MEMORIES = ("exact", "scalable", "auto")
 
 
+#: The version of how attention is computed for given settings; bumped when a change alters its
+#: results, so that a run store's attention results from another version are recomputed (its
+#: encoded windows are kept).  2: scalable attention's anchor control variates.
+ATTENTION_VERSION = 2
+
+
 @dataclass(frozen=True)
 class GLAConfig:
     """Every switch and constant of ProxyCLIP + GLA attention; defaults are the paper's.

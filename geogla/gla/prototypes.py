@@ -66,6 +66,12 @@ class FarSample:
             every stratum's non-central tokens, in the accumulate dtype (exact totals for the
             control variates of :class:`geogla.gla.scalable._Work`).
         key_mean: ``(Dk,)`` mean of all ``T`` keys, accumulate dtype (the row means ``m_i``).
+        anchors: ``(M, Dk)`` unit directions, accumulate dtype: the modes of the proxy iteration
+            (none without proxy rounds).  Anchor ``m``'s positives are the keys ``j`` with
+            ``anchors[m] . k_j > rho``, as a proxy round would take them.
+        anchor_count: ``(M,)`` int64 number of every anchor's non-central positives.
+        anchor_key_sum: ``(M, Dk)`` sums of their keys, accumulate dtype (exact totals for the
+            anchor control variates of :class:`geogla.gla.scalable._Work`).
         n_tokens: tokens per window ``N``.
     """
 
@@ -80,6 +86,9 @@ class FarSample:
     rest_key_sum: Tensor
     rest_value_sum: Tensor
     key_mean: Tensor
+    anchors: Tensor
+    anchor_count: Tensor
+    anchor_key_sum: Tensor
     n_tokens: int
 
     def strata(self, keys: Tensor) -> Tensor:
@@ -99,14 +108,28 @@ class FarSample:
         and ``values`` ``(W, N, Dv)`` their tokens.  Summed over a set of near windows, they are
         what :meth:`far_weights` and the far sums leave out.
         """
-        n_tokens = self.n_tokens
-        tokens = windows[:, None] * n_tokens + torch.arange(n_tokens, device=windows.device)
         dtype = self.rest_key_sum.dtype
         onehot = F.one_hot(strata, self.rest_size.numel()).to(dtype)  # (W, N, K)
-        onehot.masked_fill_(torch.isin(tokens, self.token[self.central])[..., None], 0.0)
+        onehot.masked_fill_(self._central_in(windows)[..., None], 0.0)
         counts = onehot.sum(dim=1).round().to(torch.int64)
         member = onehot.transpose(1, 2)
         return counts, member @ keys.to(dtype), member @ values.to(dtype)
+
+    def window_anchor_rest(self, windows: Tensor, keys: Tensor, rho: float) -> tuple[Tensor, Tensor]:
+        """Per window and anchor: the number ``(W, M)`` and key sum ``(W, M, Dk)`` of the
+        non-central tokens of ``windows`` ``(W,)`` (keys ``(W, N, Dk)``) that are the anchor's
+        positives (similarity above ``rho``): what the near windows take out of
+        :attr:`anchor_count` and :attr:`anchor_key_sum`."""
+        dtype = self.anchor_key_sum.dtype
+        k = keys.to(dtype)
+        positive = anchor_positives(self.anchors, k, rho)  # (W, M, N)
+        positive.masked_fill_(self._central_in(windows)[:, None, :], False)
+        return positive.sum(dim=2), positive.to(dtype) @ k
+
+    def _central_in(self, windows: Tensor) -> Tensor:
+        """``(W, N)`` bool: which tokens of ``windows`` are central representatives."""
+        tokens = windows[:, None] * self.n_tokens + torch.arange(self.n_tokens, device=windows.device)
+        return torch.isin(tokens, self.token[self.central])
 
     def far_weights(self, near_windows: Tensor, near_count: Tensor) -> Tensor:
         """``(R,)`` weights of the representatives for queries whose near windows are given.
@@ -155,6 +178,13 @@ class FarSample:
             else:
                 kw[f.name] = t.to(device)
         return cls(**kw)  # type: ignore[arg-type]
+
+
+def anchor_positives(anchors: Tensor, keys: Tensor, rho: float) -> Tensor:
+    """``(..., M, n)`` bool: which of ``keys`` ``(..., n, D)`` are positives of each anchor
+    ``(M, D)`` (similarity above ``rho``).  The one rule for the summary's totals and for the
+    representatives and near windows of an attend call, so that the control variates cancel."""
+    return (anchors @ keys.transpose(-1, -2)) > rho
 
 
 def _strata(keys: Tensor, centres: Tensor) -> Tensor:
@@ -229,9 +259,10 @@ def summarize(
     n_strata = centres.shape[0]
     rho = config.rho if config.proxy else None
     modes = distinct(proxy_modes(centres, fit, rho, config.steps) if rho is not None else centres)
+    anchors = modes if rho is not None else modes[:0]
 
     if samples >= total:
-        return _every_token(source, passes, centres, key_mean, cdtype, adtype, device)
+        return _every_token(source, passes, centres, key_mean, anchors, cdtype, adtype, device)
 
     per_mode = samples // (_CENTRAL_SHARE * modes.shape[0])
     # Stratum sizes estimated from the fit sample (a uniform sample) set each stratum's share of
@@ -252,6 +283,8 @@ def summarize(
     res_prio = torch.empty(0, dtype=torch.float64, device=device)
     res_token = torch.empty(0, dtype=torch.int64, device=device)
     res_stratum = torch.empty(0, dtype=torch.int64, device=device)
+    anchor_count = torch.zeros(anchors.shape[0], dtype=torch.int64, device=device)
+    anchor_sum = torch.zeros_like(anchors)
     # Keys, values and strata of the current candidates (top and sample tokens), so that no
     # third pass is needed to fetch the chosen ones.
     kept = _Candidates(device, adtype)
@@ -266,6 +299,10 @@ def summarize(
         part_v = onehot_t @ values.reshape(flat_k.shape[0], -1)
         sum_v = part_v if sum_v is None else sum_v + part_v
         tokens = _tokens_of(ids, n_tokens, device)
+        if rho is not None:
+            positive = anchor_positives(anchors, flat_k, rho)
+            anchor_count += positive.sum(dim=1)
+            anchor_sum += positive.to(adtype) @ flat_k
         if per_mode:
             score = torch.cat([top_score, modes @ flat_k.T], dim=1)
             token = torch.cat([top_token, tokens.expand(len(modes), -1)], dim=1)
@@ -292,6 +329,10 @@ def summarize(
     is_central = torch.isin(chosen, central_tokens)
     rep_keys, rep_values, rep_stratum = kept.rows(chosen)
     central_onehot_t = F.one_hot(rep_stratum[is_central], n_strata).to(adtype).T
+    central_positive = anchor_positives(anchors, rep_keys[is_central], rho) if rho is not None else None
+    if central_positive is not None:  # the anchors' totals, like the strata's, leave the central keys out
+        anchor_count -= central_positive.sum(dim=1)
+        anchor_sum -= central_positive.to(adtype) @ rep_keys[is_central]
     return FarSample(
         token=chosen,
         window=chosen // n_tokens,
@@ -304,6 +345,9 @@ def summarize(
         rest_key_sum=sum_k - central_onehot_t @ rep_keys[is_central],
         rest_value_sum=sum_v - central_onehot_t @ rep_values[is_central],
         key_mean=key_mean,
+        anchors=anchors,
+        anchor_count=anchor_count,
+        anchor_key_sum=anchor_sum,
         n_tokens=n_tokens,
     )
 
@@ -356,6 +400,7 @@ def _every_token(
     passes: list[list[int]],
     centres: Tensor,
     key_mean: Tensor,
+    anchors: Tensor,
     cdtype: torch.dtype,
     adtype: torch.dtype,
     device: torch.device,
@@ -379,6 +424,9 @@ def _every_token(
         rest_key_sum=torch.zeros(n_strata, keys.shape[1], dtype=adtype, device=device),
         rest_value_sum=torch.zeros(n_strata, values.shape[1], dtype=adtype, device=device),
         key_mean=key_mean,
+        anchors=anchors,
+        anchor_count=torch.zeros(anchors.shape[0], dtype=torch.int64, device=device),
+        anchor_key_sum=torch.zeros_like(anchors),
         n_tokens=n_tokens,
     )
 
