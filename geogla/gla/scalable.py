@@ -465,19 +465,18 @@ class _Work:
         self.anchor_count_fix = torch.cat([far_count - per_stratum.sum(dim=1).to(torch.float64),
                                            far_count.new_zeros(1)])
         self.anchor_size = per_stratum.sum(dim=1)  # (M,) estimated far positives of each anchor
-        # z @ these columns: each anchor's weighted overlap with z, and z's own weighted size.  They
-        # only choose an anchor: the compute dtype suffices (and is the fast one).
-        self.anchor_select = torch.cat([(y * sampled_weight).T, sampled_weight[:, None]], dim=1).to(self.cdtype)
+        # z @ these columns: each anchor's weighted overlap with z, and z's own weighted size
+        self.count_share = torch.cat([self.count_share, (y * sampled_weight).T, sampled_weight[:, None]], dim=1)
 
     def _far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Weighted far counts ``(1, r)`` (float64), ``zbar`` ``(1, r, K)`` of 0/1 ``z``, and the
         anchor each row takes (``(1, r)``, M for none; see :meth:`_anchor_variates`)."""
-        far_z = z[..., : self.n_far]
-        far = far_z.to(self.adtype) @ self.count_share
-        overlap = (far_z.to(self.cdtype) @ self.anchor_select).to(self.adtype)
+        far = z[..., : self.n_far].to(self.adtype) @ self.count_share
+        n_strata = self.sample.rest_size.numel()
+        overlap = far[..., 1 + n_strata:]
         size = overlap[..., -1:]
         differ = torch.cat([size + self.anchor_size - 2 * overlap[..., :-1], size], dim=-1)
-        return far[..., 0].to(torch.float64), far[..., 1:], differ.argmin(dim=-1)
+        return far[..., 0].to(torch.float64), far[..., 1:1 + n_strata], differ.argmin(dim=-1)
 
     def blocks(self) -> list[tuple[int, int]]:
         """Query row ranges ``(r0, r1)`` of the current group, at most ``rows`` rows each."""
