@@ -299,12 +299,13 @@ def summarize(
         part_v = onehot_t @ values.reshape(flat_k.shape[0], -1)
         sum_v = part_v if sum_v is None else sum_v + part_v
         tokens = _tokens_of(ids, n_tokens, device)
+        mode_score = modes @ flat_k.T  # one product for the anchors (= modes) and the top keys
         if rho is not None:
-            positive = anchor_positives(anchors, flat_k, rho)
+            positive = mode_score > rho  # anchor_positives(anchors, flat_k, rho)
             anchor_count += positive.sum(dim=1)
             anchor_sum += positive.to(adtype) @ flat_k
         if per_mode:
-            score = torch.cat([top_score, modes @ flat_k.T], dim=1)
+            score = torch.cat([top_score, mode_score], dim=1)
             token = torch.cat([top_token, tokens.expand(len(modes), -1)], dim=1)
             top_score, pick = torch.topk(score, per_mode, dim=1)
             top_token = torch.gather(token, 1, pick)

@@ -397,8 +397,9 @@ class _Work:
         self.far_weight = self.sample.far_weights(windows, near_count)  # accumulate dtype: counts
         self.far_weight_c = self.far_weight.to(self.cdtype)  # compute dtype: scales masks, numerators
         if r:
-            self._control_variates(near_count, near_key_sum, near_value_sum)
-            self._anchor_variates(self.near.anchor_count[slots].sum(dim=0), self.near.anchor_key_sum[slots].sum(dim=0))
+            member, n_far = self._control_variates(near_count, near_key_sum, near_value_sum)
+            self._anchor_variates(member, n_far, self.near.anchor_count[slots].sum(dim=0),
+                                  self.near.anchor_key_sum[slots].sum(dim=0))
 
         local = group.local.to(device)
         near = self.acc[near_rows]
@@ -413,7 +414,8 @@ class _Work:
         self.start = F.normalize(start, dim=-1)
         self.n_queries = int(local.numel())
 
-    def _control_variates(self, near_count: Tensor, near_key_sum: Tensor, near_value_sum: Tensor) -> None:
+    def _control_variates(self, near_count: Tensor, near_key_sum: Tensor,
+                          near_value_sum: Tensor) -> tuple[Tensor, Tensor]:
         """Per-stratum corrections of the far sums (regression estimator), for the current group.
 
         The far part of a sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax
@@ -424,6 +426,8 @@ class _Work:
         sample estimate, but exact when ``z`` is constant over a stratum (a cluster entirely
         inside or outside a query's positives), which removes most of the sampling noise.
         ``near_*`` are the counts and sums of the near windows' non-central tokens per stratum.
+        Returns each far sampled representative's weight in its stratum ``(R, K)`` and the strata's
+        far non-central token counts ``(K,)``.
         """
         sample, adtype = self.sample, self.adtype
         n_strata = sample.rest_size.numel()
@@ -439,9 +443,9 @@ class _Work:
         share = member / n_far.clamp_min(1.0)
         self.count_share = torch.cat([self.far_weight[:, None], share], dim=1)
         self.share_c = share.to(self.cdtype)
-        self._member, self._n_far_strata = member, n_far
+        return member, n_far
 
-    def _anchor_variates(self, near_count: Tensor, near_key_sum: Tensor) -> None:
+    def _anchor_variates(self, member: Tensor, n_far: Tensor, near_count: Tensor, near_key_sum: Tensor) -> None:
         """Per-anchor corrections of the far proxy sums and counts, for the current group.
 
         Write a query's positive mask as ``z = y_m + d``, ``y_m`` anchor ``m``'s positives
@@ -451,13 +455,13 @@ class _Work:
         ``c_m``, the estimator's error on ``y_m`` itself.  Exact where the query's far positives are
         the anchor's; queries take the anchor whose positives differ least from theirs on the
         sampled representatives (or none, ``c = 0``, when none is closer than the empty set).
-        ``near_*`` are the near windows' non-central positives per anchor.
+        ``member`` and ``n_far`` are what :meth:`_control_variates` returns; ``near_*`` the near
+        windows' non-central positives per anchor.
         """
         y = self.anchor_positive  # (M, R)
-        member = self._member  # (R, K): weight of each far sampled representative in its stratum
         sampled_weight = member.sum(dim=1)
         per_stratum = y @ member  # (M, K): HT estimates of the anchors' far positives per stratum
-        ybar = per_stratum / self._n_far_strata.clamp_min(1.0)
+        ybar = per_stratum / n_far.clamp_min(1.0)
         far_count = (self.sample.anchor_count - near_count).to(torch.float64)
         far_sum = self.sample.anchor_key_sum - near_key_sum
         zero = torch.zeros(1, self.dim, dtype=self.adtype, device=y.device)
