@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.d
     return compute_dtypes(store.config.attention.precision, like)
 
 
-def summarize_keys(store_url: str, *_after: Any) -> dict[str, float]:
+def summarize_keys(store_url: str) -> dict[str, float]:
     """Scalable attention's far summary of all valid windows (two passes over the keys), stored
     under ``summary/``; nothing to do in the other attention modes."""
     store = RunStore.open(store_url)
@@ -214,7 +214,7 @@ def summarize_keys(store_url: str, *_after: Any) -> dict[str, float]:
     return {"summary": time.perf_counter() - t0}
 
 
-def attend_batches(store_url: str, batches: Sequence[int], *_after: Any) -> dict[str, float]:
+def attend_batches(store_url: str, batches: Sequence[int]) -> dict[str, float]:
     """Attention, then CLIP's projection, for the given encode batches (indexes into
     :func:`window_batches`): L2-normalised features per token, written batch by batch.
 
@@ -385,7 +385,7 @@ def _resample_to_file(arr: torch.Tensor, region: tuple[int, int, int, int], bloc
     return F.grid_sample(arr[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
-def stitch_block(store_url: str, block_index: int, *_after: Any) -> dict[str, float]:
+def stitch_block(store_url: str, block_index: int) -> dict[str, float]:
     """Stitch one output block (file pixels) of the class raster from the windows that cover it.
 
     Logits are stitched on the working grid and, when the scene was resized, bilinearly resampled
@@ -446,7 +446,7 @@ def check_labels(labels_path: str, scene: Scene) -> None:
                                  f"is {scene.georef.width} x {scene.georef.height}.")
 
 
-def evaluate(store_url: str, labels_path: str, out_dir: str, *_after: Any) -> dict[str, float]:
+def evaluate(store_url: str, labels_path: str, out_dir: str) -> dict[str, float]:
     """Score the stitched class raster against a label raster of class ids (255 = unlabelled).
 
     Streams block by block: mIoU and pixel accuracy from a confusion matrix, and the Boundary
@@ -478,7 +478,7 @@ def evaluate(store_url: str, labels_path: str, out_dir: str, *_after: Any) -> di
     return {"evaluate": time.perf_counter() - t0, **{f"metric:{k}": v for k, v in metrics.items()}}
 
 
-def write_outputs(store_url: str, out_dir: str, *_after: Any) -> dict[str, float]:
+def write_outputs(store_url: str, out_dir: str) -> dict[str, float]:
     """Write the class COG and the styled GeoPackage from the stitched class raster."""
     store = RunStore.open(store_url)
     scene, cfg = store.scene, store.config

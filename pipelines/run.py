@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -231,9 +232,7 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
             return run_graph(store, out_dir, c, labels, progress)
     waves = build_waves(store, out_dir, labels, encode_resources=encode_resources(client))
     token = tokenize(store.url, store.meta["fingerprints"], time.time_ns())  # runs sharing a cluster never collide
-    total: dict[str, int] = {}
-    for t in (t for wave in waves for t in wave):
-        total[t.stage] = total.get(t.stage, 0) + 1
+    total = dict(Counter(t.stage for wave in waves for t in wave))
     state = Progress(done=dict.fromkeys(total, 0), total=total, windows_done=0,
                      windows_total=sum(t.windows for wave in waves for t in wave), elapsed=0.0)
     limit = _Limit(client)
