@@ -51,7 +51,7 @@ from geogla.cog import ArrayLike, atomic_output
 from geogla.georef import GeoRef
 
 POLYGON_CHUNK = 1024  #: default window side for polygonizing
-GPKG_BATCH = 50_000  #: polygons buffered per layer before they are appended to the GeoPackage
+GPKG_BATCH = 20_000  #: polygons buffered over all layers before the largest layer's are appended
 STYLE_TABLE = "layer_styles"
 
 Polygons = Mapping[int, Iterable[BaseGeometry]] | Iterable[tuple[int, BaseGeometry]]
@@ -586,7 +586,8 @@ def write_geopackage(
 
     ``polygons`` is :func:`polygonize`'s ``{class id: [polygons]}`` or any iterable of
     ``(class id, polygon)`` such as :func:`iter_polygons` (then memory stays bounded: at most
-    ``batch`` polygons per class are buffered).  MultiPolygons are split into their polygons.
+    ``batch`` polygons are buffered, over all classes; when they are, the class with the most is
+    appended to its layer).  MultiPolygons are split into their polygons.
 
     One polygon layer per class present, named by :func:`layer_names`, in ``georef``'s CRS (none
     when it has none), with attributes ``class_id`` (int32), ``class_name`` (str) and ``area``
@@ -603,13 +604,16 @@ def write_geopackage(
     model = area_model(georef)
     crs = georef.crs_wkt
     buffers: dict[int, list[BaseGeometry]] = {}
+    held = 0  # polygons in all buffers
     written: list[int] = []
 
     with atomic_output(path) as scratch:
         target = scratch.result
 
         def flush(class_id: int) -> None:
+            nonlocal held
             geoms = np.asarray(buffers.pop(class_id), dtype=object)
+            held -= len(geoms)
             frame = gpd.GeoDataFrame(
                 {"class_id": np.full(len(geoms), class_id, dtype=np.int32),
                  "class_name": [class_list.names[class_id]] * len(geoms),
@@ -640,10 +644,12 @@ def write_geopackage(
                 parts = [geom]
             else:
                 raise TypeError(f"class {class_id}: expected polygons, got a {geom.geom_type}")
-            buffer = buffers.setdefault(class_id, [])
-            buffer.extend(parts)
-            if len(buffer) >= batch:
-                flush(class_id)
+            buffers.setdefault(class_id, []).extend(parts)
+            held += len(parts)
+            if held >= batch:
+                # The bound is on the total: a per-class one let the final flush of every class at
+                # once hold (classes x batch) polygons, the peak of a large run.
+                flush(max(buffers, key=lambda k: len(buffers[k])))
         for class_id in sorted(buffers):
             flush(class_id)
 

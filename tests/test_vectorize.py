@@ -375,6 +375,34 @@ def test_geopackage_streamed_in_batches(tmp_path: Path) -> None:
     assert len(read_styles(streamed)) == len(whole)
 
 
+def test_geopackage_buffers_at_most_batch_polygons_in_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arr = seam_fixture()
+    georef = utm_georef(*arr.shape)
+    pairs = list(iter_polygons(arr, georef, CLASSES, chunk=16))
+    assert len({c for c, _ in pairs}) >= 3  # several layers buffer at once
+    taken = 0
+    written = 0
+    held: list[int] = []
+    real_write = pyogrio.write_dataframe
+
+    def source() -> Iterator[tuple[int, Polygon]]:
+        nonlocal taken
+        for pair in pairs:
+            taken += 1
+            yield pair
+
+    def write(frame: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal written
+        held.append(taken - written)  # polygons taken but not yet written, this one included
+        written += len(frame)
+        real_write(frame, *args, **kwargs)
+
+    monkeypatch.setattr(pyogrio, "write_dataframe", write)
+    write_geopackage(tmp_path / "scene.gpkg", source(), georef, CLASSES, batch=3)
+    assert written == len(pairs)
+    assert max(held) <= 3
+
+
 def test_geopackage_failure_leaves_nothing(tmp_path: Path) -> None:
     arr = seam_fixture()
     georef = utm_georef(*arr.shape)
