@@ -13,7 +13,7 @@ from geogla.errors import ConfigError
 from geogla.gla import GLAConfig, attend, prototypes
 from geogla.gla.config import Precision
 from geogla.gla.prototypes import FarSample, allocate, spherical_kmeans, summarize
-from geogla.gla.scalable import ScalableAttention, near_groups, rows_per_block
+from geogla.gla.scalable import ScalableAttention, first_near_minimum, near_groups, rows_per_block
 from geogla.gla.source import TensorWindows
 from geogla.gla.synthetic import SyntheticScene, structured_scene
 from geogla.grid import WindowGrid
@@ -330,6 +330,18 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     work.anchor_count_fix.zero_()
     counts, summed = work._positive_sums(z.clone())
     assert float((summed[0, 0] - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
+
+
+def test_anchor_choice_takes_the_first_of_values_equal_up_to_rounding() -> None:
+    # Rows: a rounding-level tie (the first wins, where argmin takes the second); a clear
+    # minimum; an exact tie; a difference well above the tolerance (the smaller wins).
+    values = torch.tensor([[1000.0 + 1e-3, 1000.0, 2000.0],
+                           [5.0, 3.0, 4.0],
+                           [7.0, 2.0, 2.0],
+                           [1001.0, 1000.0, 3000.0]])
+    chosen = first_near_minimum(values, torch.full((4, 1), 3000.0))
+    assert chosen.tolist() == [0, 1, 1, 1]
+    assert values.argmin(dim=-1)[0] == 1
 
 
 def test_central_representatives_are_the_keys_closest_to_the_modes() -> None:

@@ -90,6 +90,10 @@ class NearGroup:
 
 #: Query windows per call of the in-memory entry point (:func:`attend_scalable`).
 _CALL_WINDOWS = 256
+#: Relative tolerance under which two anchors' estimated differences from a query's positives
+#: count as equal (the lower index is taken): far above float32 rounding of the sums, far below
+#: a difference that matters to the estimate.
+_ANCHOR_TIE = 1e-4
 
 
 def near_groups(
@@ -308,6 +312,18 @@ class _NearWindows:
         return torch.tensor([self._index[w] for w in windows], dtype=torch.int64, device=self.keys.device)
 
 
+def first_near_minimum(values: Tensor, scale: Tensor | float) -> Tensor:
+    """Index along the last dim of the first entry within ``_ANCHOR_TIE * scale`` of the minimum.
+
+    The anchor choice, not a bare argmin: differences that are equal (two anchors with the same
+    positives among the representatives) come out of a matrix product unequal by rounding that
+    depends on the product's shape, and the choice must not.  ``scale`` (broadcast against
+    ``values[..., :1]``) is the magnitude of the values.
+    """
+    close = values <= values.amin(dim=-1, keepdim=True) + _ANCHOR_TIE * scale
+    return close.to(torch.uint8).argmax(dim=-1)  # argmax returns the first maximum
+
+
 def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
     """Query rows per block so that a block's work memory over ``key_count`` keys fits the budget.
 
@@ -469,6 +485,7 @@ class _Work:
         self.anchor_count_fix = torch.cat([far_count - per_stratum.sum(dim=1).to(torch.float64),
                                            far_count.new_zeros(1)])
         self.anchor_size = per_stratum.sum(dim=1)  # (M,) estimated far positives of each anchor
+        self.anchor_scale = self.anchor_size.amax() if self.anchor_size.numel() else 0.0
         # z @ these columns: each anchor's weighted overlap with z, and z's own weighted size
         self.count_share = torch.cat([self.count_share, (y * sampled_weight).T, sampled_weight[:, None]], dim=1)
 
@@ -480,7 +497,7 @@ class _Work:
         overlap = far[..., 1 + n_strata:]
         size = overlap[..., -1:]
         differ = torch.cat([size + self.anchor_size - 2 * overlap[..., :-1], size], dim=-1)
-        return far[..., 0].to(torch.float64), far[..., 1:1 + n_strata], differ.argmin(dim=-1)
+        return far[..., 0].to(torch.float64), far[..., 1:1 + n_strata], first_near_minimum(differ, size + self.anchor_scale)
 
     def blocks(self) -> list[tuple[int, int]]:
         """Query row ranges ``(r0, r1)`` of the current group, at most ``rows`` rows each."""
