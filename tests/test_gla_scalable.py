@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from geogla.errors import ConfigError
-from geogla.gla import GLAConfig, attend, prototypes
+from geogla.gla import GLAConfig, attend, prototypes, scalable
 from geogla.gla.config import Precision
 from geogla.gla.prototypes import FarSample, allocate, spherical_kmeans, summarize
 from geogla.gla.scalable import ScalableAttention, first_near_minimum, near_groups, rows_per_block
@@ -330,6 +330,33 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     work.anchor_count_fix.zero_()
     counts, summed = work._positive_sums(z.clone())
     assert float((summed[0, 0] - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
+
+
+def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The far counts and zbar come from exact per-slot counts in a bfloat16 product; slots of
+    # at most 3 representatives here, so that every stratum is split over several.
+    monkeypatch.setattr(scalable, "_SLOT", 3)
+    sc = structured_scene(4, 4, side=8, dim=32, seed=4)
+    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6, rho=0.4)
+    bf16, f32 = torch.bfloat16, torch.float32
+    sample = summarize(TensorWindows(sc.keys, sc.values), cfg, bf16, f32, torch.device("cpu"))
+    attention = ScalableAttention(sample, sc.offsets, cfg, bf16, f32)
+    attention(TensorWindows(sc.keys, sc.values), [5])
+    work = attention._work
+    assert work is not None
+    work.load(near_groups(sc.offsets, 8, 0, [5])[0])
+    assert work.slot_onehot.shape[1] > 2 * sample.rest_size.numel()
+    z = (torch.rand(1, 7, work.tk, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
+    far, zbar, _ = work._far_counts(z)
+    weight = work.far_weight.double()
+    z_far = z[0, :, : work.n_far].double()
+    torch.testing.assert_close(far[0], z_far @ weight, rtol=1e-6, atol=1e-6)
+    sampled = (weight > 0) & ~sample.central
+    stratum_total = torch.zeros(6, dtype=torch.float64).index_add_(0, sample.stratum[sampled], weight[sampled])
+    share = torch.zeros(work.n_far, 6, dtype=torch.float64)
+    idx = sampled.nonzero().flatten()
+    share[idx, sample.stratum[idx]] = weight[idx] / stratum_total[sample.stratum[idx]]
+    torch.testing.assert_close(zbar[0].double(), z_far @ share, rtol=1e-6, atol=1e-6)
 
 
 def test_anchor_choice_takes_the_first_of_values_equal_up_to_rounding() -> None:

@@ -22,7 +22,7 @@ _MEMORIES = ("exact", "scalable", "auto")
 #: The version of how attention is computed for given settings; bumped when a change alters its
 #: results, so that a run store's attention results from another version are recomputed (its
 #: encoded windows are kept).  2: scalable attention's anchor control variates; 3: their anchor
-#: choice breaks rounding-level ties by index.
+#: choice breaks rounding-level ties by index, and far counts are weighed from exact counts.
 ATTENTION_VERSION = 3
 
 

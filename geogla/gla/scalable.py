@@ -94,6 +94,9 @@ _CALL_WINDOWS = 256
 #: count as equal (the lower index is taken): far above float32 rounding of the sums, far below
 #: a difference that matters to the estimate.
 _ANCHOR_TIE = 1e-4
+#: Most representatives counted in one column of a compute-dtype product (bfloat16 holds the
+#: integers up to 256 exactly).
+_SLOT = 256
 
 
 def near_groups(
@@ -454,11 +457,33 @@ class _Work:
         n_far = (sample.rest_size - near_count).to(adtype)
         self.cv_keys = (sample.rest_key_sum - near_key_sum) - member.T @ sample.keys
         self.cv_values = (sample.rest_value_sum - near_value_sum) - member.T @ sample.values.to(adtype)
-        # z_far @ share = zbar (r x K); with the weights in front, one product also gives the
-        # far part of the counts.
-        share = member / n_far.clamp_min(1.0)
-        self.count_share = torch.cat([self.far_weight[:, None], share], dim=1)
+        share = member / n_far.clamp_min(1.0)  # z_far @ share = zbar (r x K)
         self.share_c = share.to(self.cdtype)
+        # The far weighted counts and zbar of 0/1 z: the far representatives' weights are equal
+        # within a stratum's sampled ones (and 1 for the central ones), so z's far
+        # representatives are counted per slot (a stratum's sampled ones or the central ones,
+        # at most _SLOT per slot) in a compute-dtype product, exact whatever its shape because
+        # every count fits the dtype's integers, and the counts are then weighed in a small one.
+        far = (self.far_weight > 0).nonzero().flatten()
+        group = torch.where(sample.central[far], n_strata, sample.stratum[far])
+        order = torch.argsort(group, stable=True)
+        group_sorted = group[order]
+        sizes = torch.bincount(group_sorted, minlength=n_strata + 1)
+        rank = torch.arange(far.numel(), device=far.device) - (torch.cumsum(sizes, 0) - sizes)[group_sorted]
+        # slot = (group, rank // _SLOT), numbered consecutively: a new one at every rank 0 mod _SLOT
+        slot = torch.cumsum((rank % _SLOT == 0).to(torch.int64), 0) - 1
+        n_slots = int(slot[-1]) + 1 if slot.numel() else 0
+        rows = far[order]
+        self.slot_onehot = torch.zeros(self.n_far, n_slots, dtype=self.cdtype, device=self.mat.device)
+        self.slot_onehot[rows, slot] = 1.0
+        # columns: the far count, zbar per stratum, the weighted size on the sampled ones
+        weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=self.mat.device)
+        weigh[slot, 0] = self.far_weight[rows]
+        sampled_rows = group_sorted < n_strata
+        at, stratum = slot[sampled_rows], group_sorted[sampled_rows]
+        weigh[at, 1 + stratum] = share[rows[sampled_rows], stratum]
+        weigh[at, -1] = self.far_weight[rows[sampled_rows]]
+        self.slot_weigh = weigh
         return member, n_far
 
     def _anchor_variates(self, member: Tensor, n_far: Tensor, near_count: Tensor, near_key_sum: Tensor) -> None:
@@ -486,18 +511,23 @@ class _Work:
                                            far_count.new_zeros(1)])
         self.anchor_size = per_stratum.sum(dim=1)  # (M,) estimated far positives of each anchor
         self.anchor_scale = self.anchor_size.amax() if self.anchor_size.numel() else 0.0
-        # z @ these columns: each anchor's weighted overlap with z, and z's own weighted size
-        self.count_share = torch.cat([self.count_share, (y * sampled_weight).T, sampled_weight[:, None]], dim=1)
+        # z_far @ this: each anchor's weighted overlap with z (not from the slot counts: whether
+        # a representative is an anchor's positive varies within a slot)
+        self.anchor_overlap = (y * sampled_weight).T if y.shape[0] else None
 
     def _far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Weighted far counts ``(1, r)`` (float64), ``zbar`` ``(1, r, K)`` of 0/1 ``z``, and the
         anchor each row takes (``(1, r)``, M for none; see :meth:`_anchor_variates`)."""
-        far = z[..., : self.n_far].to(self.adtype) @ self.count_share
-        n_strata = self.sample.rest_size.numel()
-        overlap = far[..., 1 + n_strata:]
-        size = overlap[..., -1:]
-        differ = torch.cat([size + self.anchor_size - 2 * overlap[..., :-1], size], dim=-1)
-        return far[..., 0].to(torch.float64), far[..., 1:1 + n_strata], first_near_minimum(differ, size + self.anchor_scale)
+        far_z = z[..., : self.n_far].to(self.cdtype)  # a bool mask without proxy rounds
+        far = (far_z @ self.slot_onehot).to(self.adtype) @ self.slot_weigh
+        size = far[..., -1:]
+        if self.anchor_overlap is None:
+            anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
+        else:
+            overlap = far_z.to(self.adtype) @ self.anchor_overlap
+            differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
+            anchor = first_near_minimum(differ, size + self.anchor_scale)
+        return far[..., 0].to(torch.float64), far[..., 1:-1], anchor
 
     def blocks(self) -> list[tuple[int, int]]:
         """Query row ranges ``(r0, r1)`` of the current group, at most ``rows`` rows each."""
