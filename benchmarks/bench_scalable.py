@@ -17,11 +17,12 @@ Three tables, printed as Markdown:
    Boundary Error Rate of both.
 2. Scaling of scalable attention alone at larger ``L`` (smaller windows by default to stay in
    time): time per window and peak work memory (process RSS above the inputs, output excluded).
-3. Optionally a real raster through the ``tiny`` model with RANDOM weights (weakly structured
-   features): labels = argmax of CLIP-projected outputs against random text embeddings of the
-   OpenEarthMap class names; no ground truth, so the seam disagreement (share of token pairs
-   across window edges whose stitched labels differ) is reported instead of the BER, with the
-   same float16 calibration.
+3. Optionally a real raster through a model (``--real-model``, ``tiny`` by default) with RANDOM
+   weights (weakly structured features): labels = argmax of CLIP-projected outputs against
+   random text embeddings of the OpenEarthMap class names; no ground truth, so the seam
+   disagreement (share of token pairs across window edges whose stitched labels differ) is
+   reported instead of the BER, with the same float16 calibration; and where the changed labels
+   are, by how exact attention answers each query (:func:`exact_regimes`).
 
 BER on the token grid.  Scores ``out @ class_vectors^T`` of all windows covering a scene token
 position are averaged (the pipeline's canvas average, at token resolution) and the argmax is the
@@ -188,6 +189,32 @@ def single_key_share(keys: Tensor, n_windows: int, probes: int = 256, seed: int 
     return 100.0 * float((shift >= sim.amax(dim=1)).float().mean())
 
 
+def exact_regimes(keys: Tensor, n_windows: int, cfg: GLAConfig, block: int = 1024) -> Tensor:
+    """``(T,)`` int64: how exact attention answers each query (token, window-major).
+
+    0: it keeps several keys; 1: only its row maximum, and that is the key most often kept alone
+    in the scene (a hub); 2: only its row maximum, another key.  The proxy rounds, row means and
+    ``u`` follow ``cfg`` (method.md section 3b), in float32 over all ``T`` keys, in row blocks.
+    """
+    flat = keys.reshape(-1, keys.shape[-1]).float()
+    mean = flat.mean(dim=0)
+    u = 1.0 + cfg.lambda1 * math.log1p(n_windows)
+    single = torch.empty(flat.shape[0], dtype=torch.bool)
+    best = torch.empty(flat.shape[0], dtype=torch.int64)
+    for r0 in range(0, flat.shape[0], block):
+        q = F.normalize(flat[r0 : r0 + block], dim=-1)
+        for _ in range(cfg.steps):
+            q = F.normalize(((q @ flat.T) > cfg.rho).float() @ flat, dim=-1)
+        top, at = (q @ flat.T).max(dim=1)
+        single[r0 : r0 + block] = u * (q @ mean).clamp_min(0.0) >= top
+        best[r0 : r0 + block] = at
+    regime = torch.zeros(flat.shape[0], dtype=torch.int64)
+    if bool(single.any()):
+        hub = torch.mode(best[single]).values
+        regime[single] = torch.where(best[single] == hub, 1, 2)
+    return regime
+
+
 def compare_row(kind: str, grid: int, args: argparse.Namespace, cfg: GLAConfig) -> dict[str, float]:
     sc = make_scene(kind, grid, args.side, args.dim, args.seed)
     n_windows = grid * grid
@@ -240,7 +267,7 @@ def scaling_row(grid: int, args: argparse.Namespace, cfg: GLAConfig) -> dict[str
     }
 
 
-def real_row(path: Path, cfg: GLAConfig) -> dict[str, float]:
+def real_row(path: Path, cfg: GLAConfig, model_name: str) -> dict[str, float]:
     import warnings
 
     from geogla.grid import WindowGrid
@@ -249,7 +276,7 @@ def real_row(path: Path, cfg: GLAConfig) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = create_model("tiny", weights="random")
+        model = create_model(model_name, weights="random")
     scene = open_scene(str(path))
     grid = WindowGrid(scene.georef.height, scene.georef.width, 224, 112)
     with SceneReader(scene) as reader:
@@ -274,7 +301,15 @@ def real_row(path: Path, cfg: GLAConfig) -> dict[str, float]:
 
     m_exact, m_scal = maps(exact), maps(approx)
     m_round = maps(attend(k_all.half().float(), v_all, GLAConfig(memory="exact"), offsets=offsets))
+    regime = exact_regimes(k_all, len(grid), GLAConfig())
+    changed = m_exact.tokens.reshape(-1) != m_scal.tokens.reshape(-1)
+    by_regime = {}
+    for r, name in enumerate(("several", "hub", "other")):
+        chosen = regime == r
+        by_regime[f"share_{name}"] = 100.0 * float(chosen.float().mean())
+        by_regime[f"changed_{name}"] = 100.0 * float(changed[chosen].float().mean()) if bool(chosen.any()) else math.nan
     return {
+        **by_regime,
         "floor": 100.0 * float((m_exact.tokens != m_round.tokens).float().mean()),
         "L": len(grid),
         "T": k_all.shape[0] * k_all.shape[1],
@@ -317,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scaling-side", type=int, default=14, help="tokens per window side in the scaling run"
     )
-    parser.add_argument("--real", default=str(REAL_DEFAULT), help="raster for the tiny-model run ('' skips)")
+    parser.add_argument("--real", default=str(REAL_DEFAULT), help="raster for the real-raster run ('' skips)")
+    parser.add_argument("--real-model", default="tiny", help="model preset of the real-raster run (random weights)")
     parser.add_argument("--near-radius", type=int, default=GLAConfig.near_radius)
     parser.add_argument("--far-samples", type=int, default=GLAConfig.far_samples)
     parser.add_argument("--prototypes", type=int, default=GLAConfig.prototypes)
@@ -378,18 +414,24 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     if args.real:
-        r = real_row(Path(args.real), cfg)
-        print(f"Real raster {Path(args.real).name}, tiny model with RANDOM weights (D = {r['D']})\n")
+        r = real_row(Path(args.real), cfg, args.real_model)
+        print(f"Real raster {Path(args.real).name}, model {args.real_model} with RANDOM weights (D = {r['D']})\n")
         print(
-            "| L | T | exact s | scalable s | labels changed % (tokens / stitched) "
+            "| L | T | exact s | scalable s | speed-up | labels changed % (tokens / stitched) "
             "| exact, keys in float16: changed % | seam disagreement % exact / scalable |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         print(
-            f"| {r['L']} | {r['T']} | {r['t_exact']:.1f} | {r['t_scal']:.1f} | "
+            f"| {r['L']} | {r['T']} | {r['t_exact']:.1f} | {r['t_scal']:.1f} | {r['t_exact'] / r['t_scal']:.1f}x | "
             f"{r['changed_tokens']:.2f} / {r['changed_scene']:.2f} | {r['floor']:.2f} | "
-            f"{r['seam_exact']:.2f} / {r['seam_scal']:.2f} |"
+            f"{r['seam_exact']:.2f} / {r['seam_scal']:.2f} |\n"
         )
+        print("Where the token labels change, by how exact attention answers the query:\n")
+        print("| exact attention keeps | tokens % | of which changed % |")
+        print("|---|---|---|")
+        for name, text in (("several", "several keys"), ("hub", "one key: the scene's most common one"),
+                           ("other", "one key: another")):
+            print(f"| {text} | {r['share_' + name]:.1f} | {_maybe(r['changed_' + name])} |")
     return 0
 
 
