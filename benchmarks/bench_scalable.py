@@ -18,7 +18,7 @@ Three tables, printed as Markdown:
 2. Scaling of scalable attention alone at larger ``L`` (smaller windows by default to stay in
    time): time per window and peak work memory (process RSS above the inputs, output excluded).
 3. Optionally a real raster through a model (``--real-model``, ``tiny`` by default) with RANDOM
-   weights (weakly structured features): labels = argmax of CLIP-projected outputs against
+   weights by default (weakly structured features; ``--real-weights pretrained`` for real ones): labels = argmax of CLIP-projected outputs against
    random text embeddings of the OpenEarthMap class names; no ground truth, so the seam
    disagreement (share of token pairs across window edges whose stitched labels differ) is
    reported instead of the BER, with the same float16 calibration; and where the changed labels
@@ -267,7 +267,7 @@ def scaling_row(grid: int, args: argparse.Namespace, cfg: GLAConfig) -> dict[str
     }
 
 
-def real_row(path: Path, cfg: GLAConfig, model_name: str) -> dict[str, float]:
+def real_row(path: Path, cfg: GLAConfig, model_name: str, weights: str) -> dict[str, float]:
     import warnings
 
     from geogla.grid import WindowGrid
@@ -276,7 +276,7 @@ def real_row(path: Path, cfg: GLAConfig, model_name: str) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = create_model(model_name, weights="random")
+        model = create_model(model_name, weights=weights)
     scene = open_scene(str(path))
     grid = WindowGrid(scene.georef.height, scene.georef.width, 224, 112)
     with SceneReader(scene) as reader:
@@ -353,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scaling-side", type=int, default=14, help="tokens per window side in the scaling run"
     )
     parser.add_argument("--real", default=str(REAL_DEFAULT), help="raster for the real-raster run ('' skips)")
-    parser.add_argument("--real-model", default="tiny", help="model preset of the real-raster run (random weights)")
+    parser.add_argument("--real-model", default="tiny", help="model preset of the real-raster run")
+    parser.add_argument("--real-weights", default="random", choices=("random", "pretrained"),
+                        help="weights of the real-raster run (pretrained: found as geogla run finds them)")
     parser.add_argument("--near-radius", type=int, default=GLAConfig.near_radius)
     parser.add_argument("--far-samples", type=int, default=GLAConfig.far_samples)
     parser.add_argument("--prototypes", type=int, default=GLAConfig.prototypes)
@@ -414,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     if args.real:
-        r = real_row(Path(args.real), cfg, args.real_model)
-        print(f"Real raster {Path(args.real).name}, model {args.real_model} with RANDOM weights (D = {r['D']})\n")
+        r = real_row(Path(args.real), cfg, args.real_model, args.real_weights)
+        shown = "RANDOM" if args.real_weights == "random" else "pretrained"
+        print(f"Real raster {Path(args.real).name}, model {args.real_model} with {shown} weights (D = {r['D']})\n")
         print(
             "| L | T | exact s | scalable s | speed-up | labels changed % (tokens / stitched) "
             "| exact, keys in float16: changed % | seam disagreement % exact / scalable |"
