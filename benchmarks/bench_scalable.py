@@ -18,8 +18,9 @@ Three tables, printed as Markdown:
 2. Scaling of scalable attention alone at larger ``L`` (smaller windows by default to stay in
    time): time per window and peak work memory (process RSS above the inputs, output excluded).
 3. Optionally a real raster through a model (``--real-model``, ``tiny`` by default) with RANDOM
-   weights by default (weakly structured features; ``--real-weights pretrained`` for real ones): labels = argmax of CLIP-projected outputs against
-   random text embeddings of the OpenEarthMap class names; no ground truth, so the seam
+   weights by default (weakly structured features; ``--real-weights pretrained`` for real
+   ones): labels = argmax of CLIP-projected outputs against random text embeddings of the
+   OpenEarthMap class names; no ground truth, so the seam
    disagreement (share of token pairs across window edges whose stitched labels differ) is
    reported instead of the BER, with the same float16 calibration; and where the changed labels
    are, by how exact attention answers each query (:func:`exact_regimes`).
@@ -177,37 +178,40 @@ def make_scene(kind: str, grid: int, side: int, dim: int, seed: int) -> Syntheti
     )
 
 
+def exact_single_key(flat: Tensor, queries: Tensor, n_windows: int, cfg: GLAConfig) -> tuple[Tensor, Tensor]:
+    """For the queries ``queries`` (token indices into ``flat`` ``(T, D)``, float32): whether exact
+    attention keeps only their row maximum (``u m_i >= max_j S_ij``), and that key's index.
+
+    The proxy rounds, row means and ``u`` follow ``cfg`` (method.md section 3b), over all ``T`` keys.
+    """
+    q = F.normalize(flat[queries], dim=-1)
+    for _ in range(cfg.steps):
+        q = F.normalize(((q @ flat.T) > cfg.rho).float() @ flat, dim=-1)
+    top, best = (q @ flat.T).max(dim=1)
+    shift = (1.0 + cfg.lambda1 * math.log1p(n_windows)) * (q @ flat.mean(dim=0)).clamp_min(0.0)
+    return shift >= top, best
+
+
 def single_key_share(keys: Tensor, n_windows: int, probes: int = 256, seed: int = 0) -> float:
     """Percent of (probed) queries whose exact attention keeps only their row maximum (u m_i >= max S)."""
     flat = keys.reshape(-1, keys.shape[-1]).float()
     pick = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(seed))[:probes]
-    q = flat[pick]
-    for _ in range(2):  # the default proxy rounds
-        q = F.normalize(((q @ flat.T) > 0.6).float() @ flat, dim=-1)
-    sim = q @ flat.T
-    shift = (1.0 + 0.3 * math.log1p(n_windows)) * (q @ flat.mean(dim=0)).clamp_min(0.0)
-    return 100.0 * float((shift >= sim.amax(dim=1)).float().mean())
+    single, _ = exact_single_key(flat, pick, n_windows, GLAConfig())
+    return 100.0 * float(single.float().mean())
 
 
 def exact_regimes(keys: Tensor, n_windows: int, cfg: GLAConfig, block: int = 1024) -> Tensor:
     """``(T,)`` int64: how exact attention answers each query (token, window-major).
 
     0: it keeps several keys; 1: only its row maximum, and that is the key most often kept alone
-    in the scene (a hub); 2: only its row maximum, another key.  The proxy rounds, row means and
-    ``u`` follow ``cfg`` (method.md section 3b), in float32 over all ``T`` keys, in row blocks.
+    in the scene (a hub); 2: only its row maximum, another key (:func:`exact_single_key`, in row
+    blocks).
     """
     flat = keys.reshape(-1, keys.shape[-1]).float()
-    mean = flat.mean(dim=0)
-    u = 1.0 + cfg.lambda1 * math.log1p(n_windows)
-    single = torch.empty(flat.shape[0], dtype=torch.bool)
-    best = torch.empty(flat.shape[0], dtype=torch.int64)
-    for r0 in range(0, flat.shape[0], block):
-        q = F.normalize(flat[r0 : r0 + block], dim=-1)
-        for _ in range(cfg.steps):
-            q = F.normalize(((q @ flat.T) > cfg.rho).float() @ flat, dim=-1)
-        top, at = (q @ flat.T).max(dim=1)
-        single[r0 : r0 + block] = u * (q @ mean).clamp_min(0.0) >= top
-        best[r0 : r0 + block] = at
+    parts = [exact_single_key(flat, torch.arange(r0, min(r0 + block, flat.shape[0])), n_windows, cfg)
+             for r0 in range(0, flat.shape[0], block)]
+    single = torch.cat([p[0] for p in parts])
+    best = torch.cat([p[1] for p in parts])
     regime = torch.zeros(flat.shape[0], dtype=torch.int64)
     if bool(single.any()):
         hub = torch.mode(best[single]).values
