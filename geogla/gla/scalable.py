@@ -327,6 +327,20 @@ def first_near_minimum(values: Tensor, scale: Tensor | float) -> Tensor:
     return close.to(torch.uint8).argmax(dim=-1)  # argmax returns the first maximum
 
 
+def _slots(group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """Cut groups into slots of at most ``_SLOT`` members.
+
+    ``group`` ``(n,)`` int64 in ``[0, n_groups)``.  Returns the stable order that sorts the members
+    by group, and the slot of each member in that order: consecutive from 0, a new one at the
+    start of every group and after every ``_SLOT`` members of one group.
+    """
+    order = torch.argsort(group, stable=True)
+    grouped = group[order]
+    sizes = torch.bincount(grouped, minlength=n_groups)
+    rank = torch.arange(group.numel(), device=group.device) - (torch.cumsum(sizes, 0) - sizes)[grouped]
+    return order, torch.cumsum((rank % _SLOT == 0).to(torch.int64), 0) - 1
+
+
 def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
     """Query rows per block so that a block's work memory over ``key_count`` keys fits the budget.
 
@@ -466,12 +480,8 @@ class _Work:
         # every count fits the dtype's integers, and the counts are then weighed in a small one.
         far = (self.far_weight > 0).nonzero().flatten()
         group = torch.where(sample.central[far], n_strata, sample.stratum[far])
-        order = torch.argsort(group, stable=True)
+        order, slot = _slots(group, n_strata + 1)
         group_sorted = group[order]
-        sizes = torch.bincount(group_sorted, minlength=n_strata + 1)
-        rank = torch.arange(far.numel(), device=far.device) - (torch.cumsum(sizes, 0) - sizes)[group_sorted]
-        # slot = (group, rank // _SLOT), numbered consecutively: a new one at every rank 0 mod _SLOT
-        slot = torch.cumsum((rank % _SLOT == 0).to(torch.int64), 0) - 1
         n_slots = int(slot[-1]) + 1 if slot.numel() else 0
         rows = far[order]
         self.slot_onehot = torch.zeros(self.n_far, n_slots, dtype=self.cdtype, device=self.mat.device)
