@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model.project(values)
     project = time.perf_counter() - t
-    n = model.tokens_per_side(preset.crop)
+    n = model.token_grid(preset.crop, preset.crop)[0]
     print(json.dumps({"preset": preset.name, "build_s": build, "encode_s": min(times) / args.batch,
                       "project_s": project / args.batch, "tokens": n, "key_dim": model.key_dim,
                       "value_dim": model.value_dim, "source": source, "threads": torch.get_num_threads()}))

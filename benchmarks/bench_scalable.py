@@ -291,8 +291,8 @@ def real_row(path: Path, cfg: GLAConfig, model_name: str, weights: str) -> dict[
         keys.append(k.float())
         values.append(v.float())
     k_all, v_all = torch.cat(keys), torch.cat(values)
-    side = model.tokens_per_side(224)
-    offsets = torch.from_numpy(grid.token_offsets(side))
+    side = model.token_grid(224, 224)[0]
+    offsets = torch.from_numpy(grid.token_offsets(model.preset.key_patch))
     text = F.normalize(model.embed_text(OEM_CLASSES).float(), dim=-1)
     exact, t_exact = timed(lambda: attend(k_all, v_all, GLAConfig(memory="exact"), offsets=offsets))
     approx, t_scal = timed(lambda: attend(k_all, v_all, cfg, offsets=offsets))

@@ -82,6 +82,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser, random_means: str) -> 
     parser.add_argument("--vfm-weights", metavar="PATH", help="local VFM (DINO) checkpoint file")
 
 
+def _add_precision_argument(parser: argparse.ArgumentParser, default: str | None, why: str) -> None:
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=default,
+                        help=f"dtype of attention's large matrix products (default: {why})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="geogla", description="Open-vocabulary segmentation of large aerial, satellite and "
                      "drone images (ProxyCLIP + GLA, training-free).")
@@ -92,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"')
     run.add_argument("-o", "--out", default="geogla-out", help="output folder (default: ./geogla-out)")
     _add_model_arguments(run, random_means="labels meaningless; for testing and benchmarks")
+    _add_precision_argument(run, default=None, why="auto for GLA, bfloat16 where the device computes it natively; "
+                            "float32 for ProxyCLIP")
     run.add_argument("--crop", type=int, help="window size in pixels (default: the preset's, 224)")
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
@@ -141,13 +148,14 @@ def _run(args: argparse.Namespace) -> int:
 
     classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
     preset = get_preset(args.model)
-    attention = attention_config(preset, args.attention, smoothing=args.smoothing, memory=args.attention_memory)
+    attention = attention_config(preset, args.attention, smoothing=args.smoothing, memory=args.attention_memory,
+                                 precision=args.precision)
     config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
-                       vfm_weights=args.vfm_weights, crop=args.crop or preset.crop,
-                       stride=args.stride or preset.stride, attention=attention, logit_scale=args.logit_scale,
+                       vfm_weights=args.vfm_weights,
+                       crop=preset.crop if args.crop is None else args.crop,
+                       stride=preset.stride if args.stride is None else args.stride, attention=attention, logit_scale=args.logit_scale,
                        device=args.device, save_probabilities=args.save_probabilities, min_area=args.min_area,
                        simplify=args.simplify)
-    preset.tokens_per_side(config.crop)  # a crop off the key patch fails here, before models load
 
     def banner(scene: Scene) -> None:
         if args.weights == "random":
@@ -215,6 +223,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
     ev.add_argument("--figures", type=_non_negative_int, default=0, metavar="K",
                     help="write a comparison PNG for each of the first K images to OUT/figures")
     _add_model_arguments(ev, random_means="scores meaningless; for testing")
+    _add_precision_argument(ev, default="float32", why="float32, the same labels on every machine; auto is faster")
     ev.add_argument("--classes", help="prompts replacing the preset's, same number and order of classes")
     ev.add_argument("--prob-threshold", type=float, metavar="P", help="background threshold (preset's by default)")
     ev.add_argument("--background", metavar="NAME", help="background class (preset's by default)")
@@ -248,7 +257,8 @@ def _eval(args: argparse.Namespace) -> int:
     ensure_writable_dir(out)
     modes = ("proxyclip", "gla") if args.attention == "both" else (args.attention,)
     options = EvalOptions(model=args.model, weights=args.weights, clip_weights=args.clip_weights,
-                          vfm_weights=args.vfm_weights, device=args.device, modes=modes, figures=args.figures,
+                          vfm_weights=args.vfm_weights, device=args.device, modes=modes,
+                          precision=args.precision, figures=args.figures,
                           keep_stores=args.keep_stores)
     if args.weights == "random":
         print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)

@@ -1,10 +1,37 @@
-"""The sliding-window grid of method.md section 1, on the working image."""
+"""The sliding-window rule of method.md section 1 on the working image, and the canvas each window
+is padded to before the encoders see it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+#: The reference pads every window, centred, to a multiple of this many pixels before encoding
+#: (ProxyCLIP's proxyclip_segmentor.py, forward_slide: ``pad = self.compute_padsize(H, W, 56)``,
+#: followed by ``nn.functional.pad(crop_img, pad)`` on the normalised image, i.e. the mean colour).
+REFERENCE_PAD_MULTIPLE = 56
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """The padded image a window is encoded as: ``height`` x ``width`` pixels, with the window's
+    pixels at rows ``top:top + h`` and columns ``left:left + w`` (centred; the rest is padding)."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+
+    def place(self, pixels: np.ndarray, valid: np.ndarray, fill: Sequence[float]) -> np.ndarray:
+        """A window's canvas, float32 ``(bands, height, width)``: ``fill`` (one value per band)
+        everywhere but at the window's ``valid`` pixels, which are ``pixels`` ``(bands, h, w)``."""
+        bands, h, w = pixels.shape
+        out = np.empty((bands, self.height, self.width), dtype=np.float32)
+        out[:] = np.asarray(fill, dtype=np.float32)[:, None, None]
+        np.copyto(out[:, self.top:self.top + h, self.left:self.left + w], pixels, where=valid[None])
+        return out
 
 
 @dataclass(frozen=True)
@@ -12,63 +39,82 @@ class WindowGrid:
     """Windows of ``crop`` x ``crop`` pixels every ``stride`` pixels over a ``height`` x ``width`` image.
 
     Windows are numbered row-major, ``l = i * cols + j``.  The last row and column are shifted back
-    so that they end on the image edge.  An image smaller than ``crop`` on a side is padded up to
-    ``crop`` there (``padded_height``/``padded_width``); the padding is cut off after prediction.
+    so that they end on the image edge.  On a side where the image is smaller than ``crop`` every
+    window is as long as the image there (:attr:`window_shape`), as in the reference.  Each window
+    is encoded as a :attr:`canvas` whose sides are the window's rounded up to a multiple of
+    ``pad_to``, the window centred in it (``pad_to = 1``: no padding).
     """
 
     height: int
     width: int
     crop: int
     stride: int
+    pad_to: int = 1
 
     def __post_init__(self) -> None:
-        if self.crop <= 0 or self.stride <= 0:
-            raise ValueError(f"crop and stride must be positive, got {self.crop} and {self.stride}")
+        if self.crop <= 0 or self.stride <= 0 or self.pad_to <= 0:
+            raise ValueError(f"crop, stride and pad_to must be positive, got {self.crop}, {self.stride}, {self.pad_to}")
         if self.stride > self.crop:
             raise ValueError(f"stride {self.stride} larger than crop {self.crop} would leave gaps")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"image size must be positive, got {self.height} x {self.width}")
 
     @property
-    def padded_height(self) -> int:
-        return max(self.height, self.crop)
-
-    @property
-    def padded_width(self) -> int:
-        return max(self.width, self.crop)
-
-    @property
     def rows(self) -> int:
-        return max(self.padded_height - self.crop + self.stride - 1, 0) // self.stride + 1
+        return max(self.height - self.crop + self.stride - 1, 0) // self.stride + 1
 
     @property
     def cols(self) -> int:
-        return max(self.padded_width - self.crop + self.stride - 1, 0) // self.stride + 1
+        return max(self.width - self.crop + self.stride - 1, 0) // self.stride + 1
 
     def __len__(self) -> int:
         return self.rows * self.cols
 
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of every window: the crop, or the image's side where it is smaller."""
+        return min(self.crop, self.height), min(self.crop, self.width)
+
+    @property
+    def canvas(self) -> Canvas:
+        """The padded canvas every window is encoded as (see :class:`Canvas`).
+
+        Each side is the window's rounded up to a multiple of ``pad_to``; the padding is split
+        with the smaller half before the window (the reference's ``compute_padsize``).
+        """
+        h, w = self.window_shape
+        ph, pw = -(-h // self.pad_to) * self.pad_to, -(-w // self.pad_to) * self.pad_to
+        return Canvas(ph, pw, (ph - h) // 2, (pw - w) // 2)
+
+    def token_grid(self, token_size: int) -> tuple[int, int]:
+        """``(rows, cols)`` of tokens of ``token_size`` pixels covering the canvas; the canvas
+        must be a whole number of tokens on both sides."""
+        c = self.canvas
+        if c.height % token_size or c.width % token_size:
+            raise ValueError(f"a {c.height} x {c.width} canvas is not a whole number of {token_size}-pixel tokens")
+        return c.height // token_size, c.width // token_size
+
     def window(self, index: int) -> tuple[int, int, int, int]:
-        """Return ``(y1, x1, y2, x2)`` of window ``index`` in padded-image pixels."""
+        """Return ``(y1, x1, y2, x2)`` of window ``index`` in image pixels."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         i, j = divmod(index, self.cols)
-        y2 = min(i * self.stride + self.crop, self.padded_height)
-        x2 = min(j * self.stride + self.crop, self.padded_width)
+        y2 = min(i * self.stride + self.crop, self.height)
+        x2 = min(j * self.stride + self.crop, self.width)
         return max(y2 - self.crop, 0), max(x2 - self.crop, 0), y2, x2
 
     def boxes(self) -> np.ndarray:
         """All windows as an ``(L, 4)`` int64 array of ``(y1, x1, y2, x2)``."""
         return np.array([self.window(k) for k in range(len(self))], dtype=np.int64).reshape(-1, 4)
 
-    def token_offsets(self, tokens_per_side: int) -> np.ndarray:
+    def token_offsets(self, token_size: int) -> np.ndarray:
         """Each window's top-left ``(row, col)`` on the scene's token grid, ``(L, 2)`` int64.
 
-        Offsets are in units of one token (``crop / tokens_per_side`` pixels), rounded down; with
-        the default protocol (stride a multiple of the token size) they are exact.
+        Offsets are in tokens of ``token_size`` pixels, rounded down.  The canvas padding is the
+        same for every window, so the offsets place the windows' token grids relative to each
+        other; with a stride that is a multiple of the token size they are exact.
         """
-        boxes = self.boxes()
-        return (boxes[:, :2] * tokens_per_side) // self.crop
+        return self.boxes()[:, :2] // token_size
 
     def windows_intersecting(self, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:
         """Indices of the windows that overlap the pixel block ``[y1:y2, x1:x2]``."""

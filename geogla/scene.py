@@ -25,6 +25,7 @@ from geogla.env import gdal_env
 from geogla.errors import ConfigError, SceneError
 from geogla.georef import GeoRef
 from geogla.paths import absolute, is_url
+from geogla.resize import long_side_shape
 
 #: Output transform of a file without georeferencing: x = column, y = -row (QGIS's convention for
 #: such images, so that the class raster and the polygons show upright and aligned).
@@ -55,6 +56,7 @@ class Scene:
     dtype: str
     stretch: tuple[tuple[float, float], ...] | None
     work_shape: tuple[int, int]
+    driver: str = ""  #: GDAL's short name of the file's format, e.g. GTiff, JPEG, PNG
 
     @property
     def stem(self) -> str:
@@ -74,7 +76,7 @@ class Scene:
         return {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
                 "band_indexes": list(self.band_indexes), "dtype": self.dtype,
                 "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None,
-                "work_shape": list(self.work_shape)}
+                "work_shape": list(self.work_shape), "driver": self.driver}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
@@ -83,7 +85,7 @@ class Scene:
                    band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
                    dtype=d["dtype"],
                    stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None,
-                   work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])))
+                   work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])), driver=str(d.get("driver", "")))
 
 
 def open_raster(path: str, what: str = "scene") -> Any:
@@ -172,9 +174,7 @@ def _work_shape(georef: GeoRef, gsd: float | None, resize_long_side: int | None,
     if resize_long_side is not None:
         if resize_long_side <= 0:
             raise ConfigError(f"The long-side resize must be a positive number of pixels, got {resize_long_side}.")
-        factor = resize_long_side / max(georef.height, georef.width)
-        # mmcv's rescale rounds half up: int(side * factor + 0.5).
-        return (max(1, int(georef.height * factor + 0.5)), max(1, int(georef.width * factor + 0.5)))
+        return long_side_shape(georef.shape, resize_long_side)
     return georef.shape
 
 
@@ -204,7 +204,7 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
                 georef = replace(georef, transform=PIXEL_TRANSFORM)
             return Scene(path=absolute(path), georef=georef,
                          band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
-                         work_shape=_work_shape(georef, gsd, resize_long_side, path))
+                         work_shape=_work_shape(georef, gsd, resize_long_side, path), driver=str(ds.driver))
         finally:
             ds.close()
 

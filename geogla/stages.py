@@ -89,12 +89,14 @@ def encode_windows(store_url: str, window_ids: Sequence[int]) -> dict[str, float
     t_read = time.perf_counter() - t0
     valid = np.array([bool(v.any()) for _, v in pixels])
     model = model_for(store)
-    n = store.tokens_per_side
-    keys = np.zeros((len(ids), n * n, model.key_dim), dtype=np.float32)
-    values = np.zeros((len(ids), n * n, model.value_dim), dtype=np.float32)
+    n = store.tokens_per_window
+    keys = np.zeros((len(ids), n, model.key_dim), dtype=np.float32)
+    values = np.zeros((len(ids), n, model.value_dim), dtype=np.float32)
     t1 = time.perf_counter()
     if valid.any():
-        images = torch.from_numpy(np.stack([p for (p, _), ok in zip(pixels, valid) if ok]))
+        canvas = store.grid.canvas
+        images = torch.from_numpy(np.stack([canvas.place(rgb, ok, model.pad_colour)
+                                            for (rgb, ok), good in zip(pixels, valid, strict=True) if good]))
         k, v = model.encode(images.to(model.device))
         keys[valid] = k.float().cpu().numpy()
         values[valid] = v.float().cpu().numpy()
@@ -187,7 +189,7 @@ def attention_mode(store: RunStore) -> Literal["window", "exact", "scalable"]:
     cfg = store.config.attention
     if not cfg.kv_extension:
         return "window"
-    return cfg.memory_mode(len(store.grid) * store.tokens_per_side ** 2)
+    return cfg.memory_mode(len(store.grid) * store.tokens_per_window)
 
 
 def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.dtype, torch.dtype]:
@@ -234,25 +236,25 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> dict[str, float]:
     model = model_for(store)
     device = torch.device(model.device)
     source = StoreWindows(store, rows, cache_mb=ATTEND_CACHE_MB)
-    n = store.tokens_per_side
-    offsets = torch.from_numpy(store.grid.token_offsets(n)[rows])
+    n = store.tokens_per_window
+    offsets = torch.from_numpy(store.grid.token_offsets(store.token_size)[rows])
     exact: torch.Tensor | None = None
     scalable: ScalableAttention | None = None
     if mode == "exact" and len(rows):
         every = list(range(len(rows)))
         exact = attend(source.keys(every).to(device), source.values(every).to(device),
-                       config=replace(cfg, memory="exact"), offsets=offsets.to(device))
+                       config=replace(cfg, memory="exact"), offsets=offsets.to(device), grid=store.token_grid)
     elif mode == "scalable" and len(rows):
         cdtype, adtype = _scalable_dtypes(store, model)
         tensors = {k: torch.from_numpy(v) for k, v in store.read_tensors("summary").items()}
         scalable = ScalableAttention(FarSample.from_tensors(tensors, cdtype, adtype, device), offsets, cfg,
-                                     cdtype, adtype)
+                                     cdtype, adtype, store.token_grid)
     t_att = t_proj = 0.0
     for b in todo:
         ids = all_batches[b]
         sl = _batch_slice(ids)
         local = np.searchsorted(rows, [i for i in ids if valid[i]])
-        features = np.zeros((len(ids), n * n, store.embed_dim), dtype=np.float32)
+        features = np.zeros((len(ids), n, store.embed_dim), dtype=np.float32)
         if len(local):
             t1 = time.perf_counter()
             if exact is not None:
@@ -298,7 +300,7 @@ def _attend_each_window(source: StoreWindows, local: np.ndarray, offsets: torch.
         context = sorted(set(pos[rows[pos] == near].tolist()) | set(wanted))  # the valid ones
     off = offsets[context]
     out = attend(source.keys(context).to(device), source.values(context).to(device), config=cfg,
-                 offsets=(off - off.amin(dim=0)).to(device))
+                 offsets=(off - off.amin(dim=0)).to(device), grid=store.token_grid)
     position = {c: k for k, c in enumerate(context)}
     return out[torch.tensor([position[i] for i in wanted], device=out.device)]
 
@@ -332,11 +334,13 @@ def _working_logits(store: RunStore, box: tuple[int, int, int, int], text: torch
                     valid_windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt logits ``(P, h, w)`` and window counts ``(h, w)`` of working pixels ``box``.
 
-    Each covering window's token logits are bilinearly resized to the crop (align_corners=False),
-    summed, and divided by the number of windows covering each pixel (method.md section 4, step 2).
+    Each covering window's token logits are bilinearly resized to its canvas (align_corners=False)
+    and cut back to the window (the canvas padding dropped), summed, and divided by the number of
+    windows covering each pixel (method.md section 4, step 2).
     """
     y1, x1, y2, x2 = box
-    grid, n = store.grid, store.tokens_per_side
+    grid, (rows, cols) = store.grid, store.token_grid
+    canvas = grid.canvas
     P = text.shape[0]
     acc = torch.zeros((P, y2 - y1, x2 - x1), dtype=torch.float32)
     count = torch.zeros((y2 - y1, x2 - x1), dtype=torch.float32)
@@ -346,8 +350,9 @@ def _working_logits(store: RunStore, box: tuple[int, int, int, int], text: torch
         token_logits = feats @ text.T  # (k, N, P): cosine, both sides unit length
         for k, wid in enumerate(ids):
             wy1, wx1, wy2, wx2 = grid.window(wid)
-            up = F.interpolate(token_logits[k].T.reshape(1, P, n, n), size=(wy2 - wy1, wx2 - wx1),
+            up = F.interpolate(token_logits[k].T.reshape(1, P, rows, cols), size=(canvas.height, canvas.width),
                                mode="bilinear", align_corners=False)[0]
+            up = up[:, canvas.top:canvas.top + wy2 - wy1, canvas.left:canvas.left + wx2 - wx1]
             oy1, ox1, oy2, ox2 = max(y1, wy1), max(x1, wx1), min(y2, wy2), min(x2, wx2)
             acc[:, oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += up[:, oy1 - wy1:oy2 - wy1, ox1 - wx1:ox2 - wx1]
             count[oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += 1

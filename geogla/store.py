@@ -1,6 +1,6 @@
 """The run store: one Zarr v3 group per run holding every stage's inputs and outputs.
 
-Layout (``L`` windows, ``N`` tokens per window, ``P`` prompts, ``C`` classes, ``H`` x ``W`` the
+Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), ``P`` prompts, ``C`` classes, ``H`` x ``W`` the
 scene's file grid)::
 
     <run>.zarr/                  attrs["geogla"]: format, scene, config, grid, fingerprints
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import warnings
@@ -50,7 +51,9 @@ from geogla.paths import is_url
 from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
 
-FORMAT = 3
+#: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
+#: and the token grid is ``token_grid`` (rows, cols).
+FORMAT = 4
 STAGES = ("text", "summary")
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
 _LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
@@ -93,16 +96,23 @@ class RunStore:
         return cls(url, group)
 
     @classmethod
-    def create_or_resume(cls, url: str, scene: Scene, config: RunConfig, *, tokens: int, key_dim: int,
-                         value_dim: int, embed_dim: int, overwrite: bool = False) -> tuple[RunStore, bool]:
+    def create_or_resume(cls, url: str, scene: Scene, config: RunConfig, *, pad_to: int, token_size: int,
+                         key_dim: int, value_dim: int, embed_dim: int,
+                         overwrite: bool = False) -> tuple[RunStore, bool]:
         """Open the store at ``url`` to resume it, or create it; return ``(store, resumed)``.
 
-        A store made for another scene or encoder configuration is refused with
-        :class:`StoreError` unless ``overwrite``, which deletes it first.  A store whose attention
-        or class settings differ keeps its encoded windows and resets the later stages.
+        ``pad_to`` and ``token_size`` (pixels per key token) fix the windows' canvas and token grid,
+        and the dimensions size the arrays (:meth:`geogla.models.SegmentationModel.store_dims` gives
+        all five).
+        A store made for another scene or encoder configuration, or by a geogla whose store format
+        differs, is refused with :class:`StoreError` unless ``overwrite``, which deletes it first.
+        A store whose attention or class settings differ keeps its encoded windows and resets the
+        later stages.
         """
         fps = fingerprints(scene, config)
-        dims = {"tokens_per_side": tokens, "key_dim": key_dim, "value_dim": value_dim, "embed_dim": embed_dim}
+        grid = WindowGrid(*scene.work_shape, config.crop, config.stride, pad_to=pad_to)
+        dims: dict[str, Any] = {"token_size": token_size, "token_grid": list(grid.token_grid(token_size)),
+                                "key_dim": key_dim, "value_dim": value_dim, "embed_dim": embed_dim}
         if _store_exists(url) and _interrupted_creation(url):
             _remove_store(url)  # killed while being created: nothing in it is worth keeping
         if _store_exists(url):
@@ -112,18 +122,22 @@ class RunStore:
                 except StoreError:
                     raise StoreError(f"{url} exists and is not a geogla run store; remove it or pass --overwrite.") from None
                 old = existing.meta
-                if old.get("format") != FORMAT or old.get("fingerprints", {}).get("encode") != fps["encode"]:
+                if old.get("format") != FORMAT:
+                    raise StoreError(f"The run store {url} was written by another version of geogla (store format "
+                                     f"{old.get('format')}, this one writes {FORMAT}); pass --overwrite to start "
+                                     "afresh or choose another output folder.")
+                if old.get("fingerprints", {}).get("encode") != fps["encode"] or old.get("grid", {}).get(
+                        "pad_to") != pad_to:
                     raise StoreError(f"The run store {url} was made for another scene or configuration; "
                                      "pass --overwrite to start afresh or choose another output folder.")
                 existing._reset_changed_levels(scene, config, fps, dims)
                 return existing, True
             _remove_store(url)
-        grid = WindowGrid(*scene.work_shape, config.crop, config.stride)
         try:
             group = zarr.open_group(url, mode="w-")
         except (OSError, PermissionError) as exc:
             raise OutputError(f"The run store {url} cannot be created: {exc.strerror or exc}.") from None
-        L, N, B = len(grid), tokens * tokens, config.batch_size
+        L, N, B = len(grid), math.prod(dims["token_grid"]), config.batch_size
         group.create_array("windows/box", data=grid.boxes().astype(np.int32), chunks=(max(L, 1), 4))
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
@@ -137,16 +151,17 @@ class RunStore:
         return store, False
 
     def _write_meta(self, scene: Scene, config: RunConfig, fps: dict[str, str], grid: WindowGrid,
-                    dims: dict[str, int]) -> None:
+                    dims: dict[str, Any]) -> None:
         self.group.attrs["geogla"] = {
             "format": FORMAT, "fingerprints": fps, "scene": scene.to_json(), "config": config.to_json(),
-            "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride},
+            "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride,
+                     "pad_to": grid.pad_to},
             **dims}
 
-    def _create_level_arrays(self, level: str, scene: Scene, config: RunConfig, dims: dict[str, int]) -> None:
+    def _create_level_arrays(self, level: str, scene: Scene, config: RunConfig, dims: dict[str, Any]) -> None:
         g = self.group
         L = len(WindowGrid(*scene.work_shape, config.crop, config.stride))
-        N, B, E = dims["tokens_per_side"] ** 2, config.batch_size, dims["embed_dim"]
+        N, B, E = math.prod(dims["token_grid"]), config.batch_size, dims["embed_dim"]
         if level == "attend":
             g.create_array("features", shape=(L, N, E), chunks=(B, N, E), dtype="float32", fill_value=0.0,
                            overwrite=True)
@@ -165,7 +180,7 @@ class RunStore:
                        fill_value=False, overwrite=True)
 
     def _reset_changed_levels(self, scene: Scene, config: RunConfig, fps: dict[str, str],
-                              dims: dict[str, int]) -> None:
+                              dims: dict[str, Any]) -> None:
         old = self.meta["fingerprints"]
         changed = [lvl for lvl in ("attend", "classify") if old.get(lvl) != fps[lvl]]
         if "attend" in changed and "classify" not in changed:
@@ -200,11 +215,24 @@ class RunStore:
     @property
     def grid(self) -> WindowGrid:
         g = self.meta["grid"]
-        return WindowGrid(int(g["height"]), int(g["width"]), int(g["crop"]), int(g["stride"]))
+        return WindowGrid(int(g["height"]), int(g["width"]), int(g["crop"]), int(g["stride"]), int(g["pad_to"]))
 
     @property
-    def tokens_per_side(self) -> int:
-        return int(self.meta["tokens_per_side"])
+    def token_grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of every window's key tokens."""
+        rows, cols = self.meta["token_grid"]
+        return int(rows), int(cols)
+
+    @property
+    def tokens_per_window(self) -> int:
+        """``N``: tokens per window."""
+        rows, cols = self.token_grid
+        return rows * cols
+
+    @property
+    def token_size(self) -> int:
+        """Pixels per key token (the key encoder's patch)."""
+        return int(self.meta["token_size"])
 
     def blocks(self) -> list[tuple[int, int, int, int]]:
         """Output blocks ``(y1, x1, y2, x2)`` of the class raster, one per ``classes`` chunk."""

@@ -1,7 +1,7 @@
 """``geogla eval``: score ProxyCLIP and GLA attention on a benchmark split (method.md sections 5-6).
 
-Per image: the image (or its tile) is resized so that its long side is the protocol's (bilinear,
-mmcv's rounding) and written to a working file; a run store is made for it and the stages of
+Per image: the image (or its tile) is resized so that its long side is the protocol's (mmcv's size,
+OpenCV's bilinear arithmetic: :mod:`geogla.resize`) and written to a working file; a run store is made for it and the stages of
 :mod:`geogla.stages` encode the windows, embed the prompts and attend.  The window logits are
 stitched on the resized image, resampled bilinearly to the label size, turned into class
 probabilities and labels (background rule included), and scored at the label size: a confusion
@@ -35,6 +35,7 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
@@ -47,6 +48,7 @@ from geogla.errors import StoreError
 from geogla.figures import Panel, comparison_figure, nearest_resize, save_figure
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.models import SegmentationModel
+from geogla.resize import long_side_shape, resize_linear
 from geogla.runconfig import ATTENTION_MODES, RunConfig, attention_config
 from geogla.scene import Scene, open_raster, open_scene
 from geogla.store import RunStore
@@ -69,6 +71,9 @@ class EvalOptions:
     vfm_weights: str | None = None
     device: str = "auto"
     modes: tuple[str, ...] = ("proxyclip", "gla")
+    #: Attention's precision (GLAConfig.precision).  float32 by default: a reproduction must give the
+    #: same labels on every machine, and "auto" would pick bfloat16 on some CPUs and GPUs only.
+    precision: str = "float32"
     figures: int = 0
     keep_stores: bool = False
     batch_size: int = 16
@@ -219,31 +224,13 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 # -- the working image ----------------------------------------------------------------------------
 
-def resized_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """Size after resizing so the long side is ``long_side``, aspect kept (mmcv rounds half up)."""
-    factor = long_side / max(shape)
-    return (max(1, int(shape[0] * factor + 0.5)), max(1, int(shape[1] * factor + 0.5)))
-
-
-def resize_bilinear(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``(bands, h, w)`` resized to ``shape`` bilinearly (half-pixel centres, no antialiasing, like
-    cv2's INTER_LINEAR that mmcv uses), keeping the dtype (integers rounded and clipped)."""
-    if pixels.shape[1:] == shape:
-        return pixels
-    out = F.interpolate(torch.from_numpy(pixels.astype(np.float32))[None], size=shape, mode="bilinear",
-                        align_corners=False)[0].numpy()
-    if np.issubdtype(pixels.dtype, np.integer):
-        info = np.iinfo(pixels.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(pixels.dtype)
-
-
 def prepare_image(sample: Sample, resize_long_side: int | None, path: Path) -> tuple[str, tuple[int, int]]:
     """The file the models read for ``sample`` and the label size ``(H, W)``.
 
-    The image itself when it is used whole and unresized; else its tile and/or resized version,
-    the three bands fed to the models (as :func:`geogla.scene.open_scene` chooses them), written to
-    ``path`` (GeoTIFF).
+    The image itself when it is used whole, unresized and not a JPEG; else its tile and/or resized
+    version, the three bands fed to the models (as :func:`geogla.scene.open_scene` chooses them),
+    written to ``path`` (GeoTIFF).  JPEGs are decoded as the reference decodes them
+    (:func:`read_image`).
     """
     source = open_scene(sample.image)
     height, width = source.georef.shape
@@ -252,12 +239,11 @@ def prepare_image(sample: Sample, resize_long_side: int | None, path: Path) -> t
     if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
         raise DatasetError(f"The tile {box} lies outside the image {sample.image} ({width} x {height}).")
     label_shape = (y2 - y1, x2 - x1)
-    work = resized_shape(label_shape, resize_long_side) if resize_long_side else label_shape
-    if sample.box is None and work == label_shape:
+    work = long_side_shape(label_shape, resize_long_side) if resize_long_side else label_shape
+    jpeg = source.driver == "JPEG"
+    if sample.box is None and work == label_shape and not jpeg:
         return str(sample.image), label_shape
-    with gdal_env(), open_raster(str(sample.image)) as ds:
-        pixels = ds.read(list(source.band_indexes), window=Window(x1, y1, x2 - x1, y2 - y1))
-    pixels = resize_bilinear(pixels, work)
+    pixels = resize_linear(read_image(source, box), work)
     profile: dict[str, Any] = {"driver": "GTiff", "width": work[1], "height": work[0], "count": 3,
                                "dtype": pixels.dtype, "tiled": True, "blockxsize": 256, "blockysize": 256}
     if pixels.dtype == np.uint8:
@@ -268,6 +254,25 @@ def prepare_image(sample: Sample, resize_long_side: int | None, path: Path) -> t
             dst.write(pixels)
             dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
     return str(path), label_shape
+
+
+def read_image(scene: Scene, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The fed bands of ``scene``'s pixels ``[y1:y2, x1:x2]``, ``(3, h, w)`` in the file's dtype.
+
+    A JPEG is decoded with Pillow's libjpeg-turbo, which gives the pixels the reference's
+    OpenCV ``imread`` gives (mmcv's ``LoadImageFromFile``; tests compare the two on real JPEGs).
+    GDAL's libjpeg 9 upsamples subsampled chroma differently (DCT scaling instead of the triangular
+    filter): on the Dubai sample JPEGs (4:2:0) it differs from OpenCV in 17% of the values, 99% of
+    them by at most 2 grey levels and up to 41, while greyscale and 4:4:4 JPEGs decode identically.
+    Other formats are read through GDAL (PNG and TIFF are lossless: every decoder agrees).
+    """
+    y1, x1, y2, x2 = box
+    if scene.driver == "JPEG":
+        with Image.open(scene.path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        return np.ascontiguousarray(rgb[y1:y2, x1:x2].transpose(2, 0, 1))
+    with gdal_env(), open_raster(scene.path) as ds:
+        return np.asarray(ds.read(list(scene.band_indexes), window=Window(x1, y1, x2 - x1, y2 - y1)))
 
 
 # -- stitching to the label size ------------------------------------------------------------------
@@ -354,9 +359,7 @@ def _safe(name: str) -> str:
 
 def _open_store(url: str, scene: Scene, config: RunConfig, model: SegmentationModel) -> RunStore:
     def create(overwrite: bool) -> RunStore:
-        store, _ = RunStore.create_or_resume(url, scene, config, tokens=model.tokens_per_side(config.crop),
-                                             key_dim=model.key_dim, value_dim=model.value_dim,
-                                             embed_dim=model.embed_dim, overwrite=overwrite)
+        store, _ = RunStore.create_or_resume(url, scene, config, **model.store_dims(), overwrite=overwrite)
         return store
 
     try:
@@ -420,7 +423,8 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
                               options.device)
     configs = {m: RunConfig(classes=classes, model=options.model, weights=options.weights,
                             clip_weights=options.clip_weights, vfm_weights=options.vfm_weights, crop=spec.crop,
-                            stride=spec.stride, attention=attention_config(options.model, m), logit_scale=spec.logit_scale,
+                            stride=spec.stride, attention=attention_config(options.model, m, precision=options.precision),
+                            logit_scale=spec.logit_scale,
                             device=options.device, batch_size=options.batch_size)
                for m in options.modes}
     scores = {m: ModeScores(ConfusionMatrix(len(classes))) for m in options.modes}

@@ -356,9 +356,7 @@ def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[i
         if _is_run_store(url):
             # Before resuming: a resume may reset arrays (or --overwrite delete a store) another run is using.
             lock.acquire(heartbeat=False)
-        store, resumed = RunStore.create_or_resume(
-            url, scene, config, tokens=model.tokens_per_side(config.crop), key_dim=model.key_dim,
-            value_dim=model.value_dim, embed_dim=model.embed_dim, overwrite=overwrite)
+        store, resumed = RunStore.create_or_resume(url, scene, config, **model.store_dims(), overwrite=overwrite)
         lock.acquire()  # takes a new store's lock, or re-takes it after --overwrite removed the old store
         if on_start is not None:
             on_start(scene)

@@ -26,8 +26,7 @@ def _encoded_store(tmp_path: Path, attention: GLAConfig, name: str = "s") -> Run
                        device="cpu", attention=attention)
     model = stages.load_model("tiny", "random", None, None, "cpu")
     store, _ = RunStore.create_or_resume(str(tmp_path / f"{name}.zarr"), scene, config,
-                                         tokens=model.tokens_per_side(224), key_dim=model.key_dim,
-                                         value_dim=model.value_dim, embed_dim=model.embed_dim)
+                                         **model.store_dims())
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     return store
@@ -36,8 +35,7 @@ def _encoded_store(tmp_path: Path, attention: GLAConfig, name: str = "s") -> Run
 def _in_memory_features(store: RunStore, attention: GLAConfig) -> np.ndarray:
     """What the attend stage must store: attention over all windows at once, then projection."""
     model = stages.model_for(store)
-    n = store.tokens_per_side
-    offsets = torch.from_numpy(store.grid.token_offsets(n))
+    offsets = torch.from_numpy(store.grid.token_offsets(store.token_size))
     keys, values = torch.from_numpy(store.read("keys")), torch.from_numpy(store.read("values"))
     attended = attend(keys, values, attention, offsets=offsets)
     return F.normalize(model.project(attended).float(), dim=-1).numpy()
@@ -103,7 +101,7 @@ def test_exact_attention_is_one_task_and_nodata_windows_stay_empty(tmp_path: Pat
 def test_window_cache_holds_single_windows_not_the_runs_they_were_read_with(tmp_path: Path) -> None:
     store = _encoded_store(tmp_path, GLAConfig(memory="scalable"))
     rows = np.arange(len(store.grid))
-    one_window = store.tokens_per_side ** 2 * store.array("keys").shape[2] * 4
+    one_window = store.tokens_per_window * store.array("keys").shape[2] * 4
     source = stages.StoreWindows(store, rows, cache_mb=max(1, 3 * one_window // 2**20 + 1))
     got = source.keys(list(range(len(rows))))  # one run of every window; the cache keeps the last few
     assert torch.equal(got, torch.from_numpy(store.read("keys")))

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import rasterio
@@ -67,11 +68,11 @@ def test_working_image_is_the_resized_image_and_tiles_are_cut_first(tmp_path: Pa
     assert label_shape == (300, 420)
     scene = open_scene(path)
     assert scene.georef.shape == (320, 448)  # long side 448, 300 * 448 / 420 = 320
-    expected = F.interpolate(torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))[None], size=(320, 448),
-                             mode="bilinear", align_corners=False)[0].round() / 255
+    # OpenCV's INTER_LINEAR, which the reference's mmcv Resize calls
+    expected = cv2.resize(rgb, (448, 320), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) / np.float32(255)
     with SceneReader(scene) as reader:  # the windows read the resized pixels, not a crop of the original
         got, valid = reader.read((96, 224, 320, 448))
-    assert valid.all() and np.abs(got - expected[:, 96:320, 224:448].numpy()).max() < 1e-6
+    assert valid.all() and np.array_equal(got, expected[:, 96:320, 224:448])
     # A tile is cut from the original first, then resized; untouched images are used as they are.
     path, label_shape = evaluate.prepare_image(Sample("t", src, src, box=(100, 20, 300, 220)), None, tmp_path / "t.tif")
     assert label_shape == (200, 200)
@@ -88,8 +89,7 @@ def _attended_store(tmp_path: Path, shape: tuple[int, int]) -> tuple[RunStore, R
     config = RunConfig(classes=spec.class_list(), model="tiny", weights="random", device="cpu", block=128)
     model = stages.load_model("tiny", "random", None, None, "cpu")
     store, _ = RunStore.create_or_resume(str(tmp_path / "s.zarr"), scene, config,
-                                         tokens=model.tokens_per_side(224), key_dim=model.key_dim,
-                                         value_dim=model.value_dim, embed_dim=model.embed_dim)
+                                         **model.store_dims())
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     stages.embed_text(store.url)

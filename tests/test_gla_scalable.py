@@ -130,7 +130,7 @@ def test_block_size_does_not_change_the_result(name: str) -> None:
     keys, values, offsets = sc.keys.double(), sc.values.double(), sc.offsets
     kw = {**VARIANTS[name], "far_samples": 40, "prototypes": 4}
     cfg = GLAConfig(memory="scalable", memory_budget_mb=1, **kw)
-    group = max(near_groups(offsets, 16, 0), key=lambda g: g.queries.numel())
+    group = max(near_groups(offsets, (16, 16), 0), key=lambda g: g.queries.numel())
     rows = rows_per_block(cfg, 40 + 4 * 256, torch.float64, torch.float64)
     assert group.queries.numel() == 256 and -(-256 // rows) == 3
     big = _scalable(keys, values, offsets, **kw)
@@ -209,7 +209,7 @@ def test_near_groups_partition_tokens_and_hold_their_covering_windows(radius: in
     grid = WindowGrid(height=300, width=250, crop=64, stride=32)
     side = 8
     offsets = torch.from_numpy(grid.token_offsets(side))
-    groups = near_groups(offsets, side, radius)
+    groups = near_groups(offsets, (side, side), radius)
     seen = torch.cat([g.queries for g in groups])
     assert torch.equal(torch.sort(seen).values, torch.arange(len(grid) * side * side))
     off = offsets.tolist()
@@ -315,7 +315,7 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     attention(TensorWindows(sc.keys, sc.values), [5])  # binds the near windows of window 5
     work = attention._work
     assert work is not None
-    group = near_groups(sc.offsets, 8, 0, [5])[0]
+    group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
     work.load(group)
     far = ~torch.isin(torch.arange(16 * 64) // 64, group.windows)
     y = work.anchor_positive  # (M, R): the anchors' positives among the representatives
@@ -344,7 +344,7 @@ def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyP
     attention(TensorWindows(sc.keys, sc.values), [5])
     work = attention._work
     assert work is not None
-    work.load(near_groups(sc.offsets, 8, 0, [5])[0])
+    work.load(near_groups(sc.offsets, (8, 8), 0, [5])[0])
     assert work.slot_onehot.shape[1] > 2 * sample.rest_size.numel()
     z = (torch.rand(1, 7, work.tk, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
     far, zbar, _ = work._far_counts(z)

@@ -124,9 +124,10 @@ presets:
 
 def test_a_new_backbone_is_an_entry_and_mistakes_are_named() -> None:
     preset = parse_presets(PRESET_YAML)["a"]
-    assert preset.crop_multiple == 14 and preset.vfm.mean == (0.4, 0.4, 0.3)
+    assert preset.pad_to == 56 and preset.vfm.mean == (0.4, 0.4, 0.3)
+    assert parse_presets(PRESET_YAML.replace("crop: 336", "crop: 330"))["a"].crop == 330  # any crop: windows are padded
     for bad, message in [
-        (PRESET_YAML.replace("crop: 336", "crop: 330"), "not a multiple of 14"),
+        (PRESET_YAML.replace("stride: 112", "stride: 400"), "larger than the crop"),
         (PRESET_YAML.replace("norm: openai", "norm: nope"), "unknown normalisation 'nope'"),
         (PRESET_YAML.replace("kind: timm", "kind: torchhub"), "not supported"),
         (PRESET_YAML.replace("stride: 112", "stride: 112\n    colour: red"), "colour are unknown"),
@@ -143,8 +144,8 @@ def test_a_new_backbone_is_an_entry_and_mistakes_are_named() -> None:
 @pytest.mark.parametrize("crop", [224, 448])
 def test_tiny_shapes_and_normalised_keys(tiny: SegmentationModel, crop: int) -> None:
     x = torch.rand(2, 3, crop, crop)
-    n = tiny.tokens_per_side(crop)
-    assert n == crop // 8
+    assert tiny.token_grid(crop, crop) == (crop // 8, crop // 8)
+    n = crop // 8
     keys, values = tiny.encode(x)
     assert keys.shape == (2, n * n, tiny.key_dim) and values.shape == (2, n * n, tiny.value_dim)
     assert (tiny.key_dim, tiny.value_dim, tiny.embed_dim) == (64, 64, 32)
@@ -155,12 +156,16 @@ def test_tiny_shapes_and_normalised_keys(tiny: SegmentationModel, crop: int) -> 
     assert not tiny.clip.model.training and not tiny.vfm.model.training
 
 
-def test_crops_and_windows_are_checked(tiny: SegmentationModel) -> None:
-    assert tiny.tokens_per_side(200) == 25  # the keys' patch (8) sets the grid; CLIP's (16) does not
-    with pytest.raises(ConfigError, match="multiple of 8"):
-        tiny.tokens_per_side(228)
-    with pytest.raises(ValueError, match="square"):
-        tiny.encode(torch.rand(1, 3, 224, 240))
+def test_canvases_may_be_oblong_but_whole_key_patches(tiny: SegmentationModel) -> None:
+    assert tiny.token_grid(168, 224) == (21, 28)  # the keys' patch (8) sets the grid; CLIP's (16) does not
+    with pytest.raises(ValueError, match="whole number of 8-pixel patches"):
+        tiny.token_grid(228, 224)
+    with pytest.raises(ValueError, match="whole number of 8-pixel patches"):
+        tiny.encode(torch.rand(1, 3, 224, 236))
+    keys, values = tiny.encode(torch.rand(1, 3, 168, 224))
+    assert keys.shape == (1, 21 * 28, 64) and values.shape == (1, 21 * 28, 64)
+    # CLIP keeps whole patches of the 168-pixel side, as the reference's patch embedding does.
+    assert tiny.clip.grid(168, 224) == (10, 14)
 
 
 def test_clip_value_path_matches_a_manual_recomputation(tiny: SegmentationModel,
@@ -202,21 +207,99 @@ def test_vfm_keys_are_timm_patch_tokens_normalised(tiny: SegmentationModel, imag
     torch.testing.assert_close(tiny.encode_keys(images), F.normalize(tokens[:, 1:], dim=-1))
 
 
-@pytest.mark.parametrize(("crop", "clip_side"), [(224, 14), (336, 21), (448, 28)])
-def test_positional_embedding_is_resized_bicubically(tiny: SegmentationModel, crop: int,
-                                                      clip_side: int) -> None:
-    trained = tiny.clip.model.visual.positional_embedding.detach()
+def _column_grid(trained: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``(1, width, trained, trained)`` grid whose columns hold distinct values, and those values."""
+    values = torch.randn(trained, generator=torch.Generator().manual_seed(trained), dtype=torch.float64)
+    return values.float().view(1, 1, 1, trained).expand(1, width, trained, trained), values
+
+
+def _reference_columns(values: torch.Tensor, out: int) -> torch.Tensor:
+    """The reference's ``interpolate(..., scale_factor=(out + 0.1) / M, mode='bicubic')`` along one
+    axis, written out: output column ``i`` samples ``(i + 0.5) * M / (out + 0.1) - 0.5`` (not
+    ``... / out``) with torch's cubic convolution (a = -0.75, no antialiasing, edge indices clamped)."""
+    m = values.numel()
+    src = (torch.arange(out, dtype=torch.float64) + 0.5) * (m / (out + 0.1)) - 0.5
+    base = torch.floor(src)
+    t = src - base
+
+    def near(x: torch.Tensor) -> torch.Tensor:  # |x| <= 1
+        return ((-0.75 + 2) * x - (-0.75 + 3)) * x * x + 1
+
+    def far(x: torch.Tensor) -> torch.Tensor:  # 1 < |x| < 2
+        return ((-0.75 * x - 5 * -0.75) * x + 8 * -0.75) * x - 4 * -0.75
+
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)])
+    taps = torch.stack([(base + k).clamp(0, m - 1).long() for k in (-1, 0, 1, 2)])
+    return (weights * values[taps]).sum(dim=0)
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (21, 21), (28, 28), (7, 7), (10, 14), (3, 17)])
+def test_clip_positional_embedding_is_resampled_like_the_reference(grid: tuple[int, int]) -> None:
+    """ProxyCLIP's open_clip/transformer.py, interpolate_pos_encoding: bicubic, scale factor
+    (n + 0.1) / 14, no antialiasing; the trained 14 x 14 grid itself is left alone."""
+    model = _tiny()
+    visual = model.clip.model.visual
+    width = visual.positional_embedding.shape[1]
+    columns, values = _column_grid(14, width)
+    with torch.no_grad():
+        visual.positional_embedding[1:] = columns.permute(0, 2, 3, 1).reshape(196, width)
     with torch.inference_mode():
-        pos = tiny.clip.positional_embedding(clip_side)
-    assert pos.shape == (1 + clip_side**2, trained.shape[1])
-    torch.testing.assert_close(pos[0], trained[0])  # the class position is kept
-    grid = trained[1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(clip_side, clip_side), mode="bicubic", align_corners=False)
-    torch.testing.assert_close(pos[1:], expected.permute(0, 2, 3, 1).reshape(clip_side**2, -1))
-    x = torch.rand(1, 3, crop, crop)
-    assert tiny.encode_values(x, on_vfm_grid=False).shape == (1, clip_side**2, 64)
-    keys, values = tiny.encode(x)
-    assert keys.shape[1] == values.shape[1] == (crop // 8) ** 2
+        pos = model.clip.positional_embedding(grid)
+    assert pos.shape == (1 + grid[0] * grid[1], width)
+    assert torch.equal(pos[0], visual.positional_embedding[0])  # the class position is kept
+    got = pos[1:].reshape(*grid, width)[grid[0] // 2, :, 0].double()
+    if grid == (14, 14):
+        assert torch.equal(got, values.float().double())  # not interpolated at all
+        return
+    torch.testing.assert_close(got, _reference_columns(values, grid[1]), rtol=0, atol=1e-5)
+    if grid[1] != 14:  # ... which a resize to the target size would not give
+        resized = F.interpolate(columns, size=grid, mode="bicubic", align_corners=False)
+        assert (resized[0, 0, 0].double() - got).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("grid", [(28, 28), (14, 14), (42, 42), (21, 28), (56, 56)])
+def test_dino_positional_embedding_is_resampled_like_the_reference(grid: tuple[int, int]) -> None:
+    """DINO's vision_transformer.py, interpolate_pos_encoding (w0 + 0.1 over sqrt(N), bicubic, no
+    antialiasing) replaces timm's antialiased resize; the trained 28 x 28 grid is left alone."""
+    model = _tiny()
+    vit = model.vfm.model
+    width = vit.pos_embed.shape[-1]
+    columns, values = _column_grid(28, width)
+    with torch.no_grad():
+        vit.pos_embed[:, 1:] = columns.permute(0, 2, 3, 1).reshape(1, 784, width)
+        vit.pos_embed[:, 0] = 7.0
+    with torch.inference_mode():
+        tokens = vit._pos_embed(torch.zeros(1, *grid, width))
+    assert tokens.shape == (1, 1 + grid[0] * grid[1], width)
+    assert torch.equal(tokens[0, 0], vit.cls_token[0, 0] + 7.0)  # the class token with its own position
+    got = tokens[0, 1:].reshape(*grid, width)[grid[0] // 2, :, 0].double()
+    if grid == (28, 28):
+        assert torch.equal(got, values.float().double())
+    else:
+        torch.testing.assert_close(got, _reference_columns(values, grid[1]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("crop", [112, 336, 448])
+def test_keys_at_other_crops_use_the_reference_positions(crop: int, images: torch.Tensor) -> None:
+    """End to end through timm's blocks: the keys equal a forward pass built by hand with the
+    reference's positional embedding."""
+    from geogla.models.positions import resample_grid
+
+    model = _tiny()
+    vit = model.vfm.model
+    x = F.interpolate(images[:1], size=(crop, crop), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    n = crop // 8
+    with torch.inference_mode():
+        patches = vit.patch_embed.proj((x - mean) / std).flatten(2).transpose(1, 2)
+        grid = vit.pos_embed[:, 1:].reshape(1, 28, 28, -1).permute(0, 3, 1, 2)
+        pos = resample_grid(grid, (n, n)).permute(0, 2, 3, 1).reshape(1, n * n, -1)
+        tokens = torch.cat([vit.cls_token + vit.pos_embed[:, :1], patches + pos], dim=1)
+        for block in vit.blocks:
+            tokens = block(tokens)
+        expected = F.normalize(vit.norm(tokens)[:, 1:], dim=-1)
+    torch.testing.assert_close(model.encode_keys(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_text_embeddings_average_the_80_templates(tiny: SegmentationModel) -> None:
@@ -375,7 +458,7 @@ def test_default_architectures_with_random_weights() -> None:
     with pytest.warns(RandomWeightsWarning):
         model = create_model("default", weights="random")
     assert (model.key_dim, model.value_dim, model.embed_dim) == (768, 768, 512)
-    assert model.tokens_per_side(224) == 28
+    assert model.token_grid(224, 224) == (28, 28)
     window = torch.rand(1, 3, 224, 224)
     start = time.perf_counter()
     keys, values = model.encode(window)
@@ -423,7 +506,7 @@ def test_every_backbone_is_a_preset_with_published_weights() -> None:
         assert (preset.clip.arch, preset.clip.pretrained, preset.random_only) == (arch, "openai", False)
         assert "openai" in open_clip.list_pretrained_tags_by_model(arch)
         assert (preset.vfm.name if preset.vfm else None) == vfm
-        assert preset.key_patch == preset.crop_multiple == patch and preset.crop % patch == 0
+        assert preset.key_patch == patch and preset.pad_to % patch == 0 and preset.crop % patch == 0
         assert preset.clip.mean == OPENAI_MEAN
         if preset.vfm is not None:
             assert timm.is_model(preset.vfm.name) and timm.models.get_pretrained_cfg(preset.vfm.name)
@@ -444,16 +527,14 @@ def test_preset_shapes_and_grids_at_224_336_448(name: str) -> None:
     for crop in (224, 336, 448):
         n = crop // patch
         x = torch.empty(2, 3, crop, crop, device="meta")
-        assert model.tokens_per_side(crop) == n
+        assert model.token_grid(crop, crop) == (n, n)
         keys, values = model.encode(x)
         assert keys.shape == (2, n * n, key_dim) and values.shape == (2, n * n, value_dim)
         assert model.project(values).shape == (2, n * n, embed_dim)
-        clip_patch = model.preset.clip.patch
-        clip_side = -(-crop // clip_patch)  # B/32 at 336: CLIP sees 352, an 11 x 11 grid
-        assert model.clip.grid_side(crop) == clip_side
-        assert model.clip.input_side(crop) == clip_side * clip_patch
-    with pytest.raises(ConfigError, match=f"multiple of {patch}"):
-        model.tokens_per_side(224 + patch // 2)
+        clip_side = crop // model.preset.clip.patch  # B/32 at 336: whole patches only, 10 x 10
+        assert model.clip.grid(crop, crop) == (clip_side, clip_side)
+    with pytest.raises(ValueError, match=f"whole number of {patch}-pixel patches"):
+        model.token_grid(224 + patch // 2, 224)
 
 
 def _manual_ln1(model: SegmentationModel, images: torch.Tensor) -> torch.Tensor:
@@ -470,18 +551,19 @@ def _manual_ln1(model: SegmentationModel, images: torch.Tensor) -> torch.Tensor:
         return visual.transformer.resblocks[-1].ln_1(x)
 
 
-def test_crop_off_clips_patch_is_resized_for_clip(tiny: SegmentationModel) -> None:
-    """Crop 232 (29 DINO tokens) is not a multiple of CLIP's 16: CLIP sees the window at 240."""
-    x = torch.rand(1, 3, 232, 232, generator=torch.Generator().manual_seed(3))
-    assert (tiny.clip.input_side(232), tiny.clip.grid_side(232), tiny.tokens_per_side(232)) == (240, 15, 29)
+def test_canvas_off_clips_patch_is_cut_to_whole_patches_for_clip(tiny: SegmentationModel) -> None:
+    """A 280-pixel canvas (35 DINO tokens) is not a multiple of CLIP's 16: as in the reference,
+    CLIP's patch embedding keeps 17 whole patches (272 pixels), and those values are resized to
+    the 35 x 35 key grid."""
+    x = torch.rand(1, 3, 280, 280, generator=torch.Generator().manual_seed(3))
+    assert (tiny.clip.grid(280, 280), tiny.token_grid(280, 280)) == ((17, 17), (35, 35))
     on_clip = tiny.encode_values(x, on_vfm_grid=False)
-    at_240 = F.interpolate(x, size=(240, 240), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(on_clip, tiny.encode_values(at_240, on_vfm_grid=False))
-    grid = on_clip.transpose(1, 2).reshape(1, -1, 15, 15)
-    resized = F.interpolate(grid, size=(29, 29), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(on_clip, tiny.encode_values(x[..., :272, :272].contiguous(), on_vfm_grid=False))
+    grid = on_clip.transpose(1, 2).reshape(1, -1, 17, 17)
+    resized = F.interpolate(grid, size=(35, 35), mode="bilinear", align_corners=False)
     resized = resized.flatten(2).transpose(1, 2)
     keys, values = tiny.encode(x)
-    assert keys.shape == (1, 29 * 29, 64)
+    assert keys.shape == (1, 35 * 35, 64)
     torch.testing.assert_close(values, resized)
 
 
@@ -504,7 +586,7 @@ def test_register_and_rope_vfms_give_their_patch_tokens(name: str, patch: int) -
         x = torch.rand(1, 3, crop, crop, generator=torch.Generator().manual_seed(crop))
         n = crop // patch
         keys, values = model.encode(x)
-        assert model.tokens_per_side(crop) == n
+        assert model.token_grid(crop, crop) == (n, n)
         assert keys.shape == (1, n * n, 64) and values.shape == (1, n * n, 64)
         with torch.inference_mode():
             (patches,) = model.vfm.model.forward_intermediates((x - mean) / std, indices=[1], norm=True,
@@ -554,15 +636,16 @@ def test_without_vfm_keys_are_clips_normalised_last_block_queries(tiny_q: Segmen
     v = (h @ w[2 * width:].T + b[2 * width:])[:, 1:]
     keys, values = tiny_q.encode(images)
     assert tiny_q.vfm is None and tiny_q.preset.keys == "clip-q" and set(tiny_q.weights) == {"clip"}
-    assert tiny_q.tokens_per_side(224) == 14 and tiny_q.key_dim == tiny_q.value_dim == 64
+    assert tiny_q.token_grid(224, 224) == (14, 14) and tiny_q.key_dim == tiny_q.value_dim == 64
     assert keys.shape == values.shape == (2, 196, 64)  # both on CLIP's grid
     torch.testing.assert_close(keys, F.normalize(q, dim=-1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(keys.norm(dim=-1), torch.ones(2, 196))
     torch.testing.assert_close(values, v, rtol=1e-5, atol=1e-5)
     assert torch.equal(tiny_q.encode_keys(images), keys) and torch.equal(tiny_q.encode_values(images), values)
     assert tiny_q.project(values).shape == (2, 196, 32)
-    with pytest.raises(ConfigError, match="multiple of 16"):
-        tiny_q.tokens_per_side(232)
+    assert tiny_q.preset.pad_to == 112  # the canvases are whole CLIP patches, which give the keys here
+    with pytest.raises(ValueError, match="whole number of 16-pixel patches"):
+        tiny_q.token_grid(232, 232)
 
 
 def test_without_vfm_only_clip_weights_are_needed(tiny_q: SegmentationModel, images: torch.Tensor,
@@ -602,7 +685,7 @@ def test_vfm_free_entries_layers_and_attention_overrides_are_parsed() -> None:
     for bad, message in [
         (FREE_YAML.replace("rho: 0.5", "colour: red"), "colour are unknown"),
         (FREE_YAML.replace("smoothing: true", "smoothing: maybe"), "smoothing must be true or false"),
-        (FREE_YAML.replace("crop: 224", "crop: 232"), "not a multiple of 16"),
+        (FREE_YAML.replace("crop: 224", "crop: 0"), "positive integer"),
         (FREE_YAML.replace("stride: 112", "stride: 300"), "larger than the crop"),
         (layered.replace("layer: -4", "layer: last"), "whole number"),
     ]:
@@ -647,10 +730,11 @@ def test_run_command_takes_the_presets_attention_unless_told_otherwise(
             main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "out"), "--model", model,
                   "--weights", "random", *extra])
         assert caught.value.config.attention.smoothing is smoothing  # type: ignore[attr-defined]
-    # A crop off the key patch is refused before anything is built or written.
-    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "out"), "--model",
-                 "clearclip-b16", "--weights", "random", "--crop", "232"]) == 2
-    assert "not a positive multiple of 16" in capsys.readouterr().err
+    # A crop or stride of 0 is refused before anything is built or written (not taken as "the preset's").
+    for option in ("--crop", "--stride"):
+        assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "out"), "--model",
+                     "clearclip-b16", "--weights", "random", option, "0"]) == 2
+        assert f"{option} must" in capsys.readouterr().err
 
 
 def test_vfm_free_preset_runs_end_to_end(tmp_path: Path) -> None:
@@ -670,7 +754,7 @@ def test_vfm_free_preset_runs_end_to_end(tmp_path: Path) -> None:
     with rasterio.open(out / "small.classes.tif") as ds:
         assert ds.shape == (224, 336) and set(np.unique(ds.read(1))) <= {0, 1, 2}
     store = RunStore.open(str(out / "small.zarr"), "r")
-    assert store.config.attention.smoothing and store.tokens_per_side == 14
+    assert store.config.attention.smoothing and store.token_grid == (14, 14)
     assert store.array("keys").shape == (2, 196, 768) and store.array("values").shape == (2, 196, 768)
     print(f"clearclip-b16 end to end: {time.perf_counter() - start:.1f} s")
 
@@ -692,7 +776,7 @@ def test_real_presets_with_random_weights(name: str) -> None:
     assert model.project(values).shape == (1, n * n, embed_dim)
     torch.testing.assert_close(keys.norm(dim=-1), torch.ones(1, n * n))
     # On the key grid the values are CLIP's own-grid values resized bilinearly.
-    side = model.clip.grid_side(224)
+    side = model.clip.grid(224, 224)[0]
     grid = model.encode_values(x, on_vfm_grid=False).transpose(1, 2).reshape(1, value_dim, side, side)
     resized = F.interpolate(grid, size=(n, n), mode="bilinear", align_corners=False)
     resized = resized.flatten(2).transpose(1, 2)

@@ -45,7 +45,11 @@ _SUM_CHUNK = 256
 
 
 def attend(
-    keys: Tensor, values: Tensor, config: GLAConfig = _DEFAULT_CONFIG, offsets: Tensor | None = None
+    keys: Tensor,
+    values: Tensor,
+    config: GLAConfig = _DEFAULT_CONFIG,
+    offsets: Tensor | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> Tensor:
     """Attention-weighted values of every token of every window (before CLIP's ``out_proj``).
 
@@ -57,6 +61,8 @@ def attend(
             exact attention (here) or scalable attention (:mod:`geogla.gla.scalable`).
         offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene's token grid;
             needed by query smoothing and by scalable attention.
+        grid: ``(rows, cols)`` of each window's tokens, ``rows * cols = N``; None: square windows.
+            Used by query smoothing and by scalable attention.
 
     Returns:
         ``(L, N, Dv)`` tensor ``A V`` in ``values.dtype`` on ``values.device``; one attention map
@@ -71,7 +77,7 @@ def attend(
     if config.memory_mode(keys.shape[0] * keys.shape[1]) == "scalable":
         from geogla.gla.scalable import attend_scalable  # imports this module
 
-        return attend_scalable(keys, values, config, offsets)
+        return attend_scalable(keys, values, config, offsets, grid)
     n_windows, n_tokens, dim_k = keys.shape
     dim_v = values.shape[2]
     total = n_windows * n_tokens
@@ -80,7 +86,7 @@ def attend(
     k_acc = keys.reshape(total, dim_k).to(adtype).contiguous()
     if config.smoothing:
         assert offsets is not None  # checked above
-        q0 = smooth_queries(k_acc.view(n_windows, n_tokens, dim_k), offsets).reshape(total, dim_k)
+        q0 = smooth_queries(k_acc.view(n_windows, n_tokens, dim_k), offsets, grid).reshape(total, dim_k)
     else:
         q0 = k_acc
     q0 = F.normalize(q0, dim=-1)
@@ -128,24 +134,23 @@ def attend(
     return out.view(n_windows, n_tokens, dim_v)
 
 
-def smooth_queries(keys: Tensor, offsets: Tensor) -> Tensor:
+def smooth_queries(keys: Tensor, offsets: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
     """Starting queries of query smoothing (paper eq. 17), not yet re-normalised.
 
     Token ``i`` becomes the mean of itself, its (up to 8) 3 x 3 neighbours inside its own window
     and the tokens at the same scene token-grid position in the other windows that cover it.
 
     Args:
-        keys: ``(L, N, D)`` tokens, ``N = n * n`` row-major.
+        keys: ``(L, N, D)`` tokens, ``N = rows * cols`` row-major.
         offsets: ``(L, 2)`` non-negative int, each window's top-left ``(row, col)`` on the
             scene token grid.
+        grid: ``(rows, cols)`` of each window's tokens; None: square windows.
 
     Returns:
         ``(L, N, D)`` means in ``keys.dtype``.
     """
     n_windows, n_tokens, dim = keys.shape
-    side = math.isqrt(n_tokens)
-    if side * side != n_tokens:
-        raise ValueError(f"query smoothing needs square windows, got {n_tokens} tokens per window")
+    rows, cols = token_grid(n_tokens, grid)
     if offsets.shape != (n_windows, 2):
         raise ValueError(f"offsets must have shape ({n_windows}, 2), got {tuple(offsets.shape)}")
     off = offsets.to(device=keys.device, dtype=torch.int64)
@@ -153,18 +158,20 @@ def smooth_queries(keys: Tensor, offsets: Tensor) -> Tensor:
         raise ValueError("window offsets must be non-negative")
 
     # 3 x 3 box sum inside each window (zero padding), separable: rows then columns.
-    grid = keys.view(n_windows, side, side, dim)
-    padded = F.pad(grid, (0, 0, 1, 1, 1, 1))
+    spatial = keys.view(n_windows, rows, cols, dim)
+    padded = F.pad(spatial, (0, 0, 1, 1, 1, 1))
     vert = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
     box = (vert[:, :, :-2] + vert[:, :, 1:-1] + vert[:, :, 2:]).reshape(n_windows * n_tokens, dim)
-    idx = torch.arange(side, device=keys.device)
-    line = 3 - (idx == 0).to(torch.int64) - (idx == side - 1).to(torch.int64)
-    box_count = (line[:, None] * line[None, :]).reshape(1, n_tokens).expand(n_windows, -1).reshape(-1)
+    row_idx = torch.arange(rows, device=keys.device)
+    col_idx = torch.arange(cols, device=keys.device)
+    row_line = 3 - (row_idx == 0).to(torch.int64) - (row_idx == rows - 1).to(torch.int64)
+    col_line = 3 - (col_idx == 0).to(torch.int64) - (col_idx == cols - 1).to(torch.int64)
+    box_count = (row_line[:, None] * col_line[None, :]).reshape(1, n_tokens).expand(n_windows, -1).reshape(-1)
 
     # Tokens at the same scene position in other windows: scatter onto the scene token grid.
-    height = int(off[:, 0].max()) + side
-    width = int(off[:, 1].max()) + side
-    pos = (off[:, 0, None, None] + idx[None, :, None]) * width + (off[:, 1, None, None] + idx[None, None, :])
+    height = int(off[:, 0].max()) + rows
+    width = int(off[:, 1].max()) + cols
+    pos = (off[:, 0, None, None] + row_idx[None, :, None]) * width + (off[:, 1, None, None] + col_idx[None, None, :])
     pos = pos.reshape(-1)
     flat = keys.reshape(n_windows * n_tokens, dim)
     scene_sum = torch.zeros(height * width, dim, dtype=keys.dtype, device=keys.device)
@@ -175,6 +182,23 @@ def smooth_queries(keys: Tensor, offsets: Tensor) -> Tensor:
 
     mean = (box + others) / (box_count + others_count).to(keys.dtype)[:, None]
     return mean.view(n_windows, n_tokens, dim)
+
+
+def token_grid(n_tokens: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """``(rows, cols)`` of a window's ``n_tokens`` tokens: ``grid`` checked, or the square grid.
+
+    Raises:
+        ValueError: ``grid`` does not hold ``n_tokens`` tokens, or None and ``n_tokens`` is not square.
+    """
+    if grid is None:
+        side = math.isqrt(n_tokens)
+        if side * side != n_tokens:
+            raise ValueError(f"{n_tokens} tokens per window are not a square grid; pass grid=(rows, cols)")
+        return side, side
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows < 1 or cols < 1 or rows * cols != n_tokens:
+        raise ValueError(f"a {rows} x {cols} token grid does not hold {n_tokens} tokens per window")
+    return rows, cols
 
 
 def compute_dtypes(precision: Precision, like: Tensor) -> tuple[torch.dtype, torch.dtype]:

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geogla.errors import ConfigError
-from geogla.gla.attention import _Buffers, _round_down, _row_sum, compute_dtypes, smooth_queries
+from geogla.gla.attention import _Buffers, _round_down, _row_sum, compute_dtypes, smooth_queries, token_grid
 from geogla.gla.config import GLAConfig
 from geogla.gla.prototypes import FarSample, anchor_positives, summarize
 from geogla.gla.source import TensorWindows, WindowSource
@@ -100,14 +100,14 @@ _SLOT = 256
 
 
 def near_groups(
-    offsets: Tensor, side: int, radius: int, windows: Sequence[int] | None = None
+    offsets: Tensor, grid: tuple[int, int], radius: int, windows: Sequence[int] | None = None
 ) -> list[NearGroup]:
     """Group the tokens of the query ``windows`` by their near windows (see the module docstring).
 
     Args:
         offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene token grid;
             any layout (edge windows shifted back, missing windows).
-        side: tokens per window side (``N = side * side``).
+        grid: ``(rows, cols)`` of each window's tokens (``N = rows * cols``).
         radius: a window is near a position when its extent grown by ``radius`` tokens on every
             side contains it.
         windows: the query windows (all ``L`` when None); near windows are taken from all ``L``.
@@ -121,10 +121,12 @@ def near_groups(
     if not query:
         return []
     q_off = off_t[query]
+    extent = torch.tensor(grid, dtype=torch.int64)  # window size in tokens, (rows, cols)
+    n_tokens = grid[0] * grid[1]
     lo = q_off.amin(dim=0)
-    hi = q_off.amax(dim=0) + side
+    hi = q_off.amax(dim=0) + extent
     # Only windows whose grown extent meets the query windows can be near one of their tokens.
-    meets = ((off_t - radius < hi) & (off_t + side + radius > lo)).all(dim=1)
+    meets = ((off_t - radius < hi) & (off_t + extent + radius > lo)).all(dim=1)
     candidates = meets.nonzero().flatten().tolist()
     off = off_t.tolist()
     # Cut each axis where some window's extent or grown extent starts or ends: on every
@@ -134,6 +136,7 @@ def near_groups(
         points: set[int] = set()
         for w in candidates:
             o = off[w]
+            side = grid[axis]
             points.update((o[axis], o[axis] + side, o[axis] - radius, o[axis] + side + radius))
         a0, a1 = int(lo[axis]), int(hi[axis])
         cuts.append(sorted(p for p in points if a0 <= p <= a1))
@@ -147,13 +150,13 @@ def near_groups(
     cover: dict[tuple[int, int], list[int]] = defaultdict(list)
     for w in candidates:
         r, c = off[w]
-        for a in span(0, r - radius, r + side + radius):
-            for b in span(1, c - radius, c + side + radius):
+        for a in span(0, r - radius, r + grid[0] + radius):
+            for b in span(1, c - radius, c + grid[1] + radius):
                 near[(a, b)].append(w)
     for p, w in enumerate(query):
         r, c = off[w]
-        for a in span(0, r, r + side):
-            for b in span(1, c, c + side):
+        for a in span(0, r, r + grid[0]):
+            for b in span(1, c, c + grid[1]):
                 cover[(a, b)].append(p)
 
     # Cells with the same near windows form one group (the queries of every covering window).
@@ -172,13 +175,13 @@ def near_groups(
                 w = query[p]
                 rows = torch.arange(r0 - off[w][0], r1 - off[w][0])
                 cols = torch.arange(c0 - off[w][1], c1 - off[w][1])
-                tok = (rows[:, None] * side + cols[None, :]).reshape(-1)
-                queries.append(p * side * side + tok)
-                local.append(slot[w] * side * side + tok)
+                tok = (rows[:, None] * grid[1] + cols[None, :]).reshape(-1)
+                queries.append(p * n_tokens + tok)
+                local.append(slot[w] * n_tokens + tok)
         groups.append(
             NearGroup(torch.tensor(near_windows, dtype=torch.int64), torch.cat(queries), torch.cat(local))
         )
-    assert sum(int(g.queries.numel()) for g in groups) == len(query) * side * side
+    assert sum(int(g.queries.numel()) for g in groups) == len(query) * n_tokens
     return groups
 
 
@@ -194,7 +197,9 @@ def _bisect(values: list[int], x: int) -> int:
     return lo
 
 
-def attend_scalable(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tensor | None) -> Tensor:
+def attend_scalable(
+    keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tensor | None, grid: tuple[int, int] | None = None
+) -> Tensor:
     """``A V`` like :func:`geogla.gla.attend`, near keys exactly and far keys from a sample.
 
     Args and result as :func:`geogla.gla.attend` (inputs already checked there); ``offsets`` is
@@ -211,7 +216,7 @@ def attend_scalable(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Te
     source = TensorWindows(keys, values)
     cdtype, adtype = compute_dtypes(config.precision, keys)
     sample = summarize(source, config, cdtype, adtype, keys.device)
-    attention = ScalableAttention(sample, offsets, config, cdtype, adtype)
+    attention = ScalableAttention(sample, offsets, config, cdtype, adtype, grid)
     # Calls of a bounded number of windows bound the per-call near-window state; the result does
     # not depend on the split.
     n_windows = keys.shape[0]
@@ -229,12 +234,10 @@ class ScalableAttention:
     """
 
     def __init__(self, sample: FarSample, offsets: Tensor, config: GLAConfig, cdtype: torch.dtype,
-                 adtype: torch.dtype) -> None:
+                 adtype: torch.dtype, grid: tuple[int, int] | None = None) -> None:
         if not config.kv_extension:
             raise ValueError("scalable attention is for kv_extension; per-window attention is exact and linear")
-        self.side = math.isqrt(sample.n_tokens)
-        if self.side * self.side != sample.n_tokens:
-            raise ValueError(f"scalable attention needs square windows, got {sample.n_tokens} tokens per window")
+        self.grid = token_grid(sample.n_tokens, grid)
         self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
         self.device = sample.keys.device
         self.offsets = offsets.to(device=self.device, dtype=torch.int64)
@@ -247,7 +250,7 @@ class ScalableAttention:
         windows), in the accumulate dtype."""
         query = [int(w) for w in windows]
         n_tokens, config = self.sample.n_tokens, self.config
-        groups = near_groups(self.offsets, self.side, config.near_radius, query)
+        groups = near_groups(self.offsets, self.grid, config.near_radius, query)
         near_ids = sorted({int(w) for g in groups for w in g.windows.tolist()})
         keys = source.keys(near_ids).to(self.device)
         values = source.values(near_ids).to(self.device)
@@ -257,7 +260,7 @@ class ScalableAttention:
         near = _NearWindows(near_ids, keys, values, *rest, *anchor_rest)
         max_near = max((int(g.windows.numel()) for g in groups), default=1) * n_tokens
         if self._work is None or self._work.max_near < max_near:
-            self._work = _Work(self.offsets, self.sample, max_near, config, self.cdtype, self.adtype)
+            self._work = _Work(self.offsets, self.sample, max_near, config, self.cdtype, self.adtype, self.grid)
         work = self._work
         work.bind(near)
         key_mean = self.sample.key_mean
@@ -370,8 +373,9 @@ class _Work:
         config: GLAConfig,
         cdtype: torch.dtype,
         adtype: torch.dtype,
+        grid: tuple[int, int],
     ) -> None:
-        self.offsets, self.sample, self.max_near = offsets, sample, max_near
+        self.offsets, self.sample, self.max_near, self.grid = offsets, sample, max_near, grid
         self.config, self.cdtype, self.adtype = config, cdtype, adtype
         device = sample.keys.device
         self.n_tokens, self.dim = sample.n_tokens, sample.keys.shape[1]
@@ -440,7 +444,7 @@ class _Work:
         if self.config.smoothing:
             # relative offsets: the scene grid smooth_queries builds spans the near windows only
             near_off = self.offsets[windows]
-            smooth = smooth_queries(near.view(-1, n, self.dim), near_off - near_off.amin(dim=0))
+            smooth = smooth_queries(near.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid)
             start = smooth.reshape(-1, self.dim)[local]
         else:
             start = self.self_keys

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geogla.errors import ConfigError, WeightsError
+from geogla.models.positions import resample_grid
 from geogla.models.registry import ClipSpec
 
 TEXT_BATCH = 256  #: text sequences per encode_text call (about three prompts' 80 templates)
@@ -188,7 +189,7 @@ class ClipEncoder:
         self.tokenizer = _tokenizer(spec.arch, int(self.model.context_length))
         self._mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self._pos_cache: dict[int, torch.Tensor] = {}
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._truncatable_text = (
             all(hasattr(model, name) for name in ("token_embedding", "ln_final", "text_projection"))
             and getattr(model, "text_pool_type", None) == "argmax"
@@ -196,51 +197,43 @@ class ClipEncoder:
 
     # -- vision ----------------------------------------------------------------------------
 
-    def grid_side(self, crop: int) -> int:
-        """CLIP's token grid side for a crop (224 -> 14 for ViT-B/16; 336 -> 11 for ViT-B/32)."""
-        return -(-crop // self.spec.patch)
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """CLIP's token grid for a ``height`` x ``width`` canvas: whole patches only (224 -> 14 x 14
+        for ViT-B/16).  The patch embedding drops a remainder of less than a patch, as the
+        reference's does (its canvases are multiples of 56, not always of 16)."""
+        p = self.spec.patch
+        return height // p, width // p
 
-    def input_side(self, crop: int) -> int:
-        """Side CLIP sees a ``crop`` window at: the crop rounded up to a multiple of CLIP's patch.
+    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The positional embedding for a ``grid`` of tokens, class position first, float32.
 
-        When it differs from the crop the window is resized bilinearly to it, so that CLIP's grid
-        covers the whole window (a truncating patch embedding would drop its right and bottom
-        edges); the values are resized to the key grid afterwards in any case.
+        The trained grid is resampled as the reference does it
+        (:func:`geogla.models.positions.resample_grid`); the class token's position is kept.
+        Cached per grid.
         """
-        return self.grid_side(crop) * self.spec.patch
-
-    def positional_embedding(self, side: int) -> torch.Tensor:
-        """The positional embedding for a ``side`` x ``side`` grid, class position first.
-
-        The trained grid is resized bicubically (align_corners=False); the class token's position
-        is kept.  Results are cached per side.
-        """
-        cached = self._pos_cache.get(side)
+        cached = self._pos_cache.get(grid)
         if cached is not None:
             return cached
         pos = self.visual.positional_embedding.float()
         trained = int(self.visual.grid_size[0])
-        if side != trained:
-            cls, grid = pos[:1], pos[1:]
-            width = grid.shape[-1]
-            grid = grid.reshape(1, trained, trained, width).permute(0, 3, 1, 2)
-            grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
-            pos = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(side * side, width)], dim=0)
-        self._pos_cache[side] = pos
+        if grid != (trained, trained):
+            cls, trained_grid = pos[:1], pos[1:]
+            width = trained_grid.shape[-1]
+            trained_grid = trained_grid.reshape(1, trained, trained, width).permute(0, 3, 1, 2)
+            resampled = resample_grid(trained_grid, grid)
+            pos = torch.cat([cls, resampled.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)], dim=0)
+        self._pos_cache[grid] = pos
         return pos
 
     def last_block_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens entering the last block, (B, 1 + g*g, width), class token first."""
+        """Tokens entering the last block, (B, 1 + gh*gw, width), class token first."""
         visual = self.visual
         x = (images - self._mean) / self._std
-        side = self.input_side(int(images.shape[-1]))
-        if side != images.shape[-1]:
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-        x = visual.conv1(x)  # (B, width, g, g)
-        side = x.shape[-1]
+        x = visual.conv1(x)  # (B, width, gh, gw)
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding(side).to(x.dtype)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
         x = visual.patch_dropout(x)
         x = visual.ln_pre(x)
         if not self.batch_first:
@@ -261,40 +254,41 @@ class ClipEncoder:
         """``ln_1`` of the last block's input, class token dropped after the norm, (B, g*g, width)."""
         return self.last.ln_1(self.last_block_input(images))[:, 1:]
 
-    def _to_side(self, tokens: torch.Tensor, side: int, out_side: int | None) -> torch.Tensor:
-        """Row-major tokens on a ``side`` grid resized bilinearly (align_corners=False) to ``out_side``."""
-        if out_side is None or out_side == side:
+    def _to_grid(self, tokens: torch.Tensor, grid: tuple[int, int], out: tuple[int, int] | None) -> torch.Tensor:
+        """Row-major tokens on ``grid`` resized bilinearly (align_corners=False) to the ``out`` grid."""
+        if out is None or out == grid:
             return tokens
         width = tokens.shape[-1]
-        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], width, side, side)
-        grid = F.interpolate(grid, size=(out_side, out_side), mode="bilinear", align_corners=False)
-        return grid.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
+        spatial = tokens.transpose(1, 2).reshape(tokens.shape[0], width, *grid)
+        spatial = F.interpolate(spatial, size=out, mode="bilinear", align_corners=False)
+        return spatial.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
 
-    def values(self, images: torch.Tensor, out_side: int | None = None) -> torch.Tensor:
-        """Values of the last block, (B, out_side**2, width), row-major.
+    def values(self, images: torch.Tensor, out: tuple[int, int] | None = None) -> torch.Tensor:
+        """Values of the last block, (B, rows * cols, width), row-major.
 
-        ``images`` are RGB in [0, 1], (B, 3, c, c).  The values live on CLIP's grid and are resized
-        bilinearly (align_corners=False) to ``out_side`` (the key grid); None keeps CLIP's grid.
+        ``images`` are RGB canvases in [0, 1], (B, 3, h, w).  The values live on CLIP's grid and
+        are resized bilinearly (align_corners=False) to the ``out`` grid (the key grid); None
+        keeps CLIP's grid.
         """
-        side = self.grid_side(int(images.shape[-1]))
-        return self._to_side(self._in_proj(self._last_tokens(images), 2), side, out_side)
+        grid = self.grid(int(images.shape[-2]), int(images.shape[-1]))
+        return self._to_grid(self._in_proj(self._last_tokens(images), 2), grid, out)
 
     def queries(self, images: torch.Tensor) -> torch.Tensor:
         """Keys of a preset without VFM: the last block's queries, L2-normalised per token,
-        (B, g*g, width) on CLIP's grid, row-major."""
+        (B, gh*gw, width) on CLIP's grid, row-major."""
         return self.queries_and_values(images)[0]
 
     def queries_and_values(self, images: torch.Tensor,
-                           out_side: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised queries (on CLIP's grid) and values (resized to ``out_side``) from one pass.
+                           out: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised queries (on CLIP's grid) and values (resized to the ``out`` grid) from one pass.
 
         Both come from the same ``ln_1`` tokens of the last block (class token normalised with the
         rest, then dropped); the queries are L2-normalised over channels.
         """
         x = self._last_tokens(images)
-        side = self.grid_side(int(images.shape[-1]))
+        grid = self.grid(int(images.shape[-2]), int(images.shape[-1]))
         q = F.normalize(self._in_proj(x, 0).float(), dim=-1)
-        return q, self._to_side(self._in_proj(x, 2), side, out_side)
+        return q, self._to_grid(self._in_proj(x, 2), grid, out)
 
     def project(self, attended: torch.Tensor) -> torch.Tensor:
         """(B, N, width) -> (B, N, embed_dim): out_proj, ln_post, proj; no residual, no MLP."""

@@ -92,25 +92,37 @@ class SegmentationModel:
         parts = ", ".join(f"{part}={source}" for part, source in self.weights.items())
         return f"SegmentationModel(preset={self.preset.name!r}, device={str(self.device)!r}, {parts})"
 
-    def tokens_per_side(self, crop: int) -> int:
-        """Key grid side n for a crop (224 -> 28 for DINO ViT-B/8, 14 for CLIP ViT-B/16 without VFM).
+    def store_dims(self) -> dict[str, int]:
+        """What a run store needs to know of this model (:meth:`geogla.store.RunStore.create_or_resume`):
+        the canvas multiple, pixels per key token and the widths of keys, values and embeddings."""
+        return {"pad_to": self.preset.pad_to, "token_size": self.preset.key_patch, "key_dim": self.key_dim,
+                "value_dim": self.value_dim, "embed_dim": self.embed_dim}
 
-        A crop that is not a multiple of the key encoder's patch side raises ConfigError.
-        """
-        return self.preset.tokens_per_side(crop)
+    @property
+    def pad_colour(self) -> tuple[float, float, float]:
+        """RGB in [0, 1] that canvas padding and nodata pixels are filled with (see
+        :attr:`geogla.models.registry.ModelPreset.pad_colour`)."""
+        return self.preset.pad_colour
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Key (and value) grid ``(rows, cols)`` of a ``height`` x ``width`` canvas: the canvas in
+        patches of the encoder that gives the keys (224 -> 28 x 28 for DINO ViT-B/8, 14 x 14 for
+        CLIP ViT-B/16 without VFM).  A canvas that is not a whole number of patches raises ValueError."""
+        patch = self.preset.key_patch
+        if height <= 0 or width <= 0 or height % patch or width % patch:
+            raise ValueError(f"a {height} x {width} canvas is not a whole number of {patch}-pixel patches.")
+        return height // patch, width // patch
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a (B, 3, c, c) tensor, not {shape}.")
-        if images.shape[2] != images.shape[3]:
-            raise ValueError(f"windows must be square, not {images.shape[2]} x {images.shape[3]}.")
-        self.tokens_per_side(int(images.shape[-1]))
+            raise ValueError(f"images must be a (B, 3, h, w) tensor, not {shape}.")
+        self.token_grid(int(images.shape[2]), int(images.shape[3]))
         return images.to(device=self.device, dtype=torch.float32)
 
     @torch.inference_mode()
     def encode_keys(self, images: torch.Tensor) -> torch.Tensor:
-        """Keys (B, N, key_dim), L2-normalised, of RGB windows in [0, 1] (B, 3, c, c)."""
+        """Keys (B, N, key_dim), L2-normalised, of RGB canvases in [0, 1] (B, 3, h, w)."""
         images = self._check_images(images)
         return self.vfm.keys(images) if self.vfm is not None else self.clip.queries(images)
 
@@ -121,20 +133,21 @@ class SegmentationModel:
         Without a VFM the key grid is CLIP's grid, so both give the same values.
         """
         images = self._check_images(images)
-        side = self.tokens_per_side(int(images.shape[-1])) if on_vfm_grid else None
-        return self.clip.values(images, side)
+        grid = self.token_grid(int(images.shape[2]), int(images.shape[3])) if on_vfm_grid else None
+        return self.clip.values(images, grid)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim); N = n*n row-major.
+        """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim) of RGB canvases in
+        [0, 1] (B, 3, h, w); ``N = rows * cols`` of :meth:`token_grid`, row-major.
 
         Without a VFM, keys and values come from one pass through CLIP.
         """
         images = self._check_images(images)
-        side = self.tokens_per_side(int(images.shape[-1]))
+        grid = self.token_grid(int(images.shape[2]), int(images.shape[3]))
         if self.vfm is None:
-            return self.clip.queries_and_values(images, side)
-        return self.vfm.keys(images), self.clip.values(images, side)
+            return self.clip.queries_and_values(images, grid)
+        return self.vfm.keys(images), self.clip.values(images, grid)
 
     @torch.inference_mode()
     def project(self, attended: torch.Tensor) -> torch.Tensor:

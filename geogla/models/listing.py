@@ -51,8 +51,8 @@ class PresetSummary:
     key_dim: int
     value_dim: int
     embed_dim: int
-    tokens_per_side: int  #: key (and value) grid side at the default crop
-    clip_side: int  #: CLIP's own grid side at the default crop
+    tokens: tuple[int, int]  #: key (and value) grid of a window at the default crop
+    clip_grid: tuple[int, int]  #: CLIP's own grid of a window at the default crop
 
     @property
     def params(self) -> int:
@@ -67,7 +67,7 @@ class PresetSummary:
     @property
     def window_bytes(self) -> tuple[int, int, int]:
         """Bytes of one window's keys, values and features in the run store (float32)."""
-        n = self.tokens_per_side**2
+        n = self.tokens[0] * self.tokens[1]
         return (n * self.key_dim * FLOAT32_BYTES, n * self.value_dim * FLOAT32_BYTES,
                 n * self.embed_dim * FLOAT32_BYTES)
 
@@ -80,10 +80,16 @@ def summarize(preset: str | ModelPreset) -> PresetSummary:
     image = sum(t.numel() for t in clip_model.visual.parameters())
     everything = sum(t.numel() for t in clip_model.parameters())
     vfm = sum(t.numel() for t in model.vfm.model.parameters()) if model.vfm is not None else 0
+    canvas = p.window_grid(p.crop, p.crop, p.crop, p.stride).canvas  # a window of a scene at least a crop wide
     return PresetSummary(preset=p, clip_image_params=image, clip_text_params=everything - image,
                          vfm_params=vfm, vfm_depth=model.vfm.depth if model.vfm is not None else 0,
                          key_dim=model.key_dim, value_dim=model.value_dim, embed_dim=model.embed_dim,
-                         tokens_per_side=model.tokens_per_side(p.crop), clip_side=model.clip.grid_side(p.crop))
+                         tokens=model.token_grid(canvas.height, canvas.width),
+                         clip_grid=model.clip.grid(canvas.height, canvas.width))
+
+
+def _grid(rows_cols: tuple[int, int]) -> str:
+    return f"{rows_cols[0]}x{rows_cols[1]}"
 
 
 def _millions(count: int) -> str:
@@ -132,7 +138,7 @@ def _table(summaries: Sequence[PresetSummary]) -> list[str]:
         p = s.preset
         clip = f"{p.clip.arch} {p.clip.pretrained or '(random)'}"
         rows.append((p.name, _keys_label(p), clip, f"{p.crop}/{p.stride}",
-                     f"{s.tokens_per_side}x{s.tokens_per_side}", _millions(s.params),
+                     _grid(s.tokens), _millions(s.params),
                      f"{s.parameter_bytes / GIB:.2f} GiB", f"{sum(s.window_bytes) / MIB:.2f} MiB"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -144,7 +150,7 @@ def _details(s: PresetSummary) -> list[str]:
     clip = (f"  {p.clip.label}: {_millions(s.clip_image_params + s.clip_text_params)} parameters (image "
             f"{_millions(s.clip_image_params)}, text {_millions(s.clip_text_params)}), patch {p.clip.patch}, "
             f"norm {_norm_name(p.clip.mean, p.clip.std)}; values {s.value_dim}-d from its last block on a "
-            f"{s.clip_side}x{s.clip_side} grid, embeddings {s.embed_dim}-d")
+            f"{_grid(s.clip_grid)} grid, embeddings {s.embed_dim}-d")
     if p.vfm is not None:
         block = p.vfm.layer + s.vfm_depth if p.vfm.layer < 0 else p.vfm.layer
         key_source = (f"  {p.vfm.label}: {_millions(s.vfm_params)} parameters, patch {p.vfm.patch}, norm "
@@ -153,10 +159,9 @@ def _details(s: PresetSummary) -> list[str]:
     else:
         key_source = (f"  no VFM: keys are CLIP's last-block queries ({s.key_dim}-d, q-q similarity), "
                       "values on the same grid")
-    resize = ("" if s.clip_side == s.tokens_per_side
-              else f" (CLIP's {s.clip_side}x{s.clip_side} values resized bilinearly)")
-    grid = (f"  crop {p.crop} / stride {p.stride}: {s.tokens_per_side}x{s.tokens_per_side} tokens per "
-            f"window{resize}; crops must be multiples of {p.crop_multiple}")
+    resize = "" if s.clip_grid == s.tokens else f" (CLIP's {_grid(s.clip_grid)} values resized bilinearly)"
+    grid = (f"  crop {p.crop} / stride {p.stride}: {_grid(s.tokens)} tokens per window{resize}; windows are "
+            f"padded, centred, to multiples of {p.pad_to} pixels")
     memory = (f"  memory: {s.parameter_bytes / GIB:.2f} GiB of encoder parameters (float32); per window "
               f"{keys + values + features:.2f} MiB in the run store (keys {keys:.2f} + values {values:.2f} "
               f"+ features {features:.2f})")

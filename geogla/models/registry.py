@@ -30,14 +30,16 @@ The YAML file (``version: 1``) has one mapping ``presets``; each entry is::
         norm: openai | imagenet | inception | {mean: [...], std: [...]}
         kwargs: {}                # optional; extra keyword arguments for timm.create_model
 
-The keys fix the token grid: ``crop / patch`` tokens a side of the VFM (of CLIP without a VFM), so
-the crop must be a multiple of that patch.  CLIP's values are computed on CLIP's own grid and
-resized bilinearly to the key grid; a crop that is not a multiple of CLIP's patch is resized up to
-the next multiple before it enters CLIP (see :meth:`geogla.models.clip.ClipEncoder.input_side`).
+Every window is padded, centred, to a canvas whose sides are multiples of :attr:`ModelPreset.pad_to`
+(56 pixels for DINO ViT-B/8, as in the reference), filled with CLIP's mean colour
+(:attr:`ModelPreset.pad_colour`).  The keys fix the token grid: the canvas in patches of the VFM (of
+CLIP without a VFM).  CLIP sees the same canvas; its values are computed on CLIP's own grid and
+resized bilinearly to the key grid.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -48,6 +50,7 @@ from typing import Any
 import yaml
 
 from geogla.errors import ConfigError
+from geogla.grid import REFERENCE_PAD_MULTIPLE, WindowGrid
 
 MODELS_YAML = "models.yaml"  #: file name of the preset registry inside the configs folder
 
@@ -158,24 +161,23 @@ class ModelPreset:
         return self.vfm.patch if self.vfm is not None else self.clip.patch
 
     @property
-    def crop_multiple(self) -> int:
-        """Crops must be a multiple of this: the patch side of the encoder that gives the keys.
+    def pad_to(self) -> int:
+        """Windows are padded, centred, to canvases whose sides are multiples of this many pixels:
+        the reference's 56 (:data:`geogla.grid.REFERENCE_PAD_MULTIPLE`, a multiple of DINO's 8 and
+        DINOv2's 14 pixel patches), or its least common multiple with the key encoder's patch, so
+        that the keys tile the canvas exactly."""
+        return math.lcm(REFERENCE_PAD_MULTIPLE, self.key_patch)
 
-        CLIP's patch does not constrain the crop: CLIP's input is resized up to a multiple of it
-        when needed, and its values are resized to the key grid in any case (method.md section 2).
-        """
-        return self.key_patch
+    @property
+    def pad_colour(self) -> tuple[float, float, float]:
+        """RGB in [0, 1] that padding and nodata pixels are filled with: CLIP's normalisation
+        mean, so that they are 0 after CLIP's normalisation, as the reference's zero padding of
+        the normalised image (its DINO input is that image un- and re-normalised)."""
+        return self.clip.mean
 
-    def tokens_per_side(self, crop: int) -> int:
-        """Key (and value) grid side for ``crop``: ``crop / key_patch``.
-
-        A crop that is not a positive multiple of :attr:`crop_multiple` raises ConfigError.
-        """
-        multiple = self.crop_multiple
-        if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0 or crop % multiple:
-            raise ConfigError(f"The crop {crop!r} is not a positive multiple of {multiple}, the patch "
-                              f"side of the encoder that gives the keys of preset '{self.name}'.")
-        return crop // multiple
+    def window_grid(self, height: int, width: int, crop: int, stride: int) -> WindowGrid:
+        """The windows of a ``height`` x ``width`` working image, padded to this preset's canvases."""
+        return WindowGrid(height, width, crop, stride, pad_to=self.pad_to)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,9 +305,6 @@ def _parse_preset(name: str, value: Any) -> ModelPreset:
     if not random_only and preset.clip.pretrained is None:
         raise ConfigError(f"In {_where(name, 'clip.pretrained')} is null, so the preset must set "
                           "random_only: true.")
-    if preset.crop % preset.crop_multiple:
-        raise ConfigError(f"In {_where(name, 'crop')} {preset.crop} is not a multiple of "
-                          f"{preset.crop_multiple} (the patch side of the encoder that gives the keys).")
     if preset.stride > preset.crop:
         raise ConfigError(f"In {_where(name, 'stride')} {preset.stride} is larger than the crop {preset.crop}.")
     return preset

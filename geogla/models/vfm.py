@@ -4,8 +4,10 @@ The keys are the output of the last block after the model's final norm (``forwar
 patch tokens only (class and register tokens dropped: timm puts its ``num_prefix_tokens`` first,
 for DINOv2 with registers and for DINOv3's RoPE ViT alike), L2-normalised over channels.  A preset
 may name another block (``vfm.layer``); its output goes through the same final norm (timm's
-``forward_intermediates``).  Crops other than the trained size use timm's ``dynamic_img_size``
-(positional embedding resampled per call; RoPE models compute their rotations per grid).
+``forward_intermediates``).  Canvases other than the trained size use timm's ``dynamic_img_size``;
+for ViTs with a learned positional embedding the resampling is replaced by the reference's
+(:func:`geogla.models.positions.resample_grid`, as DINO and DINOv2 do it); RoPE models (DINOv3)
+compute their rotations per grid.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from geogla.errors import ConfigError
 from geogla.models.clip import loading
+from geogla.models.positions import resample_grid
 from geogla.models.registry import VfmSpec
 
 
@@ -76,13 +79,14 @@ class VfmEncoder:
             raise ConfigError(f"{spec.label} cannot give the output of block {spec.layer}; use layer: -1.")
         self._mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        _use_reference_positions(self.model)
 
-    def grid_side(self, crop: int) -> int:
-        """The VFM token grid side for a crop (224 -> 28 for DINO ViT-B/8)."""
-        return crop // self.spec.patch
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The VFM token grid of a ``height`` x ``width`` canvas (224 -> 28 x 28 for DINO ViT-B/8)."""
+        return height // self.spec.patch, width // self.spec.patch
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens after the final norm, (B, n*n, key_dim), not normalised."""
+        """Patch tokens after the final norm, (B, rows * cols, key_dim), not normalised."""
         x = (images - self._mean) / self._std
         if self._last:
             tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
@@ -90,12 +94,57 @@ class VfmEncoder:
             # timm splits the prefix tokens off itself and stops after the block asked for.
             tokens = self.model.forward_intermediates(x, indices=[self.layer], norm=True, stop_early=True,
                                                       output_fmt="NLC", intermediates_only=True)[0]
-        side = self.grid_side(images.shape[-1])
-        if tokens.shape[1] != side * side:
+        rows, cols = self.grid(int(images.shape[-2]), int(images.shape[-1]))
+        if tokens.shape[1] != rows * cols:
             raise RuntimeError(f"{self.spec.label} returned {tokens.shape[1]} patch tokens for a "
-                               f"{side} x {side} grid.")
+                               f"{rows} x {cols} grid.")
         return tokens
 
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         """Keys: patch tokens L2-normalised over channels, (B, n*n, key_dim), row-major."""
         return F.normalize(self.features(images).float(), dim=-1)
+
+
+def _use_reference_positions(model: Any) -> None:
+    """Make a timm ``VisionTransformer`` resample its learned positional embedding as the
+    reference does (:mod:`geogla.models.positions`) instead of timm's antialiased resize.
+
+    It replaces the model's ``_pos_embed`` step (on this instance only): patch tokens
+    ``(B, rows, cols, C)`` get the resampled embedding, then the class and register tokens
+    are put in front, with their own embedding where the model has one (``no_embed_class``
+    False).  Other models (RoPE ViTs, models without a learned embedding) are left as they are.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer) or model.pos_embed is None or not model.dynamic_img_size:
+        return
+    vit: Any = model  # timm's attributes are typed loosely (pos_embed: Parameter | None)
+    trained = tuple(int(s) for s in vit.patch_embed.grid_size)
+    if trained[0] != trained[1]:
+        return  # the reference's resampling assumes a square trained grid
+    n_prefix = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def positions(grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, n_prefix + rows * cols, C)`` embedding for a token grid."""
+        found = cache.get(grid)
+        if found is None:
+            pos = vit.pos_embed
+            width = pos.shape[-1]
+            trained_grid = pos[:, n_prefix:].reshape(1, *trained, width).permute(0, 3, 1, 2)
+            resampled = resample_grid(trained_grid, grid).permute(0, 2, 3, 1).reshape(1, -1, width)
+            found = cache[grid] = torch.cat([pos[:, :n_prefix].float(), resampled], dim=1).to(pos.dtype)
+        return found
+
+    def pos_embed(x: torch.Tensor) -> torch.Tensor:
+        batch, rows, cols, width = x.shape
+        pos = positions((rows, cols))
+        tokens = x.reshape(batch, rows * cols, width)
+        prefix = [t.expand(batch, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if vit.no_embed_class:
+            x = torch.cat([*prefix, tokens + pos], dim=1)
+        else:
+            x = torch.cat([*prefix, tokens], dim=1) + pos
+        return cast(torch.Tensor, vit.pos_drop(x))
+
+    vit._pos_embed = pos_embed
