@@ -22,8 +22,8 @@ import torch
 
 from geogla.classes import parse_classes
 from geogla.gla import GLAConfig
+from geogla.pipelines.run import run_scene
 from geogla.runconfig import RunConfig
-from pipelines.run import run_scene
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Scalable GLA attention (``GLAConfig(memory="scalable")``) against exact attention, and its scaling.
+"""Scalable GLA attention (``GLAConfig(algorithm="scalable")``) against exact attention, and its scaling.
 
 Three tables, printed as Markdown:
 
@@ -223,7 +223,7 @@ def compare_row(kind: str, grid: int, args: argparse.Namespace, cfg: GLAConfig) 
     sc = make_scene(kind, grid, args.side, args.dim, args.seed)
     n_windows = grid * grid
     gt_scene = stitch(F.one_hot(sc.labels, sc.class_vectors.shape[0]).float(), sc.offsets, args.side)
-    exact, t_exact = timed(lambda: attend(sc.keys, sc.values, GLAConfig(memory="exact"), offsets=sc.offsets))
+    exact, t_exact = timed(lambda: attend(sc.keys, sc.values, GLAConfig(algorithm="exact"), offsets=sc.offsets))
     approx, t_scal = timed(lambda: attend(sc.keys, sc.values, cfg, offsets=sc.offsets))
     # second scalable run: the machine may be shared, keep the faster one; same result
     again, t_again = timed(lambda: attend(sc.keys, sc.values, cfg, offsets=sc.offsets))
@@ -233,7 +233,7 @@ def compare_row(kind: str, grid: int, args: argparse.Namespace, cfg: GLAConfig) 
     floor = math.nan
     if n_windows <= args.sensitivity_max_windows:
         # exact attention's own sensitivity: the same keys rounded to float16
-        rounded = attend(sc.keys.half().float(), sc.values, GLAConfig(memory="exact"), offsets=sc.offsets)
+        rounded = attend(sc.keys.half().float(), sc.values, GLAConfig(algorithm="exact"), offsets=sc.offsets)
         m_round = labels(rounded, sc.class_vectors, sc.offsets, args.side)
         floor = 100.0 * float((m_exact.tokens != m_round.tokens).float().mean())
     return {
@@ -294,7 +294,7 @@ def real_row(path: Path, cfg: GLAConfig, model_name: str, weights: str) -> dict[
     side = model.token_grid(224, 224)[0]
     offsets = torch.from_numpy(grid.token_offsets(model.preset.key_patch))
     text = F.normalize(model.embed_text(OEM_CLASSES).float(), dim=-1)
-    exact, t_exact = timed(lambda: attend(k_all, v_all, GLAConfig(memory="exact"), offsets=offsets))
+    exact, t_exact = timed(lambda: attend(k_all, v_all, GLAConfig(algorithm="exact"), offsets=offsets))
     approx, t_scal = timed(lambda: attend(k_all, v_all, cfg, offsets=offsets))
 
     def maps(out: Tensor) -> Maps:
@@ -304,7 +304,7 @@ def real_row(path: Path, cfg: GLAConfig, model_name: str, weights: str) -> dict[
         return Maps(scores.argmax(dim=-1), stitch(scores, offsets, side))
 
     m_exact, m_scal = maps(exact), maps(approx)
-    m_round = maps(attend(k_all.half().float(), v_all, GLAConfig(memory="exact"), offsets=offsets))
+    m_round = maps(attend(k_all.half().float(), v_all, GLAConfig(algorithm="exact"), offsets=offsets))
     regime = exact_regimes(k_all, len(grid), GLAConfig())
     changed = m_exact.tokens.reshape(-1) != m_scal.tokens.reshape(-1)
     by_regime = {}
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = GLAConfig(
-        memory="scalable",
+        algorithm="scalable",
         near_radius=args.near_radius,
         far_samples=args.far_samples,
         prototypes=args.prototypes,
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up (thread pools, kernels) so that the first timed call is not penalised
     warm = make_scene("standard", 2, 8, 32, 0)
     for memory in ("exact", "scalable"):
-        attend(warm.keys, warm.values, GLAConfig(memory=memory, far_samples=64), offsets=warm.offsets)
+        attend(warm.keys, warm.values, GLAConfig(algorithm=memory, far_samples=64), offsets=warm.offsets)
 
     grids = _ints(args.grids)
     if grids:

@@ -20,7 +20,7 @@ from geogla.errors import ConfigError, GeoglaError, UserInputError
 if TYPE_CHECKING:
     from distributed import Client
 
-    from pipelines.run import Progress
+    from geogla.pipelines.run import Progress
 
 RANDOM_WEIGHTS_BANNER = (
     "WARNING: --weights random: CLIP (and the VFM, where the preset has one) has RANDOM weights. The "
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
                      help="gla: attention across all windows (default); proxyclip: each window alone")
-    run.add_argument("--attention-memory", choices=("auto", "exact", "scalable"), default=None,
+    run.add_argument("--attention-algorithm", choices=("auto", "exact", "scalable"), default=None,
                      help="GLA across windows: exact (cost grows with the square of the scene), scalable "
                           "(linear cost, far windows sampled) or auto (default: exact up to 32,768 tokens)")
     run.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
@@ -142,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from geogla.classes import parse_classes
     from geogla.models import get_preset
+    from geogla.pipelines.run import connect, run_scene, scheduler_address
     from geogla.runconfig import RunConfig, attention_config
     from geogla.scene import Scene
-    from pipelines.run import connect, run_scene, scheduler_address
 
     classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
     preset = get_preset(args.model)
-    attention = attention_config(preset, args.attention, smoothing=args.smoothing, memory=args.attention_memory,
+    attention = attention_config(preset, args.attention, smoothing=args.smoothing, algorithm=args.attention_algorithm,
                                  precision=args.precision)
     config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
                        vfm_weights=args.vfm_weights,
@@ -242,8 +242,14 @@ def _eval(args: argparse.Namespace) -> int:
     import time
 
     from geogla.datasets import expand_tiles, find_samples, get_spec
-    from pipelines.evaluate import MODE_TITLES, EvalOptions, ImageResult, evaluate_dataset, write_report
-    from pipelines.run import ensure_writable_dir
+    from geogla.pipelines.evaluate import (
+        MODE_TITLES,
+        EvalOptions,
+        ImageResult,
+        evaluate_dataset,
+        write_report,
+    )
+    from geogla.pipelines.run import ensure_writable_dir
 
     spec = get_spec(args.dataset, args.legend).with_overrides(
         classes=args.classes, background=args.background, prob_threshold=args.prob_threshold,

@@ -62,6 +62,16 @@ class Scene:
     def stem(self) -> str:
         return Path(self.path).stem
 
+    def to_unit(self, data: np.ndarray) -> np.ndarray:
+        """The fed bands ``data`` ``(3, h, w)`` float32 scaled to [0, 1], in place: 8-bit values
+        divided by 255, others through the scene-wide :attr:`stretch` (clipped)."""
+        if self.stretch is None:
+            data /= 255.0
+        else:
+            for b, (lo, hi) in enumerate(self.stretch):
+                data[b] = np.clip((data[b] - lo) / (hi - lo), 0.0, 1.0)
+        return data
+
     @property
     def pixel_coordinates(self) -> bool:
         """True when the file has no CRS and the outputs are in pixel coordinates."""
@@ -271,11 +281,7 @@ class SceneReader:
         except RasterioError as exc:
             raise SceneError(f"The scene {sc.path} cannot be read at rows {ry1}-{ry2}, columns {rx1}-{rx2} "
                              f"(truncated or corrupt?): {_first_line(exc)}.") from None
-        if sc.stretch is None:
-            data /= 255.0
-        else:
-            for b, (lo, hi) in enumerate(sc.stretch):
-                data[b] = np.clip((data[b] - lo) / (hi - lo), 0.0, 1.0)
+        data = sc.to_unit(data)
         data[:, ~ok] = 0.0
         sl = (slice(ry1 - y1, ry2 - y1), slice(rx1 - x1, rx2 - x1))
         rgb[:, sl[0], sl[1]] = data

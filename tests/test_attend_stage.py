@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from geogla import stages
 from geogla.classes import parse_classes
 from geogla.gla import GLAConfig, attend
+from geogla.gla.scalable import ScalableAttention
+from geogla.pipelines.run import attend_parts
 from geogla.runconfig import RunConfig
 from geogla.scene import open_scene
 from geogla.store import RunStore
-from pipelines.run import attend_parts
 from tests.conftest import structured_rgb, write_geotiff
 
 
@@ -42,8 +43,8 @@ def _in_memory_features(store: RunStore, attention: GLAConfig) -> np.ndarray:
 
 
 @pytest.mark.parametrize("attention", [
-    GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32"),
-    GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32", mean="window"),
+    GLAConfig(algorithm="scalable", far_samples=300, prototypes=8, precision="float32"),
+    GLAConfig(algorithm="scalable", far_samples=300, prototypes=8, precision="float32", mean="window"),
     GLAConfig.proxyclip(smoothing=True),
 ], ids=["scalable", "scalable-window-mean", "per-window-smoothing"])
 def test_streamed_attention_equals_in_memory_attention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -73,22 +74,22 @@ def test_streamed_attention_equals_in_memory_attention(tmp_path: Path, monkeypat
 
 
 def test_attended_batches_are_not_recomputed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    attention = GLAConfig(memory="scalable", far_samples=300, prototypes=8, precision="float32")
+    attention = GLAConfig(algorithm="scalable", far_samples=300, prototypes=8, precision="float32")
     store = _encoded_store(tmp_path, attention)
     stages.summarize_keys(store.url)
     parts = attend_parts(store)
     stages.attend_batches(store.url, parts[0])
     before = store.read("features")
     calls = []
-    monkeypatch.setattr(stages.ScalableAttention, "__call__",
+    monkeypatch.setattr(ScalableAttention, "__call__",
                         lambda self, source, windows: calls.append(list(windows)) or torch.zeros(0))
-    assert stages.attend_batches(store.url, parts[0]) == {}
+    assert stages.attend_batches(store.url, parts[0]).skipped
     assert calls == []
     np.testing.assert_array_equal(store.read("features"), before)
 
 
 def test_exact_attention_is_one_task_and_nodata_windows_stay_empty(tmp_path: Path) -> None:
-    store = _encoded_store(tmp_path, GLAConfig(memory="exact", precision="float32"))
+    store = _encoded_store(tmp_path, GLAConfig(algorithm="exact", precision="float32"))
     assert attend_parts(store) == [list(range(len(stages.window_batches(store))))]
     valid = store.read("windows/valid").copy()
     valid[3] = False
@@ -99,7 +100,7 @@ def test_exact_attention_is_one_task_and_nodata_windows_stay_empty(tmp_path: Pat
 
 
 def test_window_cache_holds_single_windows_not_the_runs_they_were_read_with(tmp_path: Path) -> None:
-    store = _encoded_store(tmp_path, GLAConfig(memory="scalable"))
+    store = _encoded_store(tmp_path, GLAConfig(algorithm="scalable"))
     rows = np.arange(len(store.grid))
     one_window = store.tokens_per_window * store.array("keys").shape[2] * 4
     source = stages.StoreWindows(store, rows, cache_mb=max(1, 3 * one_window // 2**20 + 1))

@@ -30,9 +30,7 @@ from geogla.classes import parse_classes
 from geogla.cli import main
 from geogla.errors import StoreError
 from geogla.lock import LOCK_NAME, LockInfo, RunLock
-from geogla.runconfig import RunConfig
-from geogla.store import RunStore
-from pipelines.run import (
+from geogla.pipelines.run import (
     Progress,
     build_waves,
     encode_resources,
@@ -41,6 +39,8 @@ from pipelines.run import (
     run_scene,
     scheduler_address,
 )
+from geogla.runconfig import RunConfig
+from geogla.store import RunStore
 from tests.conftest import structured_rgb, write_geotiff
 
 CLASSES = "building,tree,road"
@@ -133,7 +133,7 @@ def test_cluster_run_with_s3_store_equals_embedded_run(cluster: LocalCluster, cl
     assert not fs.exists(f"{BUCKET}/runs/scene.zarr/{LOCK_NAME}")  # released
     # Each worker loaded the model at most once, however many tasks it ran.
     with Client(cluster.scheduler_address) as client:
-        loads = client.run(lambda: stages._cached_model.cache_info().misses)
+        loads = client.run(lambda: stages.common._cached_model.cache_info().misses)
     assert loads and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
 
 

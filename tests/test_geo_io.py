@@ -14,6 +14,7 @@ from PIL import Image
 
 from geogla.cli import main
 from geogla.scene import open_scene
+from geogla.store import RunStore
 from tests.conftest import structured_rgb, write_geotiff
 from tests.test_run import TINY, rasterize_gpkg
 
@@ -35,21 +36,21 @@ def test_gsd_stitching_equals_a_whole_canvas_resize(scene_tif: Path, tmp_path: P
     import torch
     import torch.nn.functional as F
 
-    from geogla import stages
+    from geogla import stages, stitching
     from geogla.classes import parse_classes
+    from geogla.pipelines.run import run_scene
     from geogla.runconfig import RunConfig
-    from pipelines.run import run_scene
 
     config = RunConfig(classes=parse_classes("building,tree,road"), model="tiny", weights="random", block=128,
                        save_probabilities=True)
     result = run_scene(str(scene_tif), str(tmp_path / "out"), config, gsd=0.8)
-    store = stages.RunStore.open(result.store_url)
+    store = RunStore.open(result.store_url)
     scene = store.scene
     text = torch.from_numpy(store.read("text"))
     valid = store.read("windows/valid")
-    canvas, _ = stages._working_logits(store, (0, 0, *scene.work_shape), text, valid)
+    canvas, _ = stages.working_logits(store, (0, 0, *scene.work_shape), text, valid)
     whole = F.interpolate(canvas[None], size=scene.georef.shape, mode="bilinear", align_corners=False)[0]
-    expected = stages.class_probabilities(whole, config.classes, config.logit_scale)
+    expected = stitching.class_probabilities(whole, config.classes, config.logit_scale)
     got = torch.from_numpy(store.read("probabilities").astype(np.float32)) / 255
     assert (got - expected).abs().max() < 1 / 255 + 1e-4
 

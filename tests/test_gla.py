@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from geogla.gla.exact import BlockPlan
 from torch import Tensor
 
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig, attend, smooth_queries
-from geogla.gla.attention import _Plan
 from geogla.gla.synthetic import structured_scene
 
 U_L1 = 1.0 + 0.3 * math.log(2.0)  # dynamic shift u for one window
@@ -153,7 +153,7 @@ def test_tiny_budget_forces_many_blocks_same_result(name: str) -> None:
     keys, values, offsets = _clustered(4, 16, 16, 3, seed=2)
     cfg = CONFIGS[name]
     f64 = torch.float64
-    tiny = _Plan(1, 1024, f64, f64, 1) if cfg.kv_extension else _Plan(4, 256, f64, f64, 1)
+    tiny = BlockPlan.for_budget(1, 1024, 1, f64, f64) if cfg.kv_extension else BlockPlan.for_budget(4, 256, 1, f64, f64)
     assert len(list(tiny.blocks())) == (10 if cfg.kv_extension else 4)
     big = attend(keys, values, cfg, offsets=offsets)
     small = attend(keys, values, GLAConfig(**{**cfg.to_json(), "memory_budget_mb": 1}), offsets=offsets)
@@ -166,7 +166,7 @@ def test_bfloat16_blocked_matches_unblocked() -> None:
     keys, values = keys.float(), values.float()
     cfg = GLAConfig(precision="bfloat16")
     # 7 bytes per entry (float32 similarity, bfloat16 weights, mask): 146 rows, 8 blocks
-    assert len(list(_Plan(1, 1024, torch.bfloat16, torch.float32, 1).blocks())) == 8
+    assert len(list(BlockPlan.for_budget(1, 1024, 1, torch.bfloat16, torch.float32).blocks())) == 8
     small = attend(keys, values, GLAConfig(precision="bfloat16", memory_budget_mb=1))
     torch.testing.assert_close(small, attend(keys, values, cfg), rtol=0, atol=1e-3)
 

@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from geogla.errors import ConfigError
-from geogla.gla import GLAConfig, attend, prototypes, scalable
+from geogla.gla import GLAConfig, attend, choose_algorithm, prototypes, scalable
+from geogla.gla._kernels import rows_per_block
 from geogla.gla.config import Precision
 from geogla.gla.prototypes import FarSample, allocate, spherical_kmeans, summarize
-from geogla.gla.scalable import ScalableAttention, first_near_minimum, near_groups, rows_per_block
+from geogla.gla.scalable import ScalableAttention, first_near_minimum, near_groups
 from geogla.gla.source import TensorWindows
 from geogla.gla.synthetic import SyntheticScene, structured_scene
 from geogla.grid import WindowGrid
@@ -45,11 +46,11 @@ def _small(seed: int = 3, rows: int = 3, cols: int = 3) -> tuple[Tensor, Tensor,
 
 
 def _exact(keys: Tensor, values: Tensor, offsets: Tensor, **kw: Any) -> Tensor:
-    return attend(keys, values, GLAConfig(memory="exact", **kw), offsets=offsets)
+    return attend(keys, values, GLAConfig(algorithm="exact", **kw), offsets=offsets)
 
 
 def _scalable(keys: Tensor, values: Tensor, offsets: Tensor, **kw: Any) -> Tensor:
-    return attend(keys, values, GLAConfig(memory="scalable", **kw), offsets=offsets)
+    return attend(keys, values, GLAConfig(algorithm="scalable", **kw), offsets=offsets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +106,9 @@ def test_structured_scene_agrees_with_exact(precision: Precision, radius: int) -
     # change (benchmarks/bench_scalable.py measures the same at full size, and where exact
     # attention is so sensitive that 1 % cannot be met).
     sc = structured_scene(5, 5, side=12, dim=128, regions=20, objects=12, seed=5)
-    exact = attend(sc.keys, sc.values, GLAConfig(memory="exact", precision=precision), offsets=sc.offsets)
+    exact = attend(sc.keys, sc.values, GLAConfig(algorithm="exact", precision=precision), offsets=sc.offsets)
     cfg = GLAConfig(
-        memory="scalable", precision=precision, far_samples=256, prototypes=16, near_radius=radius
+        algorithm="scalable", precision=precision, far_samples=256, prototypes=16, near_radius=radius
     )
     approx = attend(sc.keys, sc.values, cfg, offsets=sc.offsets)
     lab_exact = (exact @ sc.class_vectors.T).argmax(dim=-1)
@@ -129,9 +130,9 @@ def test_block_size_does_not_change_the_result(name: str) -> None:
     sc = structured_scene(3, 4, side=16, dim=16, dim_v=5, classes=3, regions=6, objects=3, seed=6)
     keys, values, offsets = sc.keys.double(), sc.values.double(), sc.offsets
     kw = {**VARIANTS[name], "far_samples": 40, "prototypes": 4}
-    cfg = GLAConfig(memory="scalable", memory_budget_mb=1, **kw)
+    cfg = GLAConfig(algorithm="scalable", memory_budget_mb=1, **kw)
     group = max(near_groups(offsets, (16, 16), 0), key=lambda g: g.queries.numel())
-    rows = rows_per_block(cfg, 40 + 4 * 256, torch.float64, torch.float64)
+    rows = rows_per_block(cfg.memory_budget_mb, 40 + 4 * 256, torch.float64, torch.float64)
     assert group.queries.numel() == 256 and -(-256 // rows) == 3
     big = _scalable(keys, values, offsets, **kw)
     small = attend(keys, values, cfg, offsets=offsets)
@@ -140,7 +141,7 @@ def test_block_size_does_not_change_the_result(name: str) -> None:
 
 def test_deterministic_and_seeded() -> None:
     sc = structured_scene(3, 4, side=8, dim=32, seed=9)
-    cfg = GLAConfig(memory="scalable", far_samples=64, prototypes=8, precision="float32")
+    cfg = GLAConfig(algorithm="scalable", far_samples=64, prototypes=8, precision="float32")
     a = attend(sc.keys, sc.values, cfg, offsets=sc.offsets)
     b = attend(sc.keys.clone(), sc.values.clone(), cfg, offsets=sc.offsets.clone())
     assert torch.equal(a, b)
@@ -150,11 +151,11 @@ def test_deterministic_and_seeded() -> None:
 
 def test_auto_picks_exact_below_the_threshold_and_scalable_above() -> None:
     cfg = GLAConfig(exact_max_tokens=1000)
-    assert cfg.memory == "auto"
-    assert cfg.memory_mode(1000) == "exact" and cfg.memory_mode(1001) == "scalable"
-    assert GLAConfig(memory="exact").memory_mode(10**9) == "exact"
-    assert GLAConfig(memory="scalable").memory_mode(10) == "scalable"
-    assert GLAConfig(memory="scalable", kv_extension=False).memory_mode(10**9) == "exact"
+    assert cfg.algorithm == "auto"
+    assert choose_algorithm(cfg, 1000) == "exact" and choose_algorithm(cfg, 1001) == "scalable"
+    assert choose_algorithm(GLAConfig(algorithm="exact"), 10**9) == "exact"
+    assert choose_algorithm(GLAConfig(algorithm="scalable"), 10) == "scalable"
+    assert choose_algorithm(GLAConfig(algorithm="scalable", kv_extension=False), 10**9) == "window"
     keys, values, offsets = _small(seed=7)  # T = 324
     kw = {"far_samples": 30, "prototypes": 4}
     scal = _scalable(keys, values, offsets, **kw)
@@ -168,26 +169,26 @@ def test_auto_picks_exact_below_the_threshold_and_scalable_above() -> None:
 def test_scalable_needs_offsets() -> None:
     keys, values, _ = _small()
     with pytest.raises(ConfigError, match="offsets"):
-        attend(keys, values, GLAConfig(memory="scalable"))
+        attend(keys, values, GLAConfig(algorithm="scalable"))
     with pytest.raises(ConfigError, match="offsets"):
         attend(keys, values, GLAConfig(exact_max_tokens=10))
-    attend(keys, values, GLAConfig(memory="exact"))  # exact needs none
+    attend(keys, values, GLAConfig(algorithm="exact"))  # exact needs none
 
 
 def test_config_fields_validate_and_round_trip() -> None:
     cfg = GLAConfig(
-        memory="scalable", near_radius=3, far_samples=100, prototypes=5, seed=2, exact_max_tokens=7
+        algorithm="scalable", near_radius=3, far_samples=100, prototypes=5, seed=2, exact_max_tokens=7
     )
     assert GLAConfig.from_json(cfg.to_json()) == cfg
     defaults = GLAConfig()
-    assert (defaults.memory, defaults.near_radius, defaults.far_samples, defaults.prototypes) == (
+    assert (defaults.algorithm, defaults.near_radius, defaults.far_samples, defaults.prototypes) == (
         "auto",
         0,
         4096,
         64,
     )
     for bad in (
-        {"memory": "huge"},
+        {"algorithm": "huge"},
         {"near_radius": -1},
         {"far_samples": 0},
         {"prototypes": 0},
@@ -243,7 +244,7 @@ def test_allocate_is_proportional_with_one_per_stratum() -> None:
 
 
 def _summary(sc: SyntheticScene, samples: int, prototypes: int, **kw: Any) -> FarSample:
-    cfg = GLAConfig(memory="scalable", far_samples=samples, prototypes=prototypes, **kw)
+    cfg = GLAConfig(algorithm="scalable", far_samples=samples, prototypes=prototypes, **kw)
     return summarize(TensorWindows(sc.keys, sc.values), cfg, torch.float32, torch.float32, torch.device("cpu"))
 
 
@@ -309,27 +310,28 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     # (the anchor's control variate); the strata's alone leave a sampling error.
     sc = structured_scene(4, 4, side=8, dim=32, seed=4)
     flat_keys = sc.keys.reshape(-1, 32)
-    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6, rho=0.4)
-    sample = summarize(TensorWindows(sc.keys, sc.values), cfg, torch.float32, torch.float32, torch.device("cpu"))
+    cfg = GLAConfig(algorithm="scalable", far_samples=120, prototypes=6, rho=0.4)
+    source = TensorWindows(sc.keys, sc.values)
+    sample = summarize(source, cfg, torch.float32, torch.float32, torch.device("cpu"))
     attention = ScalableAttention(sample, sc.offsets, cfg, torch.float32, torch.float32)
-    attention(TensorWindows(sc.keys, sc.values), [5])  # binds the near windows of window 5
-    work = attention._work
-    assert work is not None
     group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
-    work.load(group)
+    estimator = attention.far_estimator(group, attention.near_windows(source, group.windows.tolist()))
     far = ~torch.isin(torch.arange(16 * 64) // 64, group.windows)
-    y = work.anchor_positive  # (M, R): the anchors' positives among the representatives
+    y = attention.anchor_positive  # (M, R): the anchors' positives among the representatives
     m = int(torch.argmax(y.sum(dim=1)))
-    z = torch.zeros(1, 1, work.tk)
-    z[0, 0, : work.n_far] = y[m]
-    counts, summed = work._positive_sums(z.clone())
     positive = (sample.anchors[m] @ flat_keys.T > 0.4) & far
-    assert float(counts) == pytest.approx(float(positive.sum()), abs=1e-3)
-    torch.testing.assert_close(summed[0, 0], flat_keys[positive].sum(dim=0), rtol=1e-4, atol=1e-3)
-    work.anchor_key_fix.zero_()  # the strata's control variates only
-    work.anchor_count_fix.zero_()
-    counts, summed = work._positive_sums(z.clone())
-    assert float((summed[0, 0] - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
+
+    def far_sums(est: scalable.FarEstimator) -> tuple[float, Tensor]:
+        z = y[m].clone()[None, None]  # one query whose far positives are anchor m's: only far columns
+        counts, correction = est.positives(z)  # weighs z in place
+        assert correction is not None
+        return float(counts), (z @ sample.keys + correction)[0, 0]
+
+    counts, summed = far_sums(estimator)
+    assert counts == pytest.approx(float(positive.sum()), abs=1e-3)
+    torch.testing.assert_close(summed, flat_keys[positive].sum(dim=0), rtol=1e-4, atol=1e-3)
+    _, strata_only = far_sums(estimator.without_anchor_variates())
+    assert float((strata_only - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
 
 
 def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,23 +339,22 @@ def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyP
     # at most 3 representatives here, so that every stratum is split over several.
     monkeypatch.setattr(scalable, "_SLOT", 3)
     sc = structured_scene(4, 4, side=8, dim=32, seed=4)
-    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6, rho=0.4)
+    cfg = GLAConfig(algorithm="scalable", far_samples=120, prototypes=6, rho=0.4)
     bf16, f32 = torch.bfloat16, torch.float32
-    sample = summarize(TensorWindows(sc.keys, sc.values), cfg, bf16, f32, torch.device("cpu"))
+    source = TensorWindows(sc.keys, sc.values)
+    sample = summarize(source, cfg, bf16, f32, torch.device("cpu"))
     attention = ScalableAttention(sample, sc.offsets, cfg, bf16, f32)
-    attention(TensorWindows(sc.keys, sc.values), [5])
-    work = attention._work
-    assert work is not None
-    work.load(near_groups(sc.offsets, (8, 8), 0, [5])[0])
-    assert work.slot_onehot.shape[1] > 2 * sample.rest_size.numel()
-    z = (torch.rand(1, 7, work.tk, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
-    far, zbar, _ = work._far_counts(z)
-    weight = work.far_weight.double()
-    z_far = z[0, :, : work.n_far].double()
+    group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
+    estimator = attention.far_estimator(group, attention.near_windows(source, group.windows.tolist()))
+    assert estimator.slot_onehot.shape[1] > 2 * sample.rest_size.numel()
+    z = (torch.rand(1, 7, estimator.n_far, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
+    far, zbar, _ = estimator.far_counts(z)
+    weight = estimator.weight.double()
+    z_far = z[0].double()
     torch.testing.assert_close(far[0], z_far @ weight, rtol=1e-6, atol=1e-6)
     sampled = (weight > 0) & ~sample.central
     stratum_total = torch.zeros(6, dtype=torch.float64).index_add_(0, sample.stratum[sampled], weight[sampled])
-    share = torch.zeros(work.n_far, 6, dtype=torch.float64)
+    share = torch.zeros(estimator.n_far, 6, dtype=torch.float64)
     idx = sampled.nonzero().flatten()
     share[idx, sample.stratum[idx]] = weight[idx] / stratum_total[sample.stratum[idx]]
     torch.testing.assert_close(zbar[0].double(), z_far @ share, rtol=1e-6, atol=1e-6)
@@ -391,7 +392,7 @@ def test_summary_does_not_depend_on_how_the_passes_are_batched(monkeypatch: pyte
 
 def test_attention_split_into_calls_equals_one_call_and_survives_storage() -> None:
     keys, values, offsets = _small(rows=4, cols=4)
-    cfg = GLAConfig(memory="scalable", far_samples=120, prototypes=6)
+    cfg = GLAConfig(algorithm="scalable", far_samples=120, prototypes=6)
     source = TensorWindows(keys, values)
     dtype = torch.float64
     sample = summarize(source, cfg, dtype, dtype, torch.device("cpu"))

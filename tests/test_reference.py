@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from geogla import stages
 from geogla.classes import parse_classes
 from geogla.gla import GLAConfig, attend
-from geogla.models import RandomWeightsWarning, SegmentationModel, create_model
+from geogla.models import RandomWeightsWarning, SegmentationModel
+from geogla.pipelines import evaluate
 from geogla.resize import long_side_shape, resize_linear
 from geogla.runconfig import RunConfig, attention_config
 from geogla.scene import open_scene
 from geogla.store import RunStore
-from pipelines import evaluate
 from tests.conftest import structured_rgb, write_geotiff
 
 pytestmark = [pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning"),
@@ -88,9 +88,10 @@ def _reference_windows(height: int, width: int, crop: int, stride: int) -> list[
 
 @pytest.fixture(scope="module")
 def tiny() -> SegmentationModel:
+    """The model the stages of a tiny run on the CPU use (loaded once per process)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        return create_model("tiny", weights="random")
+        return stages.load_model("tiny", "random", None, None, "cpu")
 
 
 @pytest.mark.parametrize(("shape", "crop", "stride"), [
@@ -117,7 +118,6 @@ def test_windows_are_padded_and_their_logits_cut_like_the_reference(
         return real_encode(images)
 
     monkeypatch.setattr(tiny, "encode", spy)
-    monkeypatch.setattr(stages, "model_for", lambda s: tiny)
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     stages.embed_text(store.url)
@@ -156,7 +156,7 @@ def test_windows_are_padded_and_their_logits_cut_like_the_reference(
         logits[:, y1:y2, x1:x2] += up[:, top:top + y2 - y1, left:left + x2 - x1]
         count[y1:y2, x1:x2] += 1
     expected = logits / count
-    ours, covered = stages._working_logits(store, (0, 0, *shape), text, store.read("windows/valid"))
+    ours, covered = stages.working_logits(store, (0, 0, *shape), text, store.read("windows/valid"))
     assert bool((covered > 0).all())
     # Batched against one window at a time: float32 sums of other lengths, ~1e-7 on unit-length cosines.
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
@@ -174,7 +174,6 @@ def test_nodata_pixels_reach_the_encoders_as_the_mean_colour(
     seen: list[torch.Tensor] = []
     real_encode = tiny.encode
     monkeypatch.setattr(tiny, "encode", lambda images: (seen.append(images.clone()), real_encode(images))[1])
-    monkeypatch.setattr(stages, "model_for", lambda s: tiny)
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     canvases = torch.cat(seen)

@@ -18,9 +18,9 @@ from rasterio.features import rasterize
 from geogla.classes import parse_classes
 from geogla.cli import main
 from geogla.gla import GLAConfig
+from geogla.pipelines.run import run_scene, run_stage
 from geogla.runconfig import RunConfig
 from geogla.store import RunStore
-from pipelines.run import run_scene, run_stage
 from tests.conftest import REPO, structured_rgb, write_geotiff
 
 TINY = ["--model", "tiny", "--weights", "random"]
@@ -122,12 +122,12 @@ def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:
     assert results["gla"].shape == results["proxyclip"].shape
 
 
-def test_attention_memory_option_picks_the_streamed_scalable_attention(scene_tif: Path, tmp_path: Path) -> None:
+def test_attention_algorithm_option_picks_the_streamed_scalable_attention(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
-                 "--attention-memory", "scalable", *TINY]) == 0
+                 "--attention-algorithm", "scalable", *TINY]) == 0
     store = RunStore.open(str(out / "scene.zarr"), mode="r")
-    assert store.config.attention.memory == "scalable"
+    assert store.config.attention.algorithm == "scalable"
     assert "summary" in store.group and bool(store.read("windows/attended").all())
     with rasterio.open(out / "scene.classes.tif") as ds:
         assert set(np.unique(ds.read(1))) <= {0, 1, 2}
@@ -230,7 +230,7 @@ def test_labels_of_another_size_are_refused(scene_tif: Path, tmp_path: Path, cap
 
 def test_progress_lines_are_throttled_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     from geogla.cli import ProgressPrinter
-    from pipelines.run import Progress
+    from geogla.pipelines.run import Progress
 
     printer = ProgressPrinter(interval=10.0)
     total = {"encode": 4, "attend": 1, "stitch": 2}

@@ -1,12 +1,19 @@
-"""ProxyCLIP + GLA attention over the windows of a scene (method.md section 3).
+"""ProxyCLIP + GLA attention over the windows of a scene (docs/method.md, section 3).
 
-Pure tensor functions::
+Pure tensor functions, no files and no scheduling::
 
     from geogla.gla import GLAConfig, attend
     out = attend(keys, values, config=GLAConfig(), offsets=None)   # (L, N, Dv)
+
+:func:`choose_algorithm` decides how attention is computed (each window alone, exactly over all
+windows, or scalably); :mod:`geogla.gla.exact` and :mod:`geogla.gla.scalable` compute it on the
+kernels of :mod:`geogla.gla._kernels`.
 """
 
-from geogla.gla.attention import attend, bfloat16_is_fast, compute_dtypes, smooth_queries
-from geogla.gla.config import GLAConfig
+from geogla.gla.attend import attend
+from geogla.gla.config import Algorithm, GLAConfig, choose_algorithm
+from geogla.gla.precision import bfloat16_is_fast, compute_dtypes
+from geogla.gla.smoothing import smooth_queries
 
-__all__ = ["GLAConfig", "attend", "bfloat16_is_fast", "compute_dtypes", "smooth_queries"]
+__all__ = ["Algorithm", "GLAConfig", "attend", "bfloat16_is_fast", "choose_algorithm", "compute_dtypes",
+           "smooth_queries"]

@@ -11,12 +11,14 @@ from geogla.errors import ConfigError
 Norm = Literal["dynamic", "fixed"]
 Mean = Literal["row", "window"]
 Precision = Literal["float32", "bfloat16", "auto"]
-Memory = Literal["exact", "scalable", "auto"]
+AlgorithmChoice = Literal["exact", "scalable", "auto"]
+#: How attention is computed for a config and a scene (:func:`choose_algorithm`).
+Algorithm = Literal["window", "exact", "scalable"]
 
 _NORMS = ("dynamic", "fixed")
 _MEANS = ("row", "window")
 _PRECISIONS = ("float32", "bfloat16", "auto")
-_MEMORIES = ("exact", "scalable", "auto")
+_ALGORITHMS = ("exact", "scalable", "auto")
 
 
 #: The version of how attention is computed for given settings; bumped when a change alters its
@@ -66,7 +68,7 @@ class GLAConfig:
             because on structured inputs it changes no label (tests/test_gla.py); outputs
             differ from float32 by about 0.2 % (relative, median token), so ask for
             ``"float32"`` when comparing against float32 references.
-        memory: how the global attention (``kv_extension``) is computed.  ``"exact"``: every
+        algorithm: how the global attention (``kv_extension``) is computed.  ``"exact"``: every
             query against all ``T = L * N`` keys, cost ``O(T^2 D)``.  ``"scalable"``
             (geogla/gla/scalable.py): every query against the keys of its *near* windows,
             exactly, plus ``far_samples`` weighted representatives of all other keys (the keys
@@ -75,7 +77,7 @@ class GLAConfig:
             windows' offsets.  Row means ``m_i``, ``u`` and the near keys stay exact; the far
             part is an estimate (see the module's limits).  ``"auto"`` (default): exact while
             ``T <= exact_max_tokens``, scalable above.  Without ``kv_extension`` attention is
-            per window (already linear) and this option is ignored.
+            per window (already linear) and this option is ignored (:func:`choose_algorithm`).
         exact_max_tokens: the ``"auto"`` rule's threshold on ``T``.  The default 32,768 (41
             windows of 784 tokens) keeps exact attention where it is affordable everywhere
             (about 30 s on two CPU cores; its memory, a few ``T x D`` copies besides the
@@ -106,7 +108,7 @@ class GLAConfig:
     smoothing: bool = False
     memory_budget_mb: int = 1024
     precision: Precision = "auto"
-    memory: Memory = "auto"
+    algorithm: AlgorithmChoice = "auto"
     exact_max_tokens: int = 32768
     near_radius: int = 0
     far_samples: int = 4096
@@ -144,23 +146,10 @@ class GLAConfig:
             raise ConfigError(
                 f"GLA option precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}."
             )
-        if self.memory not in _MEMORIES:
+        if self.algorithm not in _ALGORITHMS:
             raise ConfigError(
-                f"GLA option memory must be one of {', '.join(_MEMORIES)}, got {self.memory!r}."
+                f"GLA option algorithm must be one of {', '.join(_ALGORITHMS)}, got {self.algorithm!r}."
             )
-
-    def memory_mode(self, total_tokens: int) -> Literal["exact", "scalable"]:
-        """How attention over ``total_tokens = L * N`` keys is computed under this config.
-
-        ``"exact"`` without ``kv_extension`` (per-window attention is linear already), for
-        ``memory="exact"``, and for ``memory="auto"`` while ``total_tokens <= exact_max_tokens``;
-        ``"scalable"`` otherwise.
-        """
-        if not self.kv_extension or self.memory == "exact":
-            return "exact"
-        if self.memory == "auto" and total_tokens <= self.exact_max_tokens:
-            return "exact"
-        return "scalable"
 
     @classmethod
     def proxyclip(cls, **overrides: Any) -> GLAConfig:
@@ -197,3 +186,19 @@ class GLAConfig:
         if unknown:
             raise ConfigError(f"unknown GLA option(s): {', '.join(map(str, unknown))}.")
         return cls(**data)
+
+
+def choose_algorithm(config: GLAConfig, total_tokens: int) -> Algorithm:
+    """How attention over a scene of ``total_tokens = L * N`` tokens is computed under ``config``:
+    the one rule that :func:`geogla.gla.attend` and a run's stages follow.
+
+    ``"window"``: each window alone (no key-value extension; exact and already linear);
+    ``"exact"``: every query against all ``T`` keys, for ``algorithm="exact"``, and for
+    ``algorithm="auto"`` while ``total_tokens <= exact_max_tokens``; ``"scalable"`` otherwise
+    (geogla/gla/scalable.py).
+    """
+    if not config.kv_extension:
+        return "window"
+    if config.algorithm == "exact" or (config.algorithm == "auto" and total_tokens <= config.exact_max_tokens):
+        return "exact"
+    return "scalable"

@@ -1,7 +1,8 @@
-"""ProxyCLIP + GLA attention at a cost linear in the scene (``GLAConfig(memory="scalable")``).
+"""ProxyCLIP + GLA attention at a cost linear in the scene (``GLAConfig(algorithm="scalable")``).
 
 Pure tensor functions.  The entry point is :func:`attend_scalable`; ``geogla.gla.attend``
-dispatches to it.
+dispatches to it (:func:`geogla.gla.choose_algorithm`), and a run's attend stage uses
+:class:`ScalableAttention` on windows read from its store.
 
 Why this works.  After masking, a query keeps only keys with ``S_ij >= u m_i`` (or only its row
 maximum when ``u m_i`` exceeds it) and weighs them by ``exp(w_i S_ij)``: attention goes to the
@@ -30,10 +31,10 @@ How it is computed.
    weighted by the far tokens it stands for (1 for a central one; its stratum's far share for a
    sampled one; 0 inside the near windows).  Counts ``|P_i|``, proxy sums, softmax numerators
    and denominators are weighted sums; the far parts of the proxy sums and of the numerators get
-   a control-variate correction per stratum (``_Work._control_variates``) that makes them exact
-   for strata wholly inside or outside a query's positives; the proxy sums and counts a second
-   one per anchor (``_Work._anchor_variates``) that makes them exact where a query's far
-   positives are an anchor's (on the hard synthetic scene at 16 windows it halves the changed
+   a control-variate correction per stratum that makes them exact for strata wholly inside or
+   outside a query's positives; the proxy sums and counts a second one per anchor that makes them
+   exact where a query's far positives are an anchor's (:class:`FarEstimator`, built for each
+   group by :func:`far_estimator`) (on the hard synthetic scene at 16 windows it halves the changed
    labels: 1.13% -> 0.62%).
 4. Exact whatever the sample: the row means ``m_i = max(0, q_i . mean_j k_j)`` over all ``T``
    keys (linearity), ``u`` from the true ``L``, every near key, the query smoothing (all windows
@@ -55,8 +56,8 @@ estimate changes more of them than elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,10 +66,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geogla.errors import ConfigError
-from geogla.gla.attention import _Buffers, _round_down, _row_sum, compute_dtypes, smooth_queries, token_grid
+from geogla.gla._kernels import (
+    Buffers,
+    attention_rows,
+    key_matrix,
+    proxy_rounds,
+    row_sum,
+    rows_per_block,
+    shift_factor,
+)
 from geogla.gla.config import GLAConfig
+from geogla.gla.precision import compute_dtypes
 from geogla.gla.prototypes import FarSample, anchor_positives, summarize
+from geogla.gla.smoothing import smooth_queries, token_grid
 from geogla.gla.source import TensorWindows, WindowSource
 
 
@@ -198,7 +208,7 @@ def _bisect(values: list[int], x: int) -> int:
 
 
 def attend_scalable(
-    keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tensor | None, grid: tuple[int, int] | None = None
+    keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tensor, grid: tuple[int, int] | None = None
 ) -> Tensor:
     """``A V`` like :func:`geogla.gla.attend`, near keys exactly and far keys from a sample.
 
@@ -208,11 +218,8 @@ def attend_scalable(
     :func:`geogla.gla.prototypes.summarize` and :class:`ScalableAttention` instead.
 
     Raises:
-        ConfigError: ``offsets`` is missing.
-        ValueError: windows are not square, or ``kv_extension`` is off.
+        ValueError: the token grid does not fit the windows, or ``kv_extension`` is off.
     """
-    if offsets is None:
-        raise ConfigError("scalable attention needs the windows' token offsets; pass offsets=(L, 2).")
     source = TensorWindows(keys, values)
     cdtype, adtype = compute_dtypes(config.precision, keys)
     sample = summarize(source, config, cdtype, adtype, keys.device)
@@ -241,9 +248,22 @@ class ScalableAttention:
         self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
         self.device = sample.keys.device
         self.offsets = offsets.to(device=self.device, dtype=torch.int64)
-        n_windows = int(offsets.shape[0])
-        self.u = 1.0 + config.lambda1 * math.log1p(n_windows) if config.norm == "dynamic" else config.beta
-        self._work: _Work | None = None
+        self.u = shift_factor(config, int(offsets.shape[0]))
+        # Which representatives are positives of each anchor (proxy mode), for the anchor
+        # control variates of the proxy sums; none without proxy rounds.
+        anchors = sample.anchors if config.proxy else sample.anchors[:0]
+        self.anchor_positive = anchor_positives(anchors, sample.keys, config.rho).to(adtype)  # (M, R)
+        self._workspace: _Workspace | None = None
+
+    def near_windows(self, source: WindowSource, windows: Sequence[int]) -> NearWindows:
+        """Windows ``windows`` of ``source`` with what the far estimate leaves out of them."""
+        return NearWindows.read(self.sample, source, windows, self.config.rho, self.device)
+
+    def far_estimator(self, group: NearGroup, near: NearWindows) -> FarEstimator:
+        """The far representatives' weights and corrections for the queries of ``group``
+        (``near`` holds its near windows)."""
+        return far_estimator(self.sample, self.anchor_positive, group.windows.to(self.device),
+                             near.rest(near.slots(group.windows.tolist())))
 
     def __call__(self, source: WindowSource, windows: Sequence[int]) -> Tensor:
         """``(len(windows), N, Dv)`` ``A V`` of the query ``windows`` (indices into the scene's
@@ -251,21 +271,15 @@ class ScalableAttention:
         query = [int(w) for w in windows]
         n_tokens, config = self.sample.n_tokens, self.config
         groups = near_groups(self.offsets, self.grid, config.near_radius, query)
-        near_ids = sorted({int(w) for g in groups for w in g.windows.tolist()})
-        keys = source.keys(near_ids).to(self.device)
-        values = source.values(near_ids).to(self.device)
-        ids_t = torch.tensor(near_ids, dtype=torch.int64, device=self.device)
-        rest = self.sample.window_rest(ids_t, self.sample.strata(keys), keys, values)
-        anchor_rest = self.sample.window_anchor_rest(ids_t, keys, config.rho)
-        near = _NearWindows(near_ids, keys, values, *rest, *anchor_rest)
+        near = self.near_windows(source, sorted({int(w) for g in groups for w in g.windows.tolist()}))
         max_near = max((int(g.windows.numel()) for g in groups), default=1) * n_tokens
-        if self._work is None or self._work.max_near < max_near:
-            self._work = _Work(self.offsets, self.sample, max_near, config, self.cdtype, self.adtype, self.grid)
-        work = self._work
-        work.bind(near)
+        if self._workspace is None or self._workspace.max_near < max_near:
+            self._workspace = _Workspace(self.sample, self.offsets, max_near, config, self.cdtype, self.adtype,
+                                         self.grid)
+        work = self._workspace
         key_mean = self.sample.key_mean
         total = len(query) * n_tokens
-        out = torch.empty(total, values.shape[2], dtype=self.adtype, device=self.device)
+        out = torch.empty(total, near.values.shape[2], dtype=self.adtype, device=self.device)
 
         window_mean: Tensor | None = None
         if config.mean == "window":
@@ -274,28 +288,41 @@ class ScalableAttention:
             row_dot = torch.empty(total, dtype=self.adtype, device=self.device)
             for group in groups:
                 queries = group.queries.to(self.device)
-                work.load(group)
-                for r0, r1 in work.blocks():
-                    q, _ = work.proxies(r0, r1)
+                state = work.load(group, near, self.far_estimator(group, near))
+                for r0, r1 in work.blocks(state):
+                    q, _ = work.proxies(state, r0, r1)
                     row_dot[queries[r0:r1]] = q[0] @ key_mean
             window_mean = row_dot.view(len(query), n_tokens).mean(dim=1)
 
         for group in groups:
             queries = group.queries.to(self.device)
-            work.load(group)
-            for r0, r1 in work.blocks():
-                q, counts = work.proxies(r0, r1)
+            state = work.load(group, near, self.far_estimator(group, near))
+            for r0, r1 in work.blocks(state):
+                q, counts = work.proxies(state, r0, r1)
                 if window_mean is None:
                     mean = q[0] @ key_mean
                 else:
                     mean = window_mean[queries[r0:r1] // n_tokens]
                 shift = (mean.clamp_min(0.0) * self.u)[None]
-                out[queries[r0:r1]] = work.attention(q, shift, counts)[0]
+                out[queries[r0:r1]] = work.attention(state, q, shift, counts)[0]
         return out.view(len(query), n_tokens, -1)
 
 
 @dataclass(frozen=True)
-class _NearWindows:
+class NearRest:
+    """What a set of near windows takes out of the far summary's totals (summed over the windows):
+    per stratum the number of non-central tokens and their key and value sums, per anchor the
+    number of non-central positives and their key sum."""
+
+    count: Tensor
+    key_sum: Tensor
+    value_sum: Tensor
+    anchor_count: Tensor
+    anchor_key_sum: Tensor
+
+
+@dataclass(frozen=True)
+class NearWindows:
     """The windows one call reads: ids ascending, their keys ``(W, N, Dk)`` and values, and the
     counts and sums of their non-central tokens per stratum (:meth:`FarSample.window_rest`) and
     per anchor (:meth:`FarSample.window_anchor_rest`)."""
@@ -309,6 +336,18 @@ class _NearWindows:
     anchor_count: Tensor
     anchor_key_sum: Tensor
 
+    @classmethod
+    def read(cls, sample: FarSample, source: WindowSource, windows: Sequence[int], rho: float,
+             device: torch.device) -> NearWindows:
+        """Read ``windows`` (ascending) from ``source`` and compute what they take out of ``sample``."""
+        ids = [int(w) for w in windows]
+        keys = source.keys(ids).to(device)
+        values = source.values(ids).to(device)
+        ids_t = torch.tensor(ids, dtype=torch.int64, device=device)
+        rest = sample.window_rest(ids_t, sample.strata(keys), keys, values)
+        anchor_rest = sample.window_anchor_rest(ids_t, keys, rho)
+        return cls(ids, keys, values, *rest, *anchor_rest)
+
     @functools.cached_property
     def _index(self) -> dict[int, int]:
         return {w: i for i, w in enumerate(self.ids)}
@@ -316,6 +355,12 @@ class _NearWindows:
     def slots(self, windows: list[int]) -> Tensor:
         """Rows of ``windows`` in :attr:`keys` (every group of a call asks; the index is built once)."""
         return torch.tensor([self._index[w] for w in windows], dtype=torch.int64, device=self.keys.device)
+
+    def rest(self, slots: Tensor) -> NearRest:
+        """The totals of the windows at rows ``slots``."""
+        return NearRest(self.rest_count[slots].sum(dim=0), self.rest_key_sum[slots].sum(dim=0),
+                        self.rest_value_sum[slots].sum(dim=0), self.anchor_count[slots].sum(dim=0),
+                        self.anchor_key_sum[slots].sum(dim=0))
 
 
 def first_near_minimum(values: Tensor, scale: Tensor | float) -> Tensor:
@@ -344,317 +389,257 @@ def _slots(group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
     return order, torch.cumsum((rank % _SLOT == 0).to(torch.int64), 0) - 1
 
 
-def rows_per_block(config: GLAConfig, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
-    """Query rows per block so that a block's work memory over ``key_count`` keys fits the budget.
+@dataclass(frozen=True)
+class FarEstimator:
+    """How the far representatives enter the sums of one group of queries (a
+    :class:`geogla.gla._kernels.FarTerms`); built by :func:`far_estimator`, immutable.
 
-    Bytes per entry as in exact attention (``GLAConfig.memory_budget_mb``): similarity in the
-    accumulate dtype, weights in the compute dtype when it differs, one mask byte.
+    Key columns ``0 .. R - 1`` of a block are the representatives, the rest near keys (exact).
+    A representative stands for :attr:`weight` far keys (0 in a near window).  The far part of a
+    sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax numerator, ``x`` keys or values)
+    is estimated per stratum ``h`` as ``HT_h(z x) + zbar_ih (X_h - HT_h(x))``: ``HT_h`` the weighted
+    sum over the far sampled representatives of ``h``, ``X_h`` the exact sum of ``x`` over the far
+    non-central tokens of ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``
+    (regression estimator: exact when ``z`` is constant over a stratum, a cluster entirely inside
+    or outside a query's positives).  For the 0/1 positives a second correction per anchor
+    (proxy mode) ``m``: writing ``z = y_m + d`` with ``y_m`` the anchor's positives, whose far sums
+    are known exactly, only ``d`` is estimated: exact where a query's far positives are the
+    anchor's; each query takes the anchor whose positives differ least from its own on the
+    representatives (or none).
+
+    Attributes:
+        n_far: ``R``, the representatives (key columns ``0 .. R - 1``).
+        weight: ``(R,)`` far keys each representative stands for, accumulate dtype; ``weight_c``
+            the same in the compute dtype (it scales masks and numerators).
+        cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
+        share_c: ``(R, K)`` compute dtype: ``z_far @ share_c = zbar``.
+        slot_onehot, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
+            stratum's sampled representatives or the central ones, at most ``_SLOT`` each) in a
+            compute-dtype product, exact whatever its shape because every count fits the dtype's
+            integers, then weighed in a small accumulate-dtype one; columns: the far count,
+            ``zbar`` per stratum, the weighted size on the sampled ones.
+        anchor_key_fix, anchor_count_fix: ``(M + 1, D)``, ``(M + 1,)`` the estimator's error on
+            each anchor's positives (row ``M``: no anchor, 0).
+        anchor_size: ``(M,)`` estimated far positives of each anchor; ``anchor_scale`` their largest.
+        anchor_overlap: ``(R, M)`` ``z_far @ anchor_overlap`` is each anchor's weighted overlap
+            with ``z`` (None without anchors).
     """
-    entry = torch.empty((), dtype=adtype).element_size() + 1
-    if cdtype != adtype:
-        entry += torch.empty((), dtype=cdtype).element_size()
-    return max(1, config.memory_budget_mb * 2**20 // (key_count * entry))
 
+    n_far: int
+    weight: Tensor
+    weight_c: Tensor
+    cv_keys: Tensor
+    cv_values: Tensor
+    share_c: Tensor
+    slot_onehot: Tensor
+    slot_weigh: Tensor
+    anchor_key_fix: Tensor
+    anchor_count_fix: Tensor
+    anchor_size: Tensor
+    anchor_scale: Tensor | float
+    anchor_overlap: Tensor | None
 
-class _Work:
-    """Key, value and work buffers reused by every group; computes one group's query blocks.
-
-    Key rows ``0 .. R - 1`` hold the far representatives (the same for every group, weighted per
-    group by :meth:`FarSample.far_weights`, 0 for those in near windows), rows ``R ..`` the
-    current group's near keys (weight 1).  Allocated once: ``R + max_near`` keys and values and one
-    block of work memory, whatever the number of groups and calls.
-    """
-
-    def __init__(
-        self,
-        offsets: Tensor,
-        sample: FarSample,
-        max_near: int,
-        config: GLAConfig,
-        cdtype: torch.dtype,
-        adtype: torch.dtype,
-        grid: tuple[int, int],
-    ) -> None:
-        self.offsets, self.sample, self.max_near, self.grid = offsets, sample, max_near, grid
-        self.config, self.cdtype, self.adtype = config, cdtype, adtype
-        device = sample.keys.device
-        self.n_tokens, self.dim = sample.n_tokens, sample.keys.shape[1]
-        self.n_far = int(sample.token.numel())
-        rows = self.n_far + max_near
-        # Compute-dtype keys for the proxy similarities and aggregations; in bfloat16 with a
-        # column of ones that makes products come out as S - threshold (see attention.py's
-        # _Similarity: rounding is then small exactly where decisions are taken), padded to a
-        # multiple of 8 channels.
-        self.shifted = torch.empty((), dtype=cdtype).element_size() < 4
-        width = (self.dim + 1 + 7) // 8 * 8 if self.shifted else self.dim
-        self.mat = torch.zeros(rows, width, dtype=cdtype, device=device)
-        if self.shifted:
-            self.mat[:, self.dim] = 1.0
-        self.mat[: self.n_far, : self.dim] = sample.keys
-        # Accumulate-dtype keys: final similarity (mask and softmax exponents) and proxy fallback.
-        self.acc = (
-            self.mat
-            if (cdtype == adtype and not self.shifted)
-            else torch.empty(rows, self.dim, dtype=adtype, device=device)
-        )
-        self.acc[: self.n_far] = sample.keys
-        self.vals = torch.empty(rows, sample.values.shape[1], dtype=cdtype, device=device)
-        self.vals[: self.n_far] = sample.values
-        # Which representatives are positives of each anchor (proxy mode), for the anchor
-        # control variates of the proxy sums; none without proxy rounds.
-        anchors = sample.anchors if config.proxy else sample.anchors[:0]
-        self.anchor_positive = anchor_positives(anchors, sample.keys, config.rho).to(adtype)  # (M, R)
-        self.rows = rows_per_block(config, rows, cdtype, adtype)
-        self.buffers = _Buffers(min(self.rows, max_near) * rows, cdtype, adtype, device)
-        self.tk = rows
-        self.n_queries = 0
-        self.near: _NearWindows | None = None
-
-    def bind(self, near: _NearWindows) -> None:
-        """Use the keys, values and strata of ``near`` (every near window of the coming groups)."""
-        self.near = near
-
-    def load(self, group: NearGroup) -> None:
-        """Make ``group`` current: its near keys and values, far weights and starting queries."""
-        assert self.near is not None
-        device = self.mat.device
-        windows = group.windows.to(device)
-        slots = self.near.slots(group.windows.tolist())
-        n, r = self.n_tokens, self.n_far
-        self.tk = r + int(windows.numel()) * n
-        near_rows = slice(r, self.tk)
-        near_keys = self.near.keys[slots].reshape(-1, self.dim)
-        self.mat[near_rows, : self.dim] = near_keys
-        if self.acc is not self.mat:
-            self.acc[near_rows] = near_keys
-        self.vals[near_rows] = self.near.values[slots].reshape(-1, self.vals.shape[1])
-        near_count = self.near.rest_count[slots].sum(dim=0)
-        near_key_sum = self.near.rest_key_sum[slots].sum(dim=0)
-        near_value_sum = self.near.rest_value_sum[slots].sum(dim=0)
-        self.far_weight = self.sample.far_weights(windows, near_count)  # accumulate dtype: counts
-        self.far_weight_c = self.far_weight.to(self.cdtype)  # compute dtype: scales masks, numerators
-        if r:
-            member, n_far = self._control_variates(near_count, near_key_sum, near_value_sum)
-            self._anchor_variates(member, n_far, self.near.anchor_count[slots].sum(dim=0),
-                                  self.near.anchor_key_sum[slots].sum(dim=0))
-
-        local = group.local.to(device)
-        near = self.acc[near_rows]
-        self.self_keys = near[local]  # each query's own key: the empty-P fallback
-        if self.config.smoothing:
-            # relative offsets: the scene grid smooth_queries builds spans the near windows only
-            near_off = self.offsets[windows]
-            smooth = smooth_queries(near.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid)
-            start = smooth.reshape(-1, self.dim)[local]
-        else:
-            start = self.self_keys
-        self.start = F.normalize(start, dim=-1)
-        self.n_queries = int(local.numel())
-
-    def _control_variates(self, near_count: Tensor, near_key_sum: Tensor,
-                          near_value_sum: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-stratum corrections of the far sums (regression estimator), for the current group.
-
-        The far part of a sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax
-        numerator, ``x`` keys or values) is estimated per stratum ``h`` as
-        ``HT_h(z x) + zbar_ih (X_h - HT_h(x))``: ``HT_h`` the weighted sum over the far sampled
-        representatives of ``h``, ``X_h`` the exact sum of ``x`` over the far non-central tokens of
-        ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``.  Still a weighted
-        sample estimate, but exact when ``z`` is constant over a stratum (a cluster entirely
-        inside or outside a query's positives), which removes most of the sampling noise.
-        ``near_*`` are the counts and sums of the near windows' non-central tokens per stratum.
-        Returns each far sampled representative's weight in its stratum ``(R, K)`` and the strata's
-        far non-central token counts ``(K,)``.
-        """
-        sample, adtype = self.sample, self.adtype
-        n_strata = sample.rest_size.numel()
-        sampled = (self.far_weight > 0) & ~sample.central
-        member = torch.zeros(self.n_far, n_strata, dtype=adtype, device=self.mat.device)
-        idx = sampled.nonzero().flatten()
-        member[idx, sample.stratum[idx]] = self.far_weight[idx]
-        n_far = (sample.rest_size - near_count).to(adtype)
-        self.cv_keys = (sample.rest_key_sum - near_key_sum) - member.T @ sample.keys
-        self.cv_values = (sample.rest_value_sum - near_value_sum) - member.T @ sample.values.to(adtype)
-        share = member / n_far.clamp_min(1.0)  # z_far @ share = zbar (r x K)
-        self.share_c = share.to(self.cdtype)
-        # The far weighted counts and zbar of 0/1 z: the far representatives' weights are equal
-        # within a stratum's sampled ones (and 1 for the central ones), so z's far
-        # representatives are counted per slot (a stratum's sampled ones or the central ones,
-        # at most _SLOT per slot) in a compute-dtype product, exact whatever its shape because
-        # every count fits the dtype's integers, and the counts are then weighed in a small one.
-        far = (self.far_weight > 0).nonzero().flatten()
-        group = torch.where(sample.central[far], n_strata, sample.stratum[far])
-        order, slot = _slots(group, n_strata + 1)
-        group_sorted = group[order]
-        n_slots = int(slot[-1]) + 1 if slot.numel() else 0
-        rows = far[order]
-        self.slot_onehot = torch.zeros(self.n_far, n_slots, dtype=self.cdtype, device=self.mat.device)
-        self.slot_onehot[rows, slot] = 1.0
-        # columns: the far count, zbar per stratum, the weighted size on the sampled ones
-        weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=self.mat.device)
-        weigh[slot, 0] = self.far_weight[rows]
-        sampled_rows = group_sorted < n_strata
-        at, stratum = slot[sampled_rows], group_sorted[sampled_rows]
-        weigh[at, 1 + stratum] = share[rows[sampled_rows], stratum]
-        weigh[at, -1] = self.far_weight[rows[sampled_rows]]
-        self.slot_weigh = weigh
-        return member, n_far
-
-    def _anchor_variates(self, member: Tensor, n_far: Tensor, near_count: Tensor, near_key_sum: Tensor) -> None:
-        """Per-anchor corrections of the far proxy sums and counts, for the current group.
-
-        Write a query's positive mask as ``z = y_m + d``, ``y_m`` anchor ``m``'s positives
-        (:attr:`FarSample.anchors`).  The far sum of ``y_m x`` is known exactly (the summary's
-        anchor totals less the near windows'), so only ``d`` needs estimating, with the same
-        estimator as ``z`` (:meth:`_control_variates`): the estimate becomes that of ``z`` plus
-        ``c_m``, the estimator's error on ``y_m`` itself.  Exact where the query's far positives are
-        the anchor's; queries take the anchor whose positives differ least from theirs on the
-        sampled representatives (or none, ``c = 0``, when none is closer than the empty set).
-        ``member`` and ``n_far`` are what :meth:`_control_variates` returns; ``near_*`` the near
-        windows' non-central positives per anchor.
-        """
-        y = self.anchor_positive  # (M, R)
-        sampled_weight = member.sum(dim=1)
-        per_stratum = y @ member  # (M, K): HT estimates of the anchors' far positives per stratum
-        ybar = per_stratum / n_far.clamp_min(1.0)
-        far_count = (self.sample.anchor_count - near_count).to(torch.float64)
-        far_sum = self.sample.anchor_key_sum - near_key_sum
-        zero = torch.zeros(1, self.dim, dtype=self.adtype, device=y.device)
-        self.anchor_key_fix = torch.cat([far_sum - (y * sampled_weight) @ self.sample.keys - ybar @ self.cv_keys, zero])
-        self.anchor_count_fix = torch.cat([far_count - per_stratum.sum(dim=1).to(torch.float64),
-                                           far_count.new_zeros(1)])
-        self.anchor_size = per_stratum.sum(dim=1)  # (M,) estimated far positives of each anchor
-        self.anchor_scale = self.anchor_size.amax() if self.anchor_size.numel() else 0.0
-        # z_far @ this: each anchor's weighted overlap with z (not from the slot counts: whether
-        # a representative is an anchor's positive varies within a slot)
-        self.anchor_overlap = (y * sampled_weight).T if y.shape[0] else None
-
-    def _far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Weighted far counts ``(1, r)`` (float64), ``zbar`` ``(1, r, K)`` of 0/1 ``z``, and the
-        anchor each row takes (``(1, r)``, M for none; see :meth:`_anchor_variates`)."""
-        far_z = z[..., : self.n_far].to(self.cdtype)  # a bool mask without proxy rounds
-        far = (far_z @ self.slot_onehot).to(self.adtype) @ self.slot_weigh
+    def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Weighted far counts ``(g, r)`` (float64), ``zbar`` ``(g, r, K)`` of 0/1 ``z`` (its
+        first ``R`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
+        far_z = z[..., : self.n_far].to(self.weight_c.dtype)  # a bool mask without proxy rounds
+        adtype = self.weight.dtype
+        far = (far_z @ self.slot_onehot).to(adtype) @ self.slot_weigh
         size = far[..., -1:]
         if self.anchor_overlap is None:
             anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
         else:
-            overlap = far_z.to(self.adtype) @ self.anchor_overlap
+            overlap = far_z.to(adtype) @ self.anchor_overlap
             differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
             anchor = first_near_minimum(differ, size + self.anchor_scale)
         return far[..., 0].to(torch.float64), far[..., 1:-1], anchor
 
-    def blocks(self) -> list[tuple[int, int]]:
-        """Query row ranges ``(r0, r1)`` of the current group, at most ``rows`` rows each."""
-        return [(r0, min(r0 + self.rows, self.n_queries)) for r0 in range(0, self.n_queries, self.rows)]
-
-    def _similarity(self, q: Tensor, shift: Tensor, out: Tensor) -> Tensor:
-        """``S - s`` into ``out`` ``(1, r, tk)``; returns ``shift - s`` (attention.py's _Similarity)."""
-        mat = self.mat[: self.tk]
-        if not self.shifted:
-            torch.matmul(q.to(self.cdtype), mat.T, out=out)
-            return shift
-        qa = torch.zeros(*q.shape[:2], mat.shape[1], dtype=self.cdtype, device=q.device)
-        qa[..., : self.dim] = q
-        s = shift.to(self.cdtype)
-        qa[..., self.dim] = -s
-        torch.matmul(qa, mat.T, out=out)
-        return shift - s.to(shift.dtype)
-
-    def _weighted_count(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Row sums of 0/1 ``z`` ``(1, r, tk)`` (exact over near keys plus the weighted far sum
-        with its anchor correction, float64), the far strata's shares ``zbar`` and each row's
-        anchor (both None without far keys)."""
-        counts = _row_sum(z[..., self.n_far :], torch.float64)
+    def _counted(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        counts = row_sum(z[..., self.n_far :], torch.float64)
         if not self.n_far:
             return counts, None, None
-        far, share, anchor = self._far_counts(z)
+        far, share, anchor = self.far_counts(z)
         return counts + (far + self.anchor_count_fix[anchor]).clamp_min(0.0), share, anchor
 
-    def _weigh_far(self, z: Tensor) -> None:
-        """Scale the far columns of ``z`` by their representatives' weights, in place."""
-        if self.n_far:
-            z[..., : self.n_far].mul_(self.far_weight_c)
+    def count(self, z: Tensor) -> Tensor:
+        """Row counts of 0/1 (or boolean) ``z`` ``(g, r, Tk)``: near keys exactly plus the weighted
+        far count with its anchor correction (float64)."""
+        return self._counted(z)[0]
 
-    def _positive_sums(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Weighted counts ``(1, r)`` (float64) and key sums ``(1, r, D)`` of the positives ``z``
-        (0/1, ``(1, r, tk)``, scaled in place): near keys exactly, far ones estimated with the
-        strata's and the anchors' control variates."""
-        counts, share, anchor = self._weighted_count(z)
-        self._weigh_far(z)
-        summed = torch.matmul(z, self.mat[: self.tk])[..., : self.dim].to(self.adtype)
-        if share is not None and anchor is not None:
-            summed += share @ self.cv_keys + self.anchor_key_fix[anchor]
-        return counts, summed
+    def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Counts of the positives ``z`` (:meth:`count`) and the correction to add to the
+        weighted ``z @ K``; the far columns of ``z`` are weighed in place."""
+        counts, share, anchor = self._counted(z)
+        if share is None or anchor is None:
+            return counts, None
+        z[..., : self.n_far].mul_(self.weight_c)
+        return counts, share @ self.cv_keys + self.anchor_key_fix[anchor]
 
-    def proxies(self, r0: int, r1: int) -> tuple[Tensor, Tensor | None]:
+    def numerators(self, e: Tensor) -> Tensor | None:
+        """Weigh the far columns of the softmax numerators ``e`` in place; return the
+        correction to add to ``e @ V`` (the strata's; numerators are not 0/1, so their strata
+        means in the compute dtype suffice for it)."""
+        if not self.n_far:
+            return None
+        share = (e[..., : self.n_far] @ self.share_c).to(self.weight.dtype)
+        e[..., : self.n_far].mul_(self.weight_c)
+        return share @ self.cv_values
+
+    def without_anchor_variates(self) -> FarEstimator:
+        """The same estimator with the strata's control variates only (for comparisons)."""
+        return dataclasses.replace(self, anchor_key_fix=torch.zeros_like(self.anchor_key_fix),
+                                   anchor_count_fix=torch.zeros_like(self.anchor_count_fix))
+
+
+def far_estimator(sample: FarSample, anchor_positive: Tensor, windows: Tensor, rest: NearRest) -> FarEstimator:
+    """The :class:`FarEstimator` of queries whose near windows are ``windows`` (``rest``: what those
+    windows take out of the summary's totals; ``anchor_positive`` ``(M, R)``: which representatives
+    are positives of each anchor, 0/1 in the accumulate dtype)."""
+    weight = sample.far_weights(windows, rest.count)  # accumulate dtype: counts
+    cdtype, adtype = sample.values.dtype, weight.dtype
+    n_far = int(sample.token.numel())
+    device = weight.device
+    if not n_far:
+        empty = torch.zeros(0, dtype=adtype, device=device)
+        return FarEstimator(0, weight, weight.to(cdtype), empty, empty, empty.to(cdtype), empty.to(cdtype), empty,
+                            empty, empty.to(torch.float64), empty, 0.0, None)
+    n_strata = sample.rest_size.numel()
+
+    # Strata control variates: each far sampled representative's weight in its stratum.
+    sampled = (weight > 0) & ~sample.central
+    member = torch.zeros(n_far, n_strata, dtype=adtype, device=device)
+    idx = sampled.nonzero().flatten()
+    member[idx, sample.stratum[idx]] = weight[idx]
+    n_far_tokens = (sample.rest_size - rest.count).to(adtype)
+    cv_keys = (sample.rest_key_sum - rest.key_sum) - member.T @ sample.keys
+    cv_values = (sample.rest_value_sum - rest.value_sum) - member.T @ sample.values.to(adtype)
+    share = member / n_far_tokens.clamp_min(1.0)  # z_far @ share = zbar (r x K)
+
+    # Slot counts: the far representatives' weights are equal within a stratum's sampled ones
+    # (and 1 for the central ones), so 0/1 z's far representatives are counted per slot.
+    far = (weight > 0).nonzero().flatten()
+    group = torch.where(sample.central[far], n_strata, sample.stratum[far])
+    order, slot = _slots(group, n_strata + 1)
+    group_sorted = group[order]
+    n_slots = int(slot[-1]) + 1 if slot.numel() else 0
+    rows = far[order]
+    slot_onehot = torch.zeros(n_far, n_slots, dtype=cdtype, device=device)
+    slot_onehot[rows, slot] = 1.0
+    weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=device)
+    weigh[slot, 0] = weight[rows]
+    sampled_rows = group_sorted < n_strata
+    at, stratum = slot[sampled_rows], group_sorted[sampled_rows]
+    weigh[at, 1 + stratum] = share[rows[sampled_rows], stratum]
+    weigh[at, -1] = weight[rows[sampled_rows]]
+
+    # Anchor control variates: the estimator's error on each anchor's own far positives.
+    y = anchor_positive  # (M, R)
+    sampled_weight = member.sum(dim=1)
+    per_stratum = y @ member  # (M, K): HT estimates of the anchors' far positives per stratum
+    ybar = per_stratum / n_far_tokens.clamp_min(1.0)
+    far_count = (sample.anchor_count - rest.anchor_count).to(torch.float64)
+    far_sum = sample.anchor_key_sum - rest.anchor_key_sum
+    zero = torch.zeros(1, cv_keys.shape[1], dtype=adtype, device=device)
+    anchor_size = per_stratum.sum(dim=1)
+    return FarEstimator(
+        n_far=n_far,
+        weight=weight,
+        weight_c=weight.to(cdtype),
+        cv_keys=cv_keys,
+        cv_values=cv_values,
+        share_c=share.to(cdtype),
+        slot_onehot=slot_onehot,
+        slot_weigh=weigh,
+        anchor_key_fix=torch.cat([far_sum - (y * sampled_weight) @ sample.keys - ybar @ cv_keys, zero]),
+        anchor_count_fix=torch.cat([far_count - per_stratum.sum(dim=1).to(torch.float64), far_count.new_zeros(1)]),
+        anchor_size=anchor_size,
+        anchor_scale=anchor_size.amax() if anchor_size.numel() else 0.0,
+        # not from the slot counts: whether a representative is an anchor's positive varies within a slot
+        anchor_overlap=(y * sampled_weight).T if y.shape[0] else None,
+    )
+
+
+@dataclass(frozen=True)
+class _GroupState:
+    """One group loaded into the workspace: ``tk`` key columns (``R`` representatives, then its
+    near keys), each query's normalised starting query and own key, and its far estimator."""
+
+    tk: int
+    start: Tensor
+    self_keys: Tensor
+    terms: FarEstimator
+
+
+class _Workspace:
+    """Work memory of scalable attention, allocated once and reused by every group and call.
+
+    Key rows ``0 .. R - 1`` hold the far representatives, rows ``R ..`` the current group's near
+    keys (:meth:`load` writes them); ``R + max_near`` keys and values and one block of work memory,
+    whatever the number of groups and calls.
+    """
+
+    def __init__(self, sample: FarSample, offsets: Tensor, max_near: int, config: GLAConfig,
+                 cdtype: torch.dtype, adtype: torch.dtype, grid: tuple[int, int]) -> None:
+        device = sample.keys.device
+        self.offsets, self.config, self.grid, self.max_near = offsets, config, grid, max_near
+        self.n_tokens, self.dim = sample.n_tokens, int(sample.keys.shape[1])
+        self.n_far = int(sample.token.numel())
+        rows = self.n_far + max_near
+        # Compute-dtype keys for the proxy similarities and aggregations (with a column of ones
+        # in bfloat16: see geogla/gla/_kernels.py); accumulate-dtype keys for the final
+        # similarity (mask and softmax exponents) and the empty-positive fallback.
+        template = torch.zeros(rows, self.dim, dtype=adtype, device=device)
+        self.mat = key_matrix(template, cdtype)
+        self.acc = self.mat if self.mat.dtype == adtype and self.mat.shape[1] == self.dim else template
+        self.mat[: self.n_far, : self.dim] = sample.keys
+        self.acc[: self.n_far] = sample.keys
+        self.vals = torch.empty(rows, sample.values.shape[1], dtype=cdtype, device=device)
+        self.vals[: self.n_far] = sample.values
+        self.rows = rows_per_block(config.memory_budget_mb, rows, cdtype, adtype)
+        self.buffers = Buffers(min(self.rows, max_near) * rows, cdtype, adtype, device)
+
+    def load(self, group: NearGroup, near: NearWindows, terms: FarEstimator) -> _GroupState:
+        """Write ``group``'s near keys and values (read in ``near``) after the representatives."""
+        device = self.mat.device
+        slots = near.slots(group.windows.tolist())
+        n = self.n_tokens
+        tk = self.n_far + int(group.windows.numel()) * n
+        near_rows = slice(self.n_far, tk)
+        near_keys = near.keys[slots].reshape(-1, self.dim)
+        self.mat[near_rows, : self.dim] = near_keys
+        if self.acc is not self.mat:
+            self.acc[near_rows] = near_keys
+        self.vals[near_rows] = near.values[slots].reshape(-1, self.vals.shape[1])
+        local = group.local.to(device)
+        near_acc = self.acc[near_rows]
+        self_keys = near_acc[local]  # each query's own key: the empty-P fallback
+        if self.config.smoothing:
+            # relative offsets: the scene grid smooth_queries builds spans the near windows only
+            near_off = self.offsets[group.windows.to(device)]
+            smooth = smooth_queries(near_acc.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid)
+            start = smooth.reshape(-1, self.dim)[local]
+        else:
+            start = self_keys
+        return _GroupState(tk, F.normalize(start, dim=-1), self_keys, terms)
+
+    def blocks(self, state: _GroupState) -> list[tuple[int, int]]:
+        """Query row ranges ``(r0, r1)`` of a loaded group, at most ``rows`` rows each."""
+        n_queries = int(state.start.shape[0])
+        return [(r0, min(r0 + self.rows, n_queries)) for r0 in range(0, n_queries, self.rows)]
+
+    def proxies(self, state: _GroupState, r0: int, r1: int) -> tuple[Tensor, Tensor | None]:
         """Proxy anchors ``(1, r, D)`` and weighted counts ``|P_i|`` of queries ``r0:r1``.
 
         Without ``config.proxy``: the starting queries and ``None``.
         """
-        config = self.config
-        q = self.start[r0:r1][None]
-        if not config.proxy:
+        q = state.start[r0:r1][None]
+        if not self.config.proxy:
             return q, None
-        r = r1 - r0
-        z = self.buffers.weights(1, r, self.tk)
-        rho = torch.full((1, r), config.rho, dtype=torch.float64, device=q.device)
-        counts = torch.zeros(1, r, dtype=torch.float64, device=q.device)
-        for _ in range(config.steps):
-            rest = self._similarity(q, rho, z)
-            torch.gt(z, _round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1
-            counts, summed = self._positive_sums(z)
-            empty = counts == 0
-            if bool(empty.any()):
-                # P_i = {i}: the token itself.
-                _, ri = empty.nonzero(as_tuple=True)
-                summed[0, ri] = self.self_keys[r0 + ri]
-                counts[0, ri] = 1.0
-            q = F.normalize(summed, dim=-1)
-        return q, counts
+        z = self.buffers.weights(1, r1 - r0, state.tk)
+        return proxy_rounds(q, self.mat[: state.tk], self.dim, state.self_keys[r0:r1][None], self.config, z,
+                            state.terms)
 
-    def attention(self, q: Tensor, shift: Tensor, counts: Tensor | None) -> Tensor:
-        """``A V`` ``(1, r, Dv)`` for proxies ``q`` ``(1, r, D)``; ``shift`` is ``u m_i`` ``(1, r)``.
-
-        Mirrors ``geogla.gla.attention._attention_block`` with weighted far columns.
-        """
-        config = self.config
-        adtype = self.adtype
-        r = q.shape[1]
-        keys = self.acc[: self.tk]
-        s = self.buffers.sim(1, r, self.tk)
-        m = self.buffers.mask(1, r, self.tk)
-        if counts is None and config.norm == "dynamic":
-            torch.matmul(q, keys.T, out=s)
-            torch.gt(s, _round_down(torch.tensor(config.rho, dtype=torch.float64), adtype), out=m)
-            counts = self._weighted_count(m)[0].clamp_min(1.0)  # empty -> {i}
-            scale = ((1.0 + config.lambda2 / counts) / config.temperature).to(adtype)
-            late_scale: Tensor | None = scale[..., None]
-        else:
-            if config.norm == "dynamic":
-                assert counts is not None
-                scale = ((1.0 + config.lambda2 / counts) / config.temperature).to(adtype)
-            else:
-                scale = torch.full((1, r), config.gamma / config.temperature, dtype=adtype, device=q.device)
-            torch.matmul(q * scale[..., None], keys.T, out=s)
-            shift = shift * scale
-            late_scale = None
-
-        # Mask and softmax numerator as in exact attention (see attention.py), then each far
-        # column counts for the far keys its representative stands for (0 for near ones).
-        smax = s.amax(dim=-1, keepdim=True)
-        torch.lt(s, torch.minimum(smax, shift[..., None]), out=m)
-        s.sub_(smax)
-        if late_scale is not None:
-            s.mul_(late_scale)
-        e = self.buffers.weights(1, r, self.tk)
-        torch.exp(s, out=e)
-        e.masked_fill_(m, 0.0)
-        # softmax numerators are not 0/1: their strata means in the compute dtype suffice for
-        # the correction term
-        share = (e[..., : self.n_far] @ self.share_c).to(adtype) if self.n_far else None
-        self._weigh_far(e)
-        denom = _row_sum(e, adtype)
-        numer = torch.matmul(e, self.vals[: self.tk]).to(adtype)
-        if share is not None:
-            numer += share @ self.cv_values
-        return numer.div_(denom[..., None])
+    def attention(self, state: _GroupState, q: Tensor, shift: Tensor, counts: Tensor | None) -> Tensor:
+        """``A V`` ``(1, r, Dv)`` for proxies ``q`` ``(1, r, D)``; ``shift`` is ``u m_i`` ``(1, r)``."""
+        return attention_rows(q, self.acc[: state.tk], self.vals[: state.tk], shift, counts, self.config,
+                              self.buffers, state.terms)

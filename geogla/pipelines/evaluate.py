@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning
@@ -51,6 +50,7 @@ from geogla.models import SegmentationModel
 from geogla.resize import long_side_shape, resize_linear
 from geogla.runconfig import ATTENTION_MODES, RunConfig, attention_config
 from geogla.scene import Scene, open_raster, open_scene
+from geogla.stitching import block_logits, class_probabilities, labels_from_probabilities
 from geogla.store import RunStore
 
 #: Attention modes ``geogla eval`` compares, in table order, with their display names.
@@ -277,78 +277,24 @@ def read_image(scene: Scene, box: tuple[int, int, int, int]) -> np.ndarray:
 
 # -- stitching to the label size ------------------------------------------------------------------
 
-def _axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of bilinear resampling along one axis (align_corners=False)."""
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    return i0, i1, (src - i0).float()
-
-
-def resize_bands(x: torch.Tensor, shape: tuple[int, int], band: int = BAND_ROWS) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Bilinear resize of ``x`` ``(C, h, w)`` to ``shape``, in bands of output rows.
-
-    Yields ``(r0, r1, rows)`` with ``rows`` the ``(C, r1 - r0, W)`` output rows ``r0:r1``; together
-    they equal ``F.interpolate(x[None], shape, mode="bilinear", align_corners=False)[0]``.
-    """
-    (H, W), h = shape, x.shape[1]
-    # Columns first, all rows at once (the input is small: h is at most the resize's long side);
-    # a resize to the same height is the identity along rows, so this is exact.
-    cols = F.interpolate(x[None], size=(h, W), mode="bilinear", align_corners=False)[0]
-    r0s, r1s, rf = _axis(h, H)
-    for r0 in range(0, H, band):
-        r1 = min(r0 + band, H)
-        yield r0, r1, torch.lerp(cols[:, r0s[r0:r1]], cols[:, r1s[r0:r1]], rf[r0:r1, None])
-
-
-def predict_labels(store: RunStore, classes: ClassList, logit_scale: float, shape: tuple[int, int],
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Class ids ``shape`` uint8 of an attended store: the window logits stitched on its working
-    image (:func:`geogla.stages._working_logits`), resampled bilinearly to ``shape``, then the
-    class of the highest probability and the background rule (:func:`classify`); pixels no valid
-    window covers are 255.  The resampling and classification run on ``device``."""
+def predict_labels(store: RunStore, classes: ClassList, logit_scale: float, shape: tuple[int, int]) -> np.ndarray:
+    """Class ids ``shape`` uint8 of an attended store, by the stitch stage's own steps on the label
+    grid: the window logits stitched on the store's working image, resampled bilinearly to
+    ``shape`` (:func:`geogla.stitching.block_logits`, in bands of :data:`BAND_ROWS` rows), then
+    class probabilities, labels and the background rule; pixels no valid window covers are 255."""
     text = torch.from_numpy(store.read("text"))
     valid = store.read("windows/valid")
-    h, w = store.scene.georef.shape
-    logits, count = stages._working_logits(store, (0, 0, h, w), text, valid)
-    covered = bool((count > 0).all())
-    if not covered:
-        # Normalised resampling (as stages.stitch_block): uncovered working pixels do not bleed in.
-        cov = (count > 0).float()
-        logits = torch.cat([logits * cov, cov[None]])
+    work_shape = store.scene.georef.shape  # an evaluation's store reads the working image as its file
+    scale = (shape[0] / work_shape[0], shape[1] / work_shape[1])
     out = np.empty(shape, dtype=np.uint8)
-    for r0, r1, rows in resize_bands(logits.to(device), shape):
-        if covered:
-            labels = classify(rows, classes, logit_scale)
-        else:
-            weight = rows[-1]
-            labels = classify(rows[:-1] / weight.clamp(min=1e-6), classes, logit_scale)
-            labels[weight <= 1e-6] = NODATA_CLASS
-        out[r0:r1] = labels.cpu().numpy()
+    for r0 in range(0, shape[0], BAND_ROWS):
+        band = (r0, 0, min(r0 + BAND_ROWS, shape[0]), shape[1])
+        logits, covered = block_logits(lambda box: stages.working_logits(store, box, text, valid), band, scale,
+                                       work_shape)
+        labels = labels_from_probabilities(class_probabilities(logits, classes, logit_scale), classes)
+        labels[~covered] = NODATA_CLASS
+        out[band[0]:band[2]] = labels.numpy()
     return out
-
-
-def classify(logits: torch.Tensor, classes: ClassList, logit_scale: float) -> torch.Tensor:
-    """Labels ``(h, w)`` uint8 from prompt logits ``(P, h, w)``: the same as
-    ``stages.labels_from_probabilities(stages.class_probabilities(...))`` without the per-class
-    probability maps.
-
-    The softmax is monotonic, so the class whose best synonym has the largest logit has the
-    largest probability, and that probability is ``1 / sum_p exp(scale * (logit_p - best))``.
-    """
-    groups = [[p for p, owner in enumerate(classes.prompt_class) if owner == c] for c in range(len(classes))]
-    if all(len(g) == 1 for g in groups):
-        scores = logits[torch.tensor([g[0] for g in groups], device=logits.device)]
-    else:
-        never = torch.full(logits.shape[1:], -math.inf, device=logits.device)  # a prompt-less class never wins
-        scores = torch.stack([logits[g[0]] if len(g) == 1 else logits[g].amax(dim=0) if g else never
-                              for g in groups])
-    best, index = scores.max(dim=0)
-    labels = index.to(torch.uint8)
-    if classes.background is not None and classes.prob_threshold > 0:
-        top = 1.0 / torch.exp(logit_scale * (logits - best)).sum(dim=0)  # exponents <= 0: no overflow
-        labels[top < classes.prob_threshold] = classes.background
-    return labels
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
@@ -368,12 +314,6 @@ def _open_store(url: str, scene: Scene, config: RunConfig, model: SegmentationMo
         return create(True)
 
 
-def _add(total: dict[str, float], part: dict[str, float]) -> None:
-    for k, v in part.items():
-        if not k.startswith("metric:") and k != "encode_skipped":  # seconds only
-            total[k] = total.get(k, 0.0) + v
-
-
 class _TextCache:
     """Prompt embeddings computed once per evaluation and copied into every store (the class list
     and model are the same for every image and mode)."""
@@ -385,7 +325,7 @@ class _TextCache:
         if store.is_done("text"):
             return
         if self.text is None:
-            _add(timings, stages.embed_text(store.url))
+            stages.add_seconds(timings, stages.embed_text(store.url))
             self.text = store.read("text")
             return
         store.array("text")[:] = self.text
@@ -396,12 +336,7 @@ def _display_rgb(scene: Scene, shape: tuple[int, int]) -> np.ndarray:
     """The working image as uint8 ``(h, w, 3)`` at ``shape`` for figures."""
     with gdal_env(), open_raster(scene.path) as ds:
         data = ds.read(list(scene.band_indexes), out_shape=(3, *shape), resampling=Resampling.bilinear)
-    rgb = data.astype(np.float32)
-    if scene.stretch is None:
-        rgb /= 255.0
-    else:
-        for b, (lo, hi) in enumerate(scene.stretch):
-            rgb[b] = np.clip((rgb[b] - lo) / (hi - lo), 0, 1)
+    rgb = scene.to_unit(data.astype(np.float32))
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
@@ -459,11 +394,11 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
             for mode in options.modes:
                 store = _open_store(url, scene, configs[mode], model)
                 for ids in stages.window_batches(store):
-                    _add(timings, stages.encode_windows(url, ids))
+                    stages.add_seconds(timings, stages.encode_windows(url, ids))
                 text.fill(store, timings)
-                _add(timings, stages.attend_all(url))
+                stages.add_seconds(timings, stages.attend_all(url))
                 t1 = time.perf_counter()
-                pred = predict_labels(store, classes, spec.logit_scale, label_shape, model.device)
+                pred = predict_labels(store, classes, spec.logit_scale, label_shape)
                 rows, cols = store.grid.edges_on(*label_shape)
                 timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t1
                 cm = ConfusionMatrix(len(classes))

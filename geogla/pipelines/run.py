@@ -33,6 +33,7 @@ from geogla.lock import RunLock
 from geogla.paths import absolute
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene, open_scene
+from geogla.stages import StageResult
 from geogla.store import RunStore
 
 
@@ -56,7 +57,7 @@ class Task:
 
     stage: str
     name: str
-    fn: Callable[..., dict[str, float]]
+    fn: Callable[..., StageResult]
     args: tuple[Any, ...]
     windows: int = 0
     resources: dict[str, float] | None = None
@@ -78,7 +79,7 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
     first.append(Task("text", "text", stages.embed_text, (url,)))
     last = [Task("outputs", "outputs", stages.write_outputs, (url, out_dir))]
     if labels is not None:
-        last.append(Task("evaluate", "evaluate", stages.evaluate, (url, labels, out_dir)))
+        last.append(Task("evaluate", "evaluate", stages.evaluate_labels, (url, labels, out_dir)))
     return [first,
             [Task("summary", "summary", stages.summarize_keys, (url,))],
             [Task("attend", f"attend-{k}", stages.attend_batches, (url, part))
@@ -87,7 +88,7 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
             last]
 
 
-def run_stage(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+def run_stage(fn: Callable[..., StageResult], *args: Any) -> StageResult:
     """Run one stage function, then give the memory it freed back to the operating system.
 
     Stages allocate and free large buffers (model activations, attention blocks, tiles); without
@@ -132,7 +133,7 @@ def attend_parts(store: RunStore) -> list[list[int]]:
     """Encode batches grouped into attend tasks: all in one for exact attention (it needs every
     window at once), else about ``stages.ATTEND_TASK_WINDOWS`` windows per task."""
     n_batches = len(stages.window_batches(store))
-    if stages.attention_mode(store) == "exact":
+    if stages.store_algorithm(store) == "exact":
         return [list(range(n_batches))]
     per_task = max(1, stages.ATTEND_TASK_WINDOWS // store.config.batch_size)
     return [list(range(b, min(b + per_task, n_batches))) for b in range(0, n_batches, per_task)]
@@ -217,8 +218,9 @@ def encode_resources(client: Client) -> dict[str, float] | None:
 
 
 def run_graph(store: RunStore, out_dir: str, client: Client | None = None, labels: str | None = None,
-              progress: Callable[[Progress], None] | None = None) -> dict[str, float]:
-    """Compute the run's tasks on ``client`` (an embedded cluster when None); return summed timings.
+              progress: Callable[[Progress], None] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Compute the run's tasks on ``client`` (an embedded cluster when None); return the seconds
+    per kind of work summed over the tasks, and the metrics the tasks measured.
 
     Waves (:func:`build_waves`) run one after the other, and inside a wave at most
     :func:`in_flight_limit` tasks are submitted at a time: the scheduler then holds a bounded
@@ -238,23 +240,24 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
     limit = _Limit(client)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     running: dict[Future, Task] = {}
     try:
         for wave in waves:
             for task, part in _run_wave(client, wave, token, limit, running):
-                for k, v in part.items():
-                    timings[k] = timings.get(k, 0.0) + v
+                stages.add_seconds(timings, part)
+                metrics.update(part.metrics)
                 _advance(state, task, part, time.perf_counter() - t0)
                 if progress is not None:
                     progress(state)
     except BaseException:
         client.cancel(list(running))  # a failed (or interrupted) run leaves no tasks behind on the cluster
         raise
-    return timings
+    return timings, metrics
 
 
 def _run_wave(client: Client, wave: list[Task], token: str, limit: _Limit,
-              running: dict[Future, Task]) -> Iterator[tuple[Task, dict[str, float]]]:
+              running: dict[Future, Task]) -> Iterator[tuple[Task, StageResult]]:
     """Each task of ``wave`` and its result, as they finish; at most ``limit`` in ``running`` at once.
 
     A task's error is raised here, with its own type.  Finished tasks are released at once, so that
@@ -305,10 +308,10 @@ class _Limit:
         return self.limit
 
 
-def _advance(state: Progress, task: Task, part: dict[str, float], elapsed: float) -> None:
+def _advance(state: Progress, task: Task, part: StageResult, elapsed: float) -> None:
     state.done[task.stage] += 1
     state.windows_done += task.windows
-    if "encode_skipped" in part:
+    if part.skipped:
         state.skipped_windows += task.windows
     state.elapsed = elapsed
 
@@ -316,8 +319,7 @@ def _advance(state: Progress, task: Task, part: dict[str, float], elapsed: float
 def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | None = None,
               labels: str | None = None, progress: Callable[[Progress], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
-    timings = run_graph(store, out_dir, client, labels, progress)
-    metrics = {k.removeprefix("metric:"): timings.pop(k) for k in list(timings) if k.startswith("metric:")}
+    timings, metrics = run_graph(store, out_dir, client, labels, progress)
     paths = stages.output_paths(out_dir, store.scene.stem)
     if labels is None:
         del paths["metrics"]

@@ -1,0 +1,305 @@
+"""The kernels exact and scalable attention share: one block of query rows at a time.
+
+Pure tensor functions (private to :mod:`geogla.gla`).  A block's queries ``q`` are ``(g, r, D)``:
+``g`` groups of ``r`` rows (exact attention: whole windows or one group of all tokens; scalable
+attention: ``g = 1``), each group against its own ``Tk`` keys.  Every step of the method is
+row-wise, so a block needs only work memory of ``g * r * Tk`` entries (:class:`Buffers`), sized
+from the memory budget (:func:`rows_per_block`).
+
+Two phases per block (docs/method.md, section 3b):
+
+1. :func:`proxy_rounds`: ``steps`` rounds of ``S = Q K^T`` -> 0/1 positives -> ``P K``, giving the
+   final queries and the counts ``|P_i|`` of the last round;
+2. :func:`attention_rows`: ``S = Q K^T``, normalisation, masking, softmax numerator and ``E V``.
+
+Scalable attention's far keys are weighted representatives: its :class:`FarTerms` weigh their
+columns and correct the sums; exact attention uses :data:`EXACT` (every key counts once).
+
+Precision.  The compute dtype (float32, or bfloat16: ``cdtype``) is that of the proxy
+similarities and of the aggregations ``P K`` and ``E V``; the accumulate dtype (``adtype``:
+float32, or float64 for float64 inputs) that of the final similarity, queries, means and softmax
+sums.  In bfloat16 the keys carry an extra column of ones (:func:`key_matrix`) so that a product
+comes out as ``S - s`` for a per-row threshold ``s`` (:func:`similarity`): near 0 exactly where a
+decision is taken, so that rounding to 8 significant bits hardly moves tokens across ``rho``.
+Counts are exact integers in every mode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from geogla.gla.config import GLAConfig
+
+# Row sums are taken over chunks of this many entries in the compute dtype (accumulated in
+# float32 by torch and rounded once), then added in float32/64: 0/1 chunk sums are integers
+# <= 256, exact even in bfloat16, so counts are exact for any T; and no T-wide temporary is made.
+_SUM_CHUNK = 256
+
+
+def entry_bytes(cdtype: torch.dtype, adtype: torch.dtype) -> int:
+    """Work-memory bytes per entry of a block (:class:`Buffers`): similarity in the accumulate
+    dtype, weights in the compute dtype when it differs, one mask byte."""
+    size = torch.empty((), dtype=adtype).element_size() + 1
+    if cdtype != adtype:
+        size += torch.empty((), dtype=cdtype).element_size()
+    return size
+
+
+def rows_per_block(budget_mb: int, key_count: int, cdtype: torch.dtype, adtype: torch.dtype) -> int:
+    """Query rows per block so that a block's work memory over ``key_count`` keys fits ``budget_mb``."""
+    return max(1, budget_mb * 2**20 // (key_count * entry_bytes(cdtype, adtype)))
+
+
+class Buffers:
+    """Work memory of one block, allocated once and reused by every block.
+
+    ``sim``: final similarities in the accumulate dtype; ``weights``: proxy masks and softmax
+    numerators in the compute dtype (the same memory as ``sim`` when the dtypes agree);
+    ``mask``: booleans.
+    """
+
+    def __init__(self, entries: int, cdtype: torch.dtype, adtype: torch.dtype, device: torch.device) -> None:
+        self._sim = torch.empty(entries, dtype=adtype, device=device)
+        self._weights = self._sim if cdtype == adtype else torch.empty(entries, dtype=cdtype, device=device)
+        self._mask = torch.empty(entries, dtype=torch.bool, device=device)
+
+    def sim(self, g: int, r: int, tk: int) -> Tensor:
+        return self._sim[: g * r * tk].view(g, r, tk)
+
+    def weights(self, g: int, r: int, tk: int) -> Tensor:
+        return self._weights[: g * r * tk].view(g, r, tk)
+
+    def mask(self, g: int, r: int, tk: int) -> Tensor:
+        return self._mask[: g * r * tk].view(g, r, tk)
+
+
+def is_shifted(cdtype: torch.dtype) -> bool:
+    """Whether products in ``cdtype`` come out shifted by a threshold (16-bit compute dtypes)."""
+    return torch.empty((), dtype=cdtype).element_size() < 4
+
+
+def key_matrix_width(dim: int, cdtype: torch.dtype) -> int:
+    """Columns of the compute-dtype key matrix: ``dim``, or, shifted, ``dim`` and a column of ones
+    padded to a multiple of 8 (which keeps the matrix kernels on their fast path)."""
+    return (dim + 1 + 7) // 8 * 8 if is_shifted(cdtype) else dim
+
+
+def key_matrix(keys: Tensor, cdtype: torch.dtype) -> Tensor:
+    """Keys ``(..., Tk, D)`` as the compute-dtype matrix of :func:`similarity` and :func:`aggregate`."""
+    dim = keys.shape[-1]
+    if not is_shifted(cdtype):
+        return keys if keys.dtype == cdtype else keys.to(cdtype)
+    mat = torch.zeros(*keys.shape[:-1], key_matrix_width(dim, cdtype), dtype=cdtype, device=keys.device)
+    mat[..., :dim] = keys
+    mat[..., dim] = 1.0
+    return mat
+
+
+def similarity(q: Tensor, mat: Tensor, dim: int, shift: Tensor, out: Tensor) -> Tensor:
+    """Write ``S - s`` for queries ``q`` ``(g, r, D)`` against key matrix ``mat`` into ``out``.
+
+    ``mat`` is ``(g, Tk, W)`` or ``(Tk, W)`` (:func:`key_matrix`); ``s`` is ``shift`` ``(g, r)``
+    rounded to the compute dtype when the matrix is shifted, 0 otherwise.  Returns ``shift - s``
+    in ``shift.dtype``: then ``S >= shift`` iff ``out >= result``.
+    """
+    keys_t = mat.transpose(-1, -2)
+    if mat.shape[-1] == dim:
+        torch.matmul(q.to(mat.dtype), keys_t, out=out)
+        return shift
+    qa = torch.zeros(*q.shape[:-1], mat.shape[-1], dtype=mat.dtype, device=q.device)
+    qa[..., :dim] = q
+    s = shift.to(mat.dtype)
+    qa[..., dim] = -s
+    torch.matmul(qa, keys_t, out=out)
+    return shift - s.to(shift.dtype)
+
+
+def aggregate(weights: Tensor, mat: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """``weights @ K`` ``(g, r, D)`` in ``dtype`` for ``weights`` ``(g, r, Tk)`` and key matrix ``mat``."""
+    return torch.matmul(weights, mat)[..., :dim].to(dtype)
+
+
+def row_sum(z: Tensor, dtype: torch.dtype) -> Tensor:
+    """Sum of ``z`` over its last dimension, in ``dtype``, without converting ``z`` whole.
+
+    Chunks of ``_SUM_CHUNK`` entries are summed in ``z``'s dtype, the chunk sums in ``dtype``: for
+    0/1 entries the result is exact (chunk sums are small integers); otherwise each chunk sum is
+    rounded once to ``z``'s dtype.
+    """
+    *lead, tk = z.shape
+    full = tk - tk % _SUM_CHUNK
+    out = torch.zeros(lead, dtype=dtype, device=z.device)
+    if full:
+        strides = (*z.stride()[:-1], _SUM_CHUNK * z.stride()[-1], z.stride()[-1])
+        chunks = z.as_strided((*lead, full // _SUM_CHUNK, _SUM_CHUNK), strides)
+        out += chunks.sum(dim=-1).sum(dim=-1, dtype=dtype)
+    if full < tk:
+        out += z[..., full:].sum(dim=-1, dtype=dtype)
+    return out
+
+
+def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Largest values of ``dtype`` that are ``<= x``, elementwise.
+
+    Then ``v > x`` iff ``v > result`` for every ``v`` representable in ``dtype``.
+    """
+    r = x.to(dtype)
+    if dtype == x.dtype:
+        return r
+    high = r.to(x.dtype) > x
+    return torch.where(high, torch.nextafter(r, torch.full_like(r, -math.inf)), r)
+
+
+def round_up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Smallest values of ``dtype`` that are ``>= x``, elementwise.
+
+    Then ``v >= x`` iff ``v >= result`` for every ``v`` representable in ``dtype``.
+    """
+    r = x.to(dtype)
+    if dtype == x.dtype:
+        return r
+    low = r.to(x.dtype) < x
+    return torch.where(low, torch.nextafter(r, torch.full_like(r, math.inf)), r)
+
+
+def shift_factor(config: GLAConfig, context_windows: int) -> float:
+    """``u``: the multiple of the row mean ``m_i`` below which similarities are masked.
+
+    Dynamic normalisation: ``1 + lambda1 ln(1 + L)`` with ``L`` the windows a query's keys come
+    from; fixed: ``beta``.
+    """
+    if config.norm == "dynamic":
+        return 1.0 + config.lambda1 * math.log1p(context_windows)
+    return config.beta
+
+
+def softmax_scale(config: GLAConfig, counts: Tensor | None, rows: tuple[int, int], dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """``c_i = w_i / temperature`` ``(g, r)`` in ``dtype``: ``w_i = 1 + lambda2 / |P_i|`` from the
+    (float64) ``counts`` with dynamic normalisation, ``gamma`` with fixed normalisation."""
+    if config.norm == "dynamic":
+        assert counts is not None
+        return ((1.0 + config.lambda2 / counts) / config.temperature).to(dtype)
+    return torch.full(rows, config.gamma / config.temperature, dtype=dtype, device=device)
+
+
+class FarTerms(Protocol):
+    """How a block's key columns count: every one once (:data:`EXACT`), or, in scalable attention,
+    far representatives weighted and their sums corrected (``geogla.gla.scalable.FarEstimator``)."""
+
+    def count(self, z: Tensor) -> Tensor:
+        """``(g, r)`` float64 row counts of the 0/1 (or boolean) ``z`` ``(g, r, Tk)``."""
+        ...
+
+    def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Row counts of the 0/1 positives ``z`` (float64) and the correction to add to ``z @ K``;
+        ``z``'s columns are scaled in place by what each key stands for."""
+        ...
+
+    def numerators(self, e: Tensor) -> Tensor | None:
+        """Scale the softmax numerators ``e`` in place like :meth:`positives`; return the correction
+        to add to ``e @ V`` (None: none)."""
+        ...
+
+
+class _ExactTerms:
+    """Every key column counts once."""
+
+    def count(self, z: Tensor) -> Tensor:
+        return row_sum(z, torch.float64)
+
+    def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        return row_sum(z, torch.float64), None
+
+    def numerators(self, e: Tensor) -> Tensor | None:
+        return None
+
+
+#: :class:`FarTerms` of exact attention.
+EXACT: FarTerms = _ExactTerms()
+
+
+def proxy_rounds(q: Tensor, mat: Tensor, dim: int, self_keys: Tensor, config: GLAConfig, z: Tensor,
+                 terms: FarTerms) -> tuple[Tensor, Tensor]:
+    """Proxy anchors of one block: normalised proxies ``(g, r, D)`` and float64 counts ``(g, r)``.
+
+    ``q`` are the normalised starting queries, ``mat`` the key matrix of their groups'
+    ``Tk`` keys, ``self_keys`` ``(g, r, D)`` each query's own key (its positive set when empty), ``z``
+    a ``(g, r, Tk)`` compute-dtype buffer.  Counts are those of the last round.
+    """
+    g, r, _ = q.shape
+    # float64 so that rounding rho to the compute dtype below is exact in every dtype
+    rho = torch.full((g, r), config.rho, dtype=torch.float64, device=q.device)
+    counts = torch.zeros(g, r, dtype=torch.float64, device=q.device)
+    for _ in range(config.steps):
+        rest = similarity(q, mat, dim, rho, z)
+        # S > rho  <=>  z > rest; rounding rest down to z's dtype keeps that exact.
+        torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1, in place
+        counts, correction = terms.positives(z)
+        summed = aggregate(z, mat, dim, self_keys.dtype)
+        if correction is not None:
+            summed += correction
+        empty = counts == 0
+        if bool(empty.any()):
+            # P_i = {i}: the token itself.
+            gi, ri = empty.nonzero(as_tuple=True)
+            summed[gi, ri] = self_keys[gi, ri]
+            counts[gi, ri] = 1.0
+        # normalize(sum / (|P_i| + 1e-6)): the division is a positive per-row scale that the
+        # normalisation removes, so it is skipped.
+        q = F.normalize(summed, dim=-1)
+    return q, counts
+
+
+def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, counts: Tensor | None,
+                   config: GLAConfig, buffers: Buffers, terms: FarTerms) -> Tensor:
+    """``A V`` for one block of query rows ``q`` ``(g, r, D)`` against their groups' keys.
+
+    ``keys`` ``(g, Tk, D)`` or ``(Tk, D)`` are in the accumulate dtype (the final similarity
+    decides the mask and the softmax exponents, so it is never rounded to bfloat16), ``values``
+    ``(..., Tk, Dv)`` in the compute dtype.  ``shift`` is ``u * m_i`` ``(g, r)``; ``counts`` the last
+    proxy round's ``|P_i|`` (float64) or ``None`` (then they come from this similarity, as
+    without proxy anchors).
+    """
+    g, r, _ = q.shape
+    tk = keys.shape[-2]
+    adtype = q.dtype
+    s = buffers.sim(g, r, tk)
+    m = buffers.mask(g, r, tk)
+    keys_t = keys.transpose(-1, -2)
+
+    late_scale: Tensor | None = None
+    if counts is None and config.norm == "dynamic":
+        # Counts come from this S, so the scale is known only after it.
+        torch.matmul(q, keys_t, out=s)
+        torch.gt(s, round_down(torch.tensor(config.rho, dtype=torch.float64), adtype), out=m)
+        counts = terms.count(m).clamp_min(1.0)  # empty -> {i}
+        late_scale = softmax_scale(config, counts, (g, r), adtype, q.device)[..., None]
+    else:
+        scale = softmax_scale(config, counts, (g, r), adtype, q.device)
+        # s = c_i S with c_i = w_i / temperature folded into the queries; c_i > 0.
+        torch.matmul(q * scale[..., None], keys_t, out=s)
+        shift = shift * scale
+
+    # A~ = w (S - u m) < min(max A~, 0)  <=>  S < min(max S, u m)   (w > 0; same with c S).
+    smax = s.amax(dim=-1, keepdim=True)
+    torch.lt(s, torch.minimum(smax, shift[..., None]), out=m)  # masked entries
+    # softmax numerator exp(c (S - max S)) <= 1, zero where masked; the row constant
+    # exp(-c max S) cancels in the normalisation.
+    s.sub_(smax)
+    if late_scale is not None:
+        s.mul_(late_scale)
+    e = buffers.weights(g, r, tk)
+    torch.exp(s, out=e)
+    e.masked_fill_(m, 0.0)
+    correction = terms.numerators(e)
+    denom = row_sum(e, adtype)
+    numer = torch.matmul(e, values).to(adtype)
+    if correction is not None:
+        numer += correction
+    return numer.div_(denom[..., None])

@@ -1,0 +1,42 @@
+"""What every stage shares: the model of a run (loaded once per process) and the encode batches."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+
+from geogla.models import SegmentationModel, create_model
+from geogla.store import RunStore
+
+_model_lock = threading.Lock()
+
+
+def load_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
+               device: str) -> SegmentationModel:
+    """The model of a run, loaded once per process and reused by every task there."""
+    with _model_lock:  # a worker's threads asking at once must not each load a copy (lru_cache would)
+        return _cached_model(name, weights, clip_weights, vfm_weights, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
+                  device: str) -> SegmentationModel:
+    return create_model(name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights, device=device)
+
+
+def model_for(store: RunStore) -> SegmentationModel:
+    """The model of the run ``store`` belongs to (:func:`load_model`)."""
+    c = store.config
+    return load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
+
+
+def window_batches(store: RunStore) -> list[list[int]]:
+    """Window ids grouped by encode batch (one batch per chunk of the window arrays)."""
+    n_windows, size = len(store.grid), store.config.batch_size
+    return [list(range(s, min(s + size, n_windows))) for s in range(0, n_windows, size)]
+
+
+def batch_slice(ids: Sequence[int]) -> slice:
+    """The rows of the window arrays that one encode batch (consecutive ids) owns."""
+    return slice(ids[0], ids[-1] + 1)

@@ -1,0 +1,101 @@
+"""The outputs stage (class COG, styled GeoPackage, STAC item) and the evaluation against a label
+raster (``geogla run --labels``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from geogla.cog import atomic_output, write_class_cog, write_float_cog
+from geogla.env import gdal_env
+from geogla.errors import SceneError
+from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
+from geogla.scene import Scene, open_raster
+from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
+from geogla.stages.result import StageResult
+from geogla.store import RunStore
+from geogla.vectorize import iter_polygons, write_geopackage
+
+
+def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
+    """Where a run's outputs go: the class COG, the GeoPackage, the probability COG (when asked
+    for) and the metrics (with labels)."""
+    out = Path(out_dir)
+    return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
+            "probabilities": out / f"{stem}.probabilities.tif", "stac": out / f"{stem}.stac.json",
+            "metrics": out / f"{stem}.metrics.json"}
+
+
+def check_labels(labels_path: str, scene: Scene) -> None:
+    """Raise :class:`SceneError` unless ``labels_path`` is a one-band raster the size of ``scene``."""
+    with gdal_env():
+        ds = open_raster(labels_path, what="label raster")
+        with ds:
+            if (ds.height, ds.width) != scene.georef.shape:
+                raise SceneError(f"The label raster {labels_path} is {ds.width} x {ds.height} pixels but the scene "
+                                 f"is {scene.georef.width} x {scene.georef.height}.")
+
+
+def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResult:
+    """Score the stitched class raster against a label raster of class ids (255 = unlabelled).
+
+    Streams block by block: mIoU and pixel accuracy from a confusion matrix, and the Boundary
+    Error Rate over the edges of the run's own window grid (each block read with the row and
+    column before it, so pairs across block borders count once).  Writes ``<stem>.metrics.json``.
+    """
+    store = RunStore.open(store_url, mode="r")
+    cfg = store.config
+    t0 = time.perf_counter()
+    confusion = ConfusionMatrix(len(cfg.classes))
+    ber = BoundaryErrorRate()
+    # Window edges are on the working grid; the class raster is on the file's grid.
+    row_edges, col_edges = store.grid.edges_on(*store.scene.georef.shape)
+    classes = store.array("classes")
+    with gdal_env(), open_raster(labels_path, what="label raster") as ds:
+        for y1, x1, y2, x2 in store.blocks():
+            top, left = int(y1 > 0), int(x1 > 0)
+            pred = np.asarray(classes[y1 - top:y2, x1 - left:x2])
+            gt = ds.read(1, window=Window(x1 - left, y1 - top, x2 - x1 + left, y2 - y1 + top))
+            confusion.update(pred[top:, left:], gt[top:, left:])
+            ber.update(pred, gt, row_edges, col_edges, origin=(y1 - top, x1 - left), context=(top, left))
+    metrics = {"miou": confusion.miou(), "pixel_accuracy": confusion.pixel_accuracy(), "ber": ber.value()}
+    report = {**metrics, "labels": labels_path, "classes": list(cfg.classes.names),
+              "iou": dict(zip(cfg.classes.names, (float(v) for v in confusion.iou()), strict=True)),
+              "weights": cfg.weights, "attention": cfg.attention.to_json()}
+    path = output_paths(out_dir, store.scene.stem)["metrics"]
+    with atomic_output(path) as scratch:
+        scratch.result.write_text(json.dumps(report, indent=2, allow_nan=True))
+    return StageResult({"evaluate": time.perf_counter() - t0}, metrics=metrics)
+
+
+def write_outputs(store_url: str, out_dir: str) -> StageResult:
+    """Write the class COG and the styled GeoPackage from the stitched class raster."""
+    store = RunStore.open(store_url)
+    scene, cfg = store.scene, store.config
+    paths = output_paths(out_dir, scene.stem)
+    classes = store.array("classes")
+    t0 = time.perf_counter()
+    with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
+        write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
+        if cfg.save_probabilities:
+            write_float_cog(paths["probabilities"], store.array("probabilities"), scene.georef,
+                            list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
+    t1 = time.perf_counter()
+    # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
+    polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area, simplify=cfg.simplify)
+    write_geopackage(paths["gpkg"], polygons, scene.georef, cfg.classes)
+    with gdal_env(), open_raster(scene.path) as ds:
+        acquired = tiff_datetime(ds.tags())
+    properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
+                  "geogla:attention": cfg.attention.to_json(),
+                  "geogla:source": os.path.basename(scene.path)}
+    item = build_stac_item(paths["stac"], item_id=scene.stem, cog_path=paths["cog"], gpkg_path=paths["gpkg"],
+                           georef=scene.georef, class_list=cfg.classes, datetime=acquired, properties=properties,
+                           probabilities_path=paths["probabilities"] if cfg.save_probabilities else None)
+    write_stac_item(paths["stac"], item)
+    return StageResult({"cog": t1 - t0, "vectorize": time.perf_counter() - t1})
