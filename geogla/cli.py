@@ -7,18 +7,17 @@ Exit codes: 0 success; 2 a problem the user can fix (one sentence on stderr, no 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
 
 if TYPE_CHECKING:
-    from distributed import Client
 
     from geogla.pipelines.run import Progress
 
@@ -87,9 +86,39 @@ def _add_precision_argument(parser: argparse.ArgumentParser, default: str | None
                         help=f"dtype of attention's large matrix products (default: {why})")
 
 
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-q and -v, accepted before or after the command: no defaults (argparse.SUPPRESS), so that a
+    command's default cannot overwrite what was given before it; read them with :func:`_flag`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="warnings and errors only: no progress, no information lines")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="also debugging lines")
+
+
+def _flag(args: argparse.Namespace, name: str) -> bool:
+    return bool(getattr(args, name, False))
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """geogla's log lines on stderr, one message a line: warnings only with ``quiet``, information by
+    default (weights found, the cluster's dashboard, a stale lock taken over), debugging with ``verbose``."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("geogla")
+    logger.handlers = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from geogla import __version__
+
     parser = _Parser(prog="geogla", description="Open-vocabulary segmentation of large aerial, satellite and "
                      "drone images (ProxyCLIP + GLA, training-free).")
+    parser.add_argument("--version", action="version", version=f"geogla {__version__}")
+    _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="segment a scene into a class COG and a styled GeoPackage")
     run.add_argument("scene", help="the input raster (GeoTIFF, JPEG, PNG, ... anything GDAL reads)")
@@ -133,45 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on the Dask cluster of this scheduler, e.g. tcp://head:8786 (default: "
                           "$DASK_SCHEDULER_ADDRESS, else a local cluster in this process)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    _add_verbosity(run)
     _add_eval_parser(sub)
     _add_models_parser(sub)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from geogla.classes import parse_classes
-    from geogla.models import get_preset
-    from geogla.pipelines.run import connect, run_scene, scheduler_address
-    from geogla.runconfig import RunConfig, attention_config
+    from geogla.api import segment
     from geogla.scene import Scene
 
-    classes = parse_classes(args.classes, background=args.background, prob_threshold=args.prob_threshold)
-    preset = get_preset(args.model)
-    attention = attention_config(preset, args.attention, smoothing=args.smoothing, algorithm=args.attention_algorithm,
-                                 precision=args.precision)
-    config = RunConfig(classes=classes, model=args.model, weights=args.weights, clip_weights=args.clip_weights,
-                       vfm_weights=args.vfm_weights,
-                       crop=preset.crop if args.crop is None else args.crop,
-                       stride=preset.stride if args.stride is None else args.stride, attention=attention, logit_scale=args.logit_scale,
-                       device=args.device, save_probabilities=args.save_probabilities, min_area=args.min_area,
-                       simplify=args.simplify)
-
-    def banner(scene: Scene) -> None:
+    def start(scene: Scene) -> None:
         if args.weights == "random":
             print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
         if scene.pixel_coordinates:
             print(f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
                   "and areas in square pixels.", file=sys.stderr)
 
-    address = scheduler_address(args.scheduler)
-    cluster: AbstractContextManager[Client | None] = connect(address) if address else nullcontext()
-    with cluster as client:
-        if client is not None:
-            print(_dashboard_line(client, str(address)), file=sys.stderr)
-        result = run_scene(args.scene, args.out, config, bands=args.bands, gsd=args.gsd, store_url=args.store,
-                           overwrite=args.overwrite, labels=args.labels, on_start=banner, client=client,
-                           progress=None if args.quiet else ProgressPrinter())
+    result = segment(args.scene, args.classes, args.out, model=args.model, weights=args.weights,
+                     clip_weights=args.clip_weights, vfm_weights=args.vfm_weights, crop=args.crop, stride=args.stride,
+                     attention=args.attention, algorithm=args.attention_algorithm, smoothing=args.smoothing,
+                     precision=args.precision, background=args.background, prob_threshold=args.prob_threshold,
+                     logit_scale=args.logit_scale, bands=args.bands, gsd=args.gsd,
+                     save_probabilities=args.save_probabilities, min_area=args.min_area, simplify=args.simplify,
+                     labels=args.labels, device=args.device, store=args.store, scheduler=args.scheduler,
+                     overwrite=args.overwrite, on_start=start,
+                     progress=None if _flag(args, "quiet") else ProgressPrinter())
     if result.valid_windows == 0:
         print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
@@ -186,15 +202,6 @@ def _run(args: argparse.Namespace) -> int:
     spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.timings.items()) if v >= 0.05)
     print(f"done in {result.wall:.1f}s ({spent})", file=sys.stderr)
     return 0
-
-
-def _dashboard_line(client: Client, address: str) -> str:
-    """One line naming the dashboard of the cluster a run uses."""
-    try:
-        link = client.dashboard_link
-    except (KeyError, AttributeError):  # a scheduler serving no dashboard
-        link = None
-    return f"Dask dashboard: {link} (scheduler {address})" if link else f"Dask scheduler {address} (no dashboard)"
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
@@ -235,40 +242,19 @@ def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     ev.add_argument("--keep-stores", action="store_true",
                     help="keep the per-image run stores in OUT/stores (a rerun reuses their encoded windows)")
-    ev.add_argument("-q", "--quiet", action="store_true", help="no per-image progress lines")
+    _add_verbosity(ev)
 
 
 def _eval(args: argparse.Namespace) -> int:
     import time
 
-    from geogla.datasets import expand_tiles, find_samples, get_spec
-    from geogla.pipelines.evaluate import (
-        MODE_TITLES,
-        EvalOptions,
-        ImageResult,
-        evaluate_dataset,
-        write_report,
-    )
-    from geogla.pipelines.run import ensure_writable_dir
+    from geogla.api import evaluate
+    from geogla.pipelines.evaluate import MODE_TITLES, ImageResult
 
-    spec = get_spec(args.dataset, args.legend).with_overrides(
-        classes=args.classes, background=args.background, prob_threshold=args.prob_threshold,
-        resize_long_side=args.resize, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale)
-    split = args.split or spec.split
-    samples = expand_tiles(find_samples(spec.layout, args.root, split), spec.tile)
-    chosen = samples[: args.limit] if args.limit is not None else samples
-    if not chosen:
-        raise ConfigError("--limit 0 leaves no image to score.")
-    out = args.out or os.path.join("geogla-eval", f"{spec.name}-{split}")
-    ensure_writable_dir(out)
-    modes = ("proxyclip", "gla") if args.attention == "both" else (args.attention,)
-    options = EvalOptions(model=args.model, weights=args.weights, clip_weights=args.clip_weights,
-                          vfm_weights=args.vfm_weights, device=args.device, modes=modes,
-                          precision=args.precision, figures=args.figures,
-                          keep_stores=args.keep_stores)
-    if args.weights == "random":
-        print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
-    print(f"{spec.name} {split}: scoring {len(chosen)} of {len(samples)} images from {args.root}", file=sys.stderr)
+    def start(what: str, n: int, available: int) -> None:
+        if args.weights == "random":
+            print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
+        print(f"{what}: scoring {n} of {available} images from {args.root}", file=sys.stderr)
 
     def _pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.1f}"
@@ -276,16 +262,20 @@ def _eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def progress(i: int, n: int, r: ImageResult) -> None:
-        if args.quiet:
+        if _flag(args, "quiet"):
             return
         parts = ", ".join(f"{MODE_TITLES[m]} mIoU {_pct(s['miou'])} BER {_pct(s['ber'])}" for m, s in r.scores.items())
         per = (time.perf_counter() - started) / i
         left = f", ~{per * (n - i) / 60:.0f} min left" if n > i else ""
         print(f"[{i}/{n}] {r.name}: {parts} ({per:.1f} s/image{left})", file=sys.stderr)
 
-    report = evaluate_dataset(spec, chosen, options, out, root=str(args.root), split=split,
-                              available=len(samples), progress=progress)
-    paths = write_report(report, out)
+    report, paths = evaluate(args.dataset, args.root, args.out, split=args.split, legend=args.legend,
+                             attention=args.attention, limit=args.limit, figures=args.figures, model=args.model,
+                             weights=args.weights, clip_weights=args.clip_weights, vfm_weights=args.vfm_weights,
+                             classes=args.classes, prob_threshold=args.prob_threshold, background=args.background,
+                             resize=args.resize, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
+                             device=args.device, precision=args.precision, keep_stores=args.keep_stores,
+                             on_start=start, progress=progress)
     print(report.markdown())
     if report.decode.unmatched:
         print(f"warning: {report.decode.unmatched} label pixels had values the legend does not know "
@@ -294,7 +284,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{kind}: {path}")
     figures = [r.figure for r in report.images if r.figure]
     if figures:
-        print(f"figures: {len(figures)} in {os.path.join(out, 'figures')}")
+        print(f"figures: {len(figures)} in {paths['json'].parent / 'figures'}")
     print(f"done in {report.wall:.1f}s", file=sys.stderr)
     return 0
 
@@ -319,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0)
         return int(exc.code or 0)
-    from geogla.models.weights import RandomWeightsWarning  # imports torch: not for --help
+    configure_logging(_flag(args, "quiet"), _flag(args, "verbose"))
+    from geogla.models.weights import RandomWeightsWarning
 
     try:
         with warnings.catch_warnings():

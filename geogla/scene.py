@@ -303,3 +303,13 @@ class SceneReader:
                                  f"{_first_line(exc)}.") from None
             valid[ry1 - y1:ry2 - y1, rx1 - x1:rx2 - x1] = mask > 0
         return valid
+
+
+def check_label_raster(path: str, scene: Scene) -> None:
+    """Raise :class:`SceneError` unless ``path`` is a raster the size of ``scene`` (its file grid)."""
+    with gdal_env():
+        ds = open_raster(path, what="label raster")
+        with ds:
+            if (ds.height, ds.width) != scene.georef.shape:
+                raise SceneError(f"The label raster {path} is {ds.width} x {ds.height} pixels but the scene "
+                                 f"is {scene.georef.width} x {scene.georef.height}.")

@@ -122,10 +122,10 @@ def test_cluster_run_with_s3_store_equals_embedded_run(cluster: LocalCluster, cl
     url = f"s3://{BUCKET}/runs/scene.zarr"
     out = tmp_path / "out"
     code = main(["run", str(cluster_scene), "--classes", CLASSES, *TINY, "-o", str(out), "--store", url,
-                 "--scheduler", cluster.scheduler_address, "-q"])
+                 "--scheduler", cluster.scheduler_address])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "Dask dashboard: http://127.0.0.1:" in err
+    assert "Dask dashboard: http://127.0.0.1:" in err  # an information line (-q hides it)
     assert np.array_equal(_classes(out / "scene.classes.tif"), _classes(cluster_scene.parent / "reference" /
                                                                          "scene.classes.tif"))
     fs = s3fs.S3FileSystem(skip_instance_cache=True)

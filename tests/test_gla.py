@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from geogla.gla.exact import BlockPlan
 from torch import Tensor
 
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig, attend, smooth_queries
+from geogla.gla.exact import BlockPlan
 from geogla.gla.synthetic import structured_scene
 
 U_L1 = 1.0 + 0.3 * math.log(2.0)  # dynamic shift u for one window

@@ -717,13 +717,14 @@ class _Captured(Exception):
 def test_run_command_takes_the_presets_attention_unless_told_otherwise(
         scene_tif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    import geogla.pipelines.plan
     import geogla.pipelines.run
     from geogla.cli import main
 
-    def capture(scene: str, out: str, config: object, **kwargs: object) -> None:
-        raise _Captured(config)
+    def capture(plan: geogla.pipelines.plan.RunPlan, **kwargs: object) -> None:
+        raise _Captured(plan.config)
 
-    monkeypatch.setattr(geogla.pipelines.run, "run_scene", capture)
+    monkeypatch.setattr(geogla.pipelines.run, "execute", capture)
     for model, extra, smoothing in [("clearclip-b16", [], True), ("clearclip-b16", ["--no-smoothing"], False),
                                     ("default", [], False), ("default", ["--smoothing"], True)]:
         with pytest.raises(_Captured) as caught:

@@ -191,7 +191,7 @@ def test_unwritable_output_folder(scene_tif: Path, tmp_path: Path, capsys: pytes
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(blocker / "out"), *TINY]) == 2
-    assert "cannot be written" in capsys.readouterr().err
+    assert "cannot be created" in capsys.readouterr().err  # a file stands where a folder would go
 
 
 def test_command_line_has_no_traceback_on_user_error(tmp_path: Path) -> None:

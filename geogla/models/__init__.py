@@ -7,18 +7,15 @@
 Presets live in ``configs/models.yaml`` (:mod:`geogla.models.registry`); weights are looked up as
 described in :mod:`geogla.models.weights`; the encoders follow method.md section 2
 (:mod:`geogla.models.clip`, :mod:`geogla.models.vfm`); ``geogla models`` is
-:func:`geogla.models.listing.models_text`.
+:func:`geogla.models.listing.models_text`.  The registry and the weights' lookup are importable
+without torch; the factory imports it on first use.
 """
 
 from __future__ import annotations
 
-from geogla.models.factory import (
-    SegmentationModel,
-    create_meta_model,
-    create_model,
-    resolve_device,
-    text_templates,
-)
+from typing import TYPE_CHECKING
+
+from geogla._lazy import lazy_attributes
 from geogla.models.registry import (
     ClipSpec,
     ModelPreset,
@@ -35,6 +32,17 @@ from geogla.models.weights import (
     WeightsSource,
     describe_weights,
 )
+
+if TYPE_CHECKING:
+    from geogla.models.factory import (
+        SegmentationModel,
+        create_meta_model,
+        create_model,
+        resolve_device,
+        text_templates,
+    )
+
+_FACTORY = ("SegmentationModel", "create_meta_model", "create_model", "resolve_device", "text_templates")
 
 __all__ = [
     "WEIGHTS_DIR_ENV",
@@ -55,3 +63,6 @@ __all__ = [
     "resolve_device",
     "text_templates",
 ]
+
+
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_FACTORY, "geogla.models.factory"))

@@ -11,18 +11,11 @@ from typing import Literal
 
 import torch
 
-from geogla.errors import ConfigError, WeightsError
+from geogla.errors import ConfigError
 from geogla.models.clip import ClipEncoder, build_open_clip
-from geogla.models.registry import ClipSpec, ModelPreset, VfmSpec, get_preset
+from geogla.models.registry import ModelPreset, get_preset
 from geogla.models.vfm import VfmEncoder, build_timm
-from geogla.models.weights import (
-    RANDOM,
-    RandomWeightsWarning,
-    WeightsSource,
-    missing_weights_message,
-    resolve_clip,
-    resolve_vfm,
-)
+from geogla.models.weights import RANDOM, RandomWeightsWarning, WeightsSource, find_weights
 
 log = logging.getLogger("geogla.models")
 
@@ -165,22 +158,6 @@ class SegmentationModel:
         return self.clip.embed_text(list(prompts), self._templates)
 
 
-def _resolve(preset: ModelPreset, weights: str, clip_weights: PathLike | None,
-             vfm_weights: PathLike | None) -> tuple[WeightsSource | None, WeightsSource | None]:
-    """The encoders' weight files (None: random or no VFM), or WeightsError naming all that are missing."""
-    want = weights == "pretrained"
-    clip = resolve_clip(preset.clip, clip_weights) if want or clip_weights is not None else None
-    vfm = None
-    if preset.vfm is not None and (want or vfm_weights is not None):
-        vfm = resolve_vfm(preset.vfm, vfm_weights)
-    if want:
-        missing: list[ClipSpec | VfmSpec] = [spec for spec, src in ((preset.clip, clip), (preset.vfm, vfm))
-                                             if spec is not None and src is None]
-        if missing:
-            raise WeightsError(missing_weights_message(missing))
-    return clip, vfm
-
-
 def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str = "pretrained",
                  clip_weights: PathLike | None = None, vfm_weights: PathLike | None = None,
                  device: str | torch.device = "cpu", seed: int = 0) -> SegmentationModel:
@@ -193,16 +170,8 @@ def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str
     loaded.  ``device`` is ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.
     """
     preset = name if isinstance(name, ModelPreset) else get_preset(name)
-    if weights not in ("pretrained", "random"):
-        raise ConfigError(f"weights must be 'pretrained' or 'random', not {weights!r}.")
+    clip_src, vfm_src = find_weights(preset, weights, clip_weights, vfm_weights)
     dev = resolve_device(device)
-    if preset.vfm is None and vfm_weights is not None:
-        raise ConfigError(f"Preset '{preset.name}' has no VFM (its keys come from CLIP); drop --vfm-weights.")
-    explicit_all = clip_weights is not None and (vfm_weights is not None or preset.vfm is None)
-    if weights == "pretrained" and preset.random_only and not explicit_all:
-        raise ConfigError(f"Preset '{preset.name}' has no published weights (it exists for tests); "
-                          "pass --weights random.")
-    clip_src, vfm_src = _resolve(preset, weights, clip_weights, vfm_weights)
 
     clip_model = build_open_clip(preset.clip, clip_src.path if clip_src else None, seed)
     sources = {"clip": clip_src or WeightsSource(RANDOM)}
@@ -218,7 +187,7 @@ def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str
                    "its labels are meaningless and exist only to exercise or benchmark the pipeline.")
         warnings.warn(message, RandomWeightsWarning, stacklevel=2)
     for part, src in sources.items():
-        log.info("%s weights: %s", part, src)
+        log.debug("%s weights: %s", part, src)
     return model
 
 

@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from geogla.errors import WeightsError
+from geogla.errors import ConfigError, WeightsError
 from geogla.models.registry import ClipSpec, ModelPreset, VfmSpec
 
 WEIGHTS_DIR_ENV = "GEOGLA_WEIGHTS_DIR"  #: environment variable of the local weights folder
@@ -315,3 +315,38 @@ def describe_weights(preset: ModelPreset, clip_weights: str | os.PathLike[str] |
     if preset.vfm is None:
         lines.append("  no VFM: the keys are CLIP's own last-block queries")
     return "\n".join(lines)
+
+
+def find_weights(preset: ModelPreset, weights: str, clip_weights: str | os.PathLike[str] | None = None,
+                 vfm_weights: str | os.PathLike[str] | None = None,
+                 ) -> tuple[WeightsSource | None, WeightsSource | None]:
+    """The weight files of ``preset``'s CLIP and VFM (None: random, or no VFM), without torch.
+
+    ``weights="pretrained"`` looks each encoder up (explicit path, ``$GEOGLA_WEIGHTS_DIR``, the
+    libraries' caches, a download unless offline); ``"random"`` loads only explicit paths.
+
+    Raises:
+        ConfigError: ``weights`` is neither, ``vfm_weights`` for a preset without VFM, or
+            pretrained weights of a preset that has none.
+        WeightsError: pretrained weights are missing (one sentence naming all of them and how to
+            provide them).
+    """
+    if weights not in ("pretrained", "random"):
+        raise ConfigError(f"weights must be 'pretrained' or 'random', not {weights!r}.")
+    if preset.vfm is None and vfm_weights is not None:
+        raise ConfigError(f"Preset '{preset.name}' has no VFM (its keys come from CLIP); drop --vfm-weights.")
+    explicit_all = clip_weights is not None and (vfm_weights is not None or preset.vfm is None)
+    if weights == "pretrained" and preset.random_only and not explicit_all:
+        raise ConfigError(f"Preset '{preset.name}' has no published weights (it exists for tests); "
+                          "pass --weights random.")
+    want = weights == "pretrained"
+    clip = resolve_clip(preset.clip, clip_weights) if want or clip_weights is not None else None
+    vfm = None
+    if preset.vfm is not None and (want or vfm_weights is not None):
+        vfm = resolve_vfm(preset.vfm, vfm_weights)
+    if want:
+        missing: list[ClipSpec | VfmSpec] = [spec for spec, src in ((preset.clip, clip), (preset.vfm, vfm))
+                                             if spec is not None and src is None]
+        if missing:
+            raise WeightsError(missing_weights_message(missing))
+    return clip, vfm

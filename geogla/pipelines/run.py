@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,13 +27,16 @@ from dask.base import tokenize
 from distributed import Client, Future, LocalCluster, as_completed
 
 from geogla import stages
-from geogla.errors import ConfigError, OutputError, StoreError
+from geogla.errors import ConfigError, StoreError
 from geogla.lock import RunLock
-from geogla.paths import absolute
+from geogla.paths import absolute, make_output_dir
+from geogla.pipelines.plan import RunPlan, plan_run
 from geogla.runconfig import RunConfig
-from geogla.scene import Scene, open_scene
+from geogla.scene import Scene
 from geogla.stages import StageResult
 from geogla.store import RunStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -195,7 +197,17 @@ def connect(address: str) -> Iterator[Client]:
         reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"Cannot connect to the Dask scheduler at {address}: {reason}.") from None
     with client:
+        log.info(dashboard_line(client, address))
         yield client
+
+
+def dashboard_line(client: Client, address: str) -> str:
+    """One line naming the dashboard of the cluster a run uses."""
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError):  # a scheduler serving no dashboard
+        link = None
+    return f"Dask dashboard: {link} (scheduler {address})" if link else f"Dask scheduler {address} (no dashboard)"
 
 
 def gpu_resources(scheduler_info: dict[str, Any]) -> dict[str, float] | None:
@@ -330,36 +342,48 @@ def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | Non
                      valid_windows=int(store.read("windows/valid").sum()))
 
 
-def run_scene(scene_path: str, out_dir: str, config: RunConfig, *, bands: list[int] | None = None,
-              gsd: float | None = None, resize_long_side: int | None = None, store_url: str | None = None,
-              overwrite: bool = False, client: Client | None = None, labels: str | None = None,
-              on_start: Callable[[Scene], None] | None = None,
+def run_scene(scene: str | os.PathLike[str] | Scene, out_dir: str | os.PathLike[str], config: RunConfig, *,
+              bands: list[int] | None = None, gsd: float | None = None, resize_long_side: int | None = None,
+              store_url: str | None = None, overwrite: bool = False, client: Client | None = None,
+              labels: str | os.PathLike[str] | None = None, on_start: Callable[[Scene], None] | None = None,
               progress: Callable[[Progress], None] | None = None) -> RunResult:
-    """Check everything a run needs, create (or resume) its store, lock it, and run it.
+    """Check everything a run needs (:func:`geogla.pipelines.plan.plan_run`), then run it
+    (:func:`execute`); arguments as theirs."""
+    plan = plan_run(scene, out_dir, config, bands=bands, gsd=gsd, resize_long_side=resize_long_side,
+                    store_url=store_url, labels=labels)
+    return execute(plan, overwrite=overwrite, client=client, on_start=on_start, progress=progress)
 
-    Every check a user can fail (the scene, the weights, the output folder) happens before
-    anything is written, so a user error leaves nothing behind.  ``on_start(scene)`` is called once
-    they have passed, before the work starts.  A store another run is writing is refused with
-    :class:`StoreError` (see :class:`geogla.lock.RunLock`).
+
+def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = None,
+            on_start: Callable[[Scene], None] | None = None,
+            progress: Callable[[Progress], None] | None = None) -> RunResult:
+    """Load the model, create (or resume) the run store, lock it, and run its task waves.
+
+    ``client``: the Dask cluster (an embedded one when None).  The model's device is checked
+    before anything is written; ``on_start(scene)`` is called once the store is created, before
+    the work starts.  A store another run is writing is refused with :class:`StoreError` (see
+    :class:`geogla.lock.RunLock`); one made for another scene or encoder configuration unless
+    ``overwrite``.
     """
-    scene = open_scene(scene_path, bands=bands, gsd=gsd, resize_long_side=resize_long_side)
-    if labels is not None:
-        stages.check_labels(labels, scene)
-    c = config
+    c, scene = plan.config, plan.scene
     model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
-    ensure_writable_dir(out_dir)
+    log.info("model %s on %s: %s", c.model, model.device,
+             ", ".join(f"{'CLIP' if part == 'clip' else part.upper()} {source}" for part, source in model.weights.items()))
+    make_output_dir(plan.out_dir)
+    out_dir, labels = plan.out_dir, plan.labels
     if client is not None:  # a cluster's workers may run in another folder
         out_dir = os.path.abspath(out_dir)
         if labels is not None:
             labels = absolute(labels)
-    url = absolute(store_url or os.path.join(out_dir, f"{scene.stem}.zarr"))
-    lock = RunLock(url)
+    lock = RunLock(plan.store_url)
     try:
-        if _is_run_store(url):
+        if _is_run_store(plan.store_url):
             # Before resuming: a resume may reset arrays (or --overwrite delete a store) another run is using.
             lock.acquire(heartbeat=False)
-        store, resumed = RunStore.create_or_resume(url, scene, config, **model.store_dims(), overwrite=overwrite)
+        store, resumed = RunStore.create_or_resume(plan.store_url, scene, c, **model.store_dims(),
+                                                   overwrite=overwrite)
         lock.acquire()  # takes a new store's lock, or re-takes it after --overwrite removed the old store
+        log.info("run store %s (%s)", plan.store_url, "resumed" if resumed else "new")
         if on_start is not None:
             on_start(scene)
         return timed_run(store, out_dir, resumed, client, labels, progress)
@@ -374,15 +398,3 @@ def _is_run_store(url: str) -> bool:
     except (StoreError, OSError, ValueError):
         return False
     return True
-
-
-def ensure_writable_dir(path: str) -> None:
-    """Create ``path`` if needed and check that files can be written in it (:class:`OutputError`)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(f"The output folder {path} is a file.")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".geogla-write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"The output folder {path} cannot be written: {exc.strerror or exc}.") from None

@@ -27,11 +27,11 @@ from geogla.stages.attend import (
 )
 from geogla.stages.common import load_model, model_for, window_batches
 from geogla.stages.encode import embed_text, encode_windows
-from geogla.stages.outputs import check_labels, evaluate_labels, output_paths, write_outputs
+from geogla.stages.outputs import evaluate_labels, output_paths, write_outputs
 from geogla.stages.result import StageResult, add_seconds
 from geogla.stages.stitch import stitch_block, working_logits
 
 __all__ = ["ATTEND_TASK_WINDOWS", "StageResult", "StoreWindows", "add_seconds", "attend_all", "attend_batches",
-           "check_labels", "embed_text", "encode_windows", "evaluate_labels", "load_model", "model_for",
+           "embed_text", "encode_windows", "evaluate_labels", "load_model", "model_for",
            "output_paths", "stitch_block", "store_algorithm", "summarize_keys", "window_batches", "working_logits",
            "write_outputs"]

@@ -13,9 +13,8 @@ from rasterio.windows import Window
 
 from geogla.cog import atomic_output, write_class_cog, write_float_cog
 from geogla.env import gdal_env
-from geogla.errors import SceneError
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
-from geogla.scene import Scene, open_raster
+from geogla.scene import open_raster
 from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
 from geogla.stages.result import StageResult
 from geogla.store import RunStore
@@ -29,16 +28,6 @@ def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
     return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
             "probabilities": out / f"{stem}.probabilities.tif", "stac": out / f"{stem}.stac.json",
             "metrics": out / f"{stem}.metrics.json"}
-
-
-def check_labels(labels_path: str, scene: Scene) -> None:
-    """Raise :class:`SceneError` unless ``labels_path`` is a one-band raster the size of ``scene``."""
-    with gdal_env():
-        ds = open_raster(labels_path, what="label raster")
-        with ds:
-            if (ds.height, ds.width) != scene.georef.shape:
-                raise SceneError(f"The label raster {labels_path} is {ds.width} x {ds.height} pixels but the scene "
-                                 f"is {scene.georef.width} x {scene.georef.height}.")
 
 
 def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResult:
