@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             mm.append(_seconds(partial(_six_matmuls, a, b)))
             att.append(_seconds(partial(attend, keys, values, cfg)))
-        ratio = statistics.median(x / y for x, y in zip(att, mm))
+        ratio = statistics.median(x / y for x, y in zip(att, mm, strict=True))
         if args.verbose:
             print(f"  {name}: matmul x6 {[round(x, 3) for x in mm]}  attend {[round(x, 3) for x in att]}")
         rows.append((name, statistics.median(mm), statistics.median(att), ratio))

@@ -37,8 +37,13 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.simplefilter("ignore")
     attention = GLAConfig() if args.attention == "gla" else GLAConfig.proxyclip()
-    config = RunConfig(classes=parse_classes(args.classes), model=args.model, weights="random", attention=attention,
-                       device="cpu")
+    config = RunConfig(
+        classes=parse_classes(args.classes),
+        model=args.model,
+        weights="random",
+        attention=attention,
+        device="cpu",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         result = run_scene(args.scene, args.out or tmp, config, overwrite=True)
     t = result.timings
@@ -51,7 +56,10 @@ def main() -> int:
     for k, v in sorted(t.items(), key=lambda kv: -kv[1]):
         print(f"{k:<12} {v:9.2f}")
     print(f"{'wall':<12} {result.wall:9.2f}")
-    print(f"share of wall time outside the two image encoders: {100 * (result.wall - encoders) / result.wall:.1f}%")
+    print(
+        "share of wall time outside the two image encoders: "
+        f"{100 * (result.wall - encoders) / result.wall:.1f}%"
+    )
     return 0
 
 

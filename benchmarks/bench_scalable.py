@@ -223,7 +223,9 @@ def compare_row(kind: str, grid: int, args: argparse.Namespace, cfg: GLAConfig) 
     sc = make_scene(kind, grid, args.side, args.dim, args.seed)
     n_windows = grid * grid
     gt_scene = stitch(F.one_hot(sc.labels, sc.class_vectors.shape[0]).float(), sc.offsets, args.side)
-    exact, t_exact = timed(lambda: attend(sc.keys, sc.values, GLAConfig(algorithm="exact"), offsets=sc.offsets))
+    exact, t_exact = timed(
+        lambda: attend(sc.keys, sc.values, GLAConfig(algorithm="exact"), offsets=sc.offsets)
+    )
     approx, t_scal = timed(lambda: attend(sc.keys, sc.values, cfg, offsets=sc.offsets))
     # second scalable run: the machine may be shared, keep the faster one; same result
     again, t_again = timed(lambda: attend(sc.keys, sc.values, cfg, offsets=sc.offsets))
@@ -311,7 +313,9 @@ def real_row(path: Path, cfg: GLAConfig, model_name: str, weights: str) -> dict[
     for r, name in enumerate(("several", "hub", "other")):
         chosen = regime == r
         by_regime[f"share_{name}"] = 100.0 * float(chosen.float().mean())
-        by_regime[f"changed_{name}"] = 100.0 * float(changed[chosen].float().mean()) if bool(chosen.any()) else math.nan
+        by_regime[f"changed_{name}"] = (
+            100.0 * float(changed[chosen].float().mean()) if bool(chosen.any()) else math.nan
+        )
     return {
         **by_regime,
         "floor": 100.0 * float((m_exact.tokens != m_round.tokens).float().mean()),
@@ -400,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {kind} | {r['L']} | {r['T']} | {r['t_exact']:.1f} | {r['t_scal']:.1f} | "
                     f"{r['t_exact'] / r['t_scal']:.1f}x | {r['single']:.0f} | "
                     f"{r['changed_tokens']:.2f} / {r['changed_scene']:.2f} | {_maybe(r['floor'])} | "
-                    f"{r['acc_exact']:.2f} / {r['acc_scal']:.2f} | {r['ber_exact']:.2f} | {r['ber_scal']:.2f} |",
+                    f"{r['acc_exact']:.2f} / {r['acc_scal']:.2f} | {r['ber_exact']:.2f} | "
+                    f"{r['ber_scal']:.2f} |",
                     flush=True,
                 )
         print()
@@ -413,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in scaling:
             r = scaling_row(g, args, cfg)
             print(
-                f"| {r['L']} | {r['T']} | {r['seconds']:.1f} | {r['ms_per_window']:.0f} | {r['work_mb']:.0f} | "
+                f"| {r['L']} | {r['T']} | {r['seconds']:.1f} | {r['ms_per_window']:.0f} | "
+                f"{r['work_mb']:.0f} | "
                 f"{r['inputs_mb']:.0f} | {r['acc']:.2f} |",
                 flush=True,
             )
@@ -422,14 +428,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         r = real_row(Path(args.real), cfg, args.real_model, args.real_weights)
         shown = "RANDOM" if args.real_weights == "random" else "pretrained"
-        print(f"Real raster {Path(args.real).name}, model {args.real_model} with {shown} weights (D = {r['D']})\n")
+        print(
+            f"Real raster {Path(args.real).name}, model {args.real_model} with {shown} weights "
+            f"(D = {r['D']})\n"
+        )
         print(
             "| L | T | exact s | scalable s | speed-up | labels changed % (tokens / stitched) "
             "| exact, keys in float16: changed % | seam disagreement % exact / scalable |"
         )
         print("|---|---|---|---|---|---|---|---|")
         print(
-            f"| {r['L']} | {r['T']} | {r['t_exact']:.1f} | {r['t_scal']:.1f} | {r['t_exact'] / r['t_scal']:.1f}x | "
+            f"| {r['L']} | {r['T']} | {r['t_exact']:.1f} | {r['t_scal']:.1f} | "
+            f"{r['t_exact'] / r['t_scal']:.1f}x | "
             f"{r['changed_tokens']:.2f} / {r['changed_scene']:.2f} | {r['floor']:.2f} | "
             f"{r['seam_exact']:.2f} / {r['seam_scal']:.2f} |\n"
         )

@@ -104,7 +104,9 @@ def main() -> int:
             n = windows_for(side)
             rows.append((side, n, wall, cpu, rss))
             status = "" if code == 0 else f" (exit {code})"
-            print(f"| {side} | {n} | {wall:.1f}{status} | {cpu:.1f} | {n / wall:.2f} | {rss:.2f} |", flush=True)
+            print(
+                f"| {side} | {n} | {wall:.1f}{status} | {cpu:.1f} | {n / wall:.2f} | {rss:.2f} |", flush=True
+            )
             shutil.rmtree(out, ignore_errors=True)
     finally:
         if not args.work:
@@ -113,8 +115,11 @@ def main() -> int:
         # The measure: the slope between the 4k scene (or the smallest) and the largest.
         s0, n0, w0, c0, _ = next((r for r in rows if r[0] >= 4096 and r is not rows[-1]), rows[0])
         s1, n1, w1, c1, _ = rows[-1]
-        print(f"log-log slope against windows, {s0} -> {s1}: wall time {math.log(w1 / w0) / math.log(n1 / n0):.2f}, "
-              f"CPU time {math.log(c1 / c0) / math.log(n1 / n0):.2f}")
+        print(
+            f"log-log slope against windows, {s0} -> {s1}: "
+            f"wall time {math.log(w1 / w0) / math.log(n1 / n0):.2f}, "
+            f"CPU time {math.log(c1 / c0) / math.log(n1 / n0):.2f}"
+        )
         print(f"peak RSS at {rows[-1][0]} / at {rows[0][0]}: {rows[-1][4] / rows[0][4]:.2f}x")
     return 0
 

@@ -30,18 +30,37 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def segment(scene: PathLike, classes: str | Sequence[str], out: PathLike = "geogla-out", *,
-            model: str = "default", weights: Literal["pretrained", "random"] = "pretrained",
-            clip_weights: PathLike | None = None, vfm_weights: PathLike | None = None,
-            crop: int | None = None, stride: int | None = None, attention: Literal["gla", "proxyclip"] = "gla",
-            algorithm: Literal["auto", "exact", "scalable"] | None = None, smoothing: bool | None = None,
-            precision: Literal["auto", "float32", "bfloat16"] | None = None, background: str | None = None,
-            prob_threshold: float = 0.0, logit_scale: float = 40.0, bands: Sequence[int] | None = None,
-            gsd: float | None = None, save_probabilities: bool = False, min_area: float | None = None,
-            simplify: float | None = None, labels: PathLike | None = None, device: str = "auto",
-            store: str | None = None, scheduler: str | None = None, overwrite: bool = False,
-            on_start: Callable[[Scene], None] | None = None,
-            progress: Callable[[Progress], None] | None = None) -> RunResult:
+def segment(
+    scene: PathLike,
+    classes: str | Sequence[str],
+    out: PathLike = "geogla-out",
+    *,
+    model: str = "default",
+    weights: Literal["pretrained", "random"] = "pretrained",
+    clip_weights: PathLike | None = None,
+    vfm_weights: PathLike | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+    attention: Literal["gla", "proxyclip"] = "gla",
+    algorithm: Literal["auto", "exact", "scalable"] | None = None,
+    smoothing: bool | None = None,
+    precision: Literal["auto", "float32", "bfloat16"] | None = None,
+    background: str | None = None,
+    prob_threshold: float = 0.0,
+    logit_scale: float = 40.0,
+    bands: Sequence[int] | None = None,
+    gsd: float | None = None,
+    save_probabilities: bool = False,
+    min_area: float | None = None,
+    simplify: float | None = None,
+    labels: PathLike | None = None,
+    device: str = "auto",
+    store: str | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    on_start: Callable[[Scene], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
     """Segment ``scene`` into ``classes``: a class COG, a styled GeoPackage and a STAC item in ``out``.
 
     Args:
@@ -75,18 +94,37 @@ def segment(scene: PathLike, classes: str | Sequence[str], out: PathLike = "geog
     Raises:
         geogla.errors.UserInputError: bad input, reported before anything is written.
     """
-    class_list = parse_classes(classes if isinstance(classes, str) else ",".join(classes), background=background,
-                               prob_threshold=prob_threshold)
+    class_list = parse_classes(
+        classes if isinstance(classes, str) else ",".join(classes),
+        background=background,
+        prob_threshold=prob_threshold,
+    )
     preset = get_preset(model)
     gla = attention_config(preset, attention, smoothing=smoothing, algorithm=algorithm, precision=precision)
-    config = RunConfig(classes=class_list, model=model, weights=weights,
-                       clip_weights=None if clip_weights is None else str(clip_weights),
-                       vfm_weights=None if vfm_weights is None else str(vfm_weights),
-                       crop=preset.crop if crop is None else crop, stride=preset.stride if stride is None else stride,
-                       attention=gla, logit_scale=logit_scale, device=device, save_probabilities=save_probabilities,
-                       min_area=min_area, simplify=simplify)
-    plan = plan_run(scene, out, config, bands=None if bands is None else list(bands), gsd=gsd, store_url=store,
-                    labels=labels)
+    config = RunConfig(
+        classes=class_list,
+        model=model,
+        weights=weights,
+        clip_weights=None if clip_weights is None else str(clip_weights),
+        vfm_weights=None if vfm_weights is None else str(vfm_weights),
+        crop=preset.crop if crop is None else crop,
+        stride=preset.stride if stride is None else stride,
+        attention=gla,
+        logit_scale=logit_scale,
+        device=device,
+        save_probabilities=save_probabilities,
+        min_area=min_area,
+        simplify=simplify,
+    )
+    plan = plan_run(
+        scene,
+        out,
+        config,
+        bands=None if bands is None else list(bands),
+        gsd=gsd,
+        store_url=store,
+        labels=labels,
+    )
     from geogla.pipelines.run import connect, execute, scheduler_address  # Dask and torch: after the checks
 
     address = scheduler_address(scheduler)
@@ -96,16 +134,33 @@ def segment(scene: PathLike, classes: str | Sequence[str], out: PathLike = "geog
         return execute(plan, overwrite=overwrite, client=client, on_start=on_start, progress=progress)
 
 
-def evaluate(dataset: str, root: PathLike, out: PathLike | None = None, *, split: str | None = None,
-             legend: PathLike | None = None, attention: Literal["both", "gla", "proxyclip"] = "both",
-             limit: int | None = None, figures: int = 0, model: str = "default",
-             weights: Literal["pretrained", "random"] = "pretrained", clip_weights: PathLike | None = None,
-             vfm_weights: PathLike | None = None, classes: str | None = None, prob_threshold: float | None = None,
-             background: str | None = None, resize: int | None = None, crop: int | None = None,
-             stride: int | None = None, logit_scale: float | None = None, device: str = "auto",
-             precision: Literal["auto", "float32", "bfloat16"] = "float32", keep_stores: bool = False,
-             on_start: Callable[[str, int, int], None] | None = None,
-             progress: Callable[[int, int, ImageResult], None] | None = None) -> tuple[EvalReport, dict[str, Path]]:
+def evaluate(
+    dataset: str,
+    root: PathLike,
+    out: PathLike | None = None,
+    *,
+    split: str | None = None,
+    legend: PathLike | None = None,
+    attention: Literal["both", "gla", "proxyclip"] = "both",
+    limit: int | None = None,
+    figures: int = 0,
+    model: str = "default",
+    weights: Literal["pretrained", "random"] = "pretrained",
+    clip_weights: PathLike | None = None,
+    vfm_weights: PathLike | None = None,
+    classes: str | None = None,
+    prob_threshold: float | None = None,
+    background: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+    logit_scale: float | None = None,
+    device: str = "auto",
+    precision: Literal["auto", "float32", "bfloat16"] = "float32",
+    keep_stores: bool = False,
+    on_start: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[int, int, ImageResult], None] | None = None,
+) -> tuple[EvalReport, dict[str, Path]]:
     """Score ProxyCLIP and/or GLA on a benchmark split; write ``metrics.json``, ``metrics.md`` and
     figures to ``out`` (default ``geogla-eval/<dataset>-<split>``).
 
@@ -122,13 +177,21 @@ def evaluate(dataset: str, root: PathLike, out: PathLike | None = None, *, split
     from geogla.datasets import expand_tiles, find_samples, get_spec
 
     spec = get_spec(dataset, None if legend is None else str(legend)).with_overrides(
-        classes=classes, background=background, prob_threshold=prob_threshold, resize_long_side=resize, crop=crop,
-        stride=stride, logit_scale=logit_scale)
+        classes=classes,
+        background=background,
+        prob_threshold=prob_threshold,
+        resize_long_side=resize,
+        crop=crop,
+        stride=stride,
+        logit_scale=logit_scale,
+    )
     chosen_split = split or spec.split
     samples = expand_tiles(find_samples(spec.layout, root, chosen_split), spec.tile)
     chosen = samples[:limit] if limit is not None else samples
     if not chosen:
-        raise ConfigError("--limit 0 leaves no image to score." if limit == 0 else f"No image to score in {root}.")
+        raise ConfigError(
+            "--limit 0 leaves no image to score." if limit == 0 else f"No image to score in {root}."
+        )
     out_dir = Path(out) if out is not None else Path("geogla-eval") / f"{spec.name}-{chosen_split}"
     modes = ("proxyclip", "gla") if attention == "both" else (attention,)
     check_output_dir(str(out_dir))
@@ -136,9 +199,17 @@ def evaluate(dataset: str, root: PathLike, out: PathLike | None = None, *, split
     from geogla.pipelines.evaluate import EvalOptions, evaluate_dataset, write_report  # torch: after checks
 
     make_output_dir(str(out_dir))
-    options = EvalOptions(model=model, weights=weights, clip_weights=None if clip_weights is None else str(clip_weights),
-                          vfm_weights=None if vfm_weights is None else str(vfm_weights), device=device, modes=modes,
-                          precision=precision, figures=figures, keep_stores=keep_stores)
+    options = EvalOptions(
+        model=model,
+        weights=weights,
+        clip_weights=None if clip_weights is None else str(clip_weights),
+        vfm_weights=None if vfm_weights is None else str(vfm_weights),
+        device=device,
+        modes=modes,
+        precision=precision,
+        figures=figures,
+        keep_stores=keep_stores,
+    )
     if on_start is not None:
         on_start(f"{spec.name} {chosen_split}", len(chosen), len(samples))
     report = evaluate_dataset(spec, chosen, options, out_dir, root=str(root), split=chosen_split,

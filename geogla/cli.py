@@ -41,7 +41,9 @@ class ProgressPrinter:
         if not self.tty and not finished and p.elapsed - self._last < self.interval:
             return
         self._last = p.elapsed
-        stages = " | ".join(f"{k} {p.done[k]}/{p.total[k]}" for k in p.total if p.total[k] > 1 or k == "attend")
+        stages = " | ".join(
+            f"{k} {p.done[k]}/{p.total[k]}" for k in p.total if p.total[k] > 1 or k == "attend"
+        )
         rate = p.windows_per_second()
         left = p.seconds_left()
         tail = f", {rate:.1f} windows/s" if rate else ""
@@ -67,14 +69,19 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers such as 1,2,3, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated band numbers such as 1,2,3, got {text!r}"
+        ) from None
     return values
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, random_means: str) -> None:
     """The model options every command that runs the encoders takes (preset and weights)."""
-    parser.add_argument("--model", default="default",
-                        help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="model preset (default: CLIP ViT-B/16 + DINO ViT-B/8; `geogla models` lists them)",
+    )
     parser.add_argument("--weights", choices=("pretrained", "random"), default="pretrained",
                         help=f"'random' runs without weights ({random_means})")
     parser.add_argument("--clip-weights", metavar="PATH", help="local CLIP checkpoint file")
@@ -122,12 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="segment a scene into a class COG and a styled GeoPackage")
     run.add_argument("scene", help="the input raster (GeoTIFF, JPEG, PNG, ... anything GDAL reads)")
-    run.add_argument("--classes", required=True,
-                     help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"')
+    run.add_argument(
+        "--classes",
+        required=True,
+        help='classes separated by commas, synonyms of one class by "|", e.g. "building,tree|forest,road"',
+    )
     run.add_argument("-o", "--out", default="geogla-out", help="output folder (default: ./geogla-out)")
     _add_model_arguments(run, random_means="labels meaningless; for testing and benchmarks")
-    _add_precision_argument(run, default=None, why="auto for GLA, bfloat16 where the device computes it natively; "
-                            "float32 for ProxyCLIP")
+    _add_precision_argument(
+        run,
+        default=None,
+        why="auto for GLA, bfloat16 where the device computes it natively; float32 for ProxyCLIP",
+    )
     run.add_argument("--crop", type=int, help="window size in pixels (default: the preset's, 224)")
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")
     run.add_argument("--attention", choices=("gla", "proxyclip"), default="gla",
@@ -135,29 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attention-algorithm", choices=("auto", "exact", "scalable"), default=None,
                      help="GLA across windows: exact (cost grows with the square of the scene), scalable "
                           "(linear cost, far windows sampled) or auto (default: exact up to 32,768 tokens)")
-    run.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
-                     help="query smoothing over each token's neighbours and overlapping windows (default: the "
-                          "preset's; on for presets without a VFM)")
+    run.add_argument(
+        "--smoothing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="query smoothing over each token's neighbours and overlapping windows (default: the "
+        "preset's; on for presets without a VFM)",
+    )
     run.add_argument("--background", metavar="NAME",
                      help="class given to pixels whose top probability is below --prob-threshold")
     run.add_argument("--prob-threshold", type=float, default=0.0, metavar="P",
                      help="probability under which a pixel becomes background (default 0: off)")
-    run.add_argument("--logit-scale", type=float, default=40.0, help="softmax scale of the cosine logits (40)")
+    run.add_argument(
+        "--logit-scale", type=float, default=40.0, help="softmax scale of the cosine logits (40)"
+    )
     run.add_argument("--bands", type=_int_list, metavar="B,B,B",
                      help="bands fed to the models as R,G,B (1-based; one band is repeated)")
-    run.add_argument("--gsd", type=float, metavar="METRES",
-                     help="working resolution for the models in metres per pixel (outputs stay on the input's grid)")
+    run.add_argument(
+        "--gsd",
+        type=float,
+        metavar="METRES",
+        help="working resolution for the models in metres per pixel (outputs stay on the input's grid)",
+    )
     run.add_argument("--save-probabilities", action="store_true",
                      help="also write OUT/<scene>.probabilities.tif: one band per class, probability x 255")
-    run.add_argument("--min-area", type=float, metavar="M2", help="drop polygons smaller than this (square metres)")
+    run.add_argument(
+        "--min-area", type=float, metavar="M2", help="drop polygons smaller than this (square metres)"
+    )
     run.add_argument("--simplify", type=float, metavar="METRES",
                      help="simplify polygons by this tolerance, keeping neighbours edge-matched")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     run.add_argument("--labels", metavar="PATH",
                      help="label raster of class ids (in --classes order, 255 = unlabelled) the size of the "
                           "scene: report mIoU and the Boundary Error Rate")
-    run.add_argument("--store", metavar="URL", help="run store location (default OUT/<scene>.zarr); any fsspec "
-                     "URL, e.g. s3://bucket/prefix/run.zarr (endpoint from $AWS_ENDPOINT_URL)")
+    run.add_argument(
+        "--store",
+        metavar="URL",
+        help="run store location (default OUT/<scene>.zarr); any fsspec "
+        "URL, e.g. s3://bucket/prefix/run.zarr (endpoint from $AWS_ENDPOINT_URL)",
+    )
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="run on the Dask cluster of this scheduler, e.g. tcp://head:8786 (default: "
                           "$DASK_SCHEDULER_ADDRESS, else a local cluster in this process)")
@@ -176,18 +205,42 @@ def _run(args: argparse.Namespace) -> int:
         if args.weights == "random":
             print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
         if scene.pixel_coordinates:
-            print(f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
-                  "and areas in square pixels.", file=sys.stderr)
+            print(
+                f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
+                "and areas in square pixels.",
+                file=sys.stderr,
+            )
 
-    result = segment(args.scene, args.classes, args.out, model=args.model, weights=args.weights,
-                     clip_weights=args.clip_weights, vfm_weights=args.vfm_weights, crop=args.crop, stride=args.stride,
-                     attention=args.attention, algorithm=args.attention_algorithm, smoothing=args.smoothing,
-                     precision=args.precision, background=args.background, prob_threshold=args.prob_threshold,
-                     logit_scale=args.logit_scale, bands=args.bands, gsd=args.gsd,
-                     save_probabilities=args.save_probabilities, min_area=args.min_area, simplify=args.simplify,
-                     labels=args.labels, device=args.device, store=args.store, scheduler=args.scheduler,
-                     overwrite=args.overwrite, on_start=start,
-                     progress=None if _flag(args, "quiet") else ProgressPrinter())
+    result = segment(
+        args.scene,
+        args.classes,
+        args.out,
+        model=args.model,
+        weights=args.weights,
+        clip_weights=args.clip_weights,
+        vfm_weights=args.vfm_weights,
+        crop=args.crop,
+        stride=args.stride,
+        attention=args.attention,
+        algorithm=args.attention_algorithm,
+        smoothing=args.smoothing,
+        precision=args.precision,
+        background=args.background,
+        prob_threshold=args.prob_threshold,
+        logit_scale=args.logit_scale,
+        bands=args.bands,
+        gsd=args.gsd,
+        save_probabilities=args.save_probabilities,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        labels=args.labels,
+        device=args.device,
+        store=args.store,
+        scheduler=args.scheduler,
+        overwrite=args.overwrite,
+        on_start=start,
+        progress=None if _flag(args, "quiet") else ProgressPrinter(),
+    )
     if result.valid_windows == 0:
         print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
@@ -217,22 +270,40 @@ def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:
         return value
 
     ev = sub.add_parser("eval", help="score ProxyCLIP and GLA on a labelled benchmark (mIoU, BER, figures)")
-    ev.add_argument("dataset", help="a preset of configs/datasets.yaml (vaihingen, potsdam, uavid, vdd, udd5, loveda, "
-                                    "openearthmap, dubai_aerial) or 'folder' with --legend")
+    ev.add_argument(
+        "dataset",
+        help="a preset of configs/datasets.yaml (vaihingen, potsdam, uavid, vdd, udd5, loveda, "
+        "openearthmap, dubai_aerial) or 'folder' with --legend",
+    )
     ev.add_argument("--root", required=True, help="the dataset folder as downloaded (or converted by mmseg)")
-    ev.add_argument("--split", choices=("train", "val", "test"), help="split to score (default: the preset's)")
-    ev.add_argument("--legend", metavar="FILE",
-                    help="YAML legend (labels ids or colours, optionally classes and protocol); needed for 'folder'")
-    ev.add_argument("--attention", choices=("gla", "proxyclip", "both"), default="both",
-                    help="attention to score; 'both' (default) adds the GLA - ProxyCLIP column and encodes once")
-    ev.add_argument("--limit", type=_non_negative_int, metavar="N", help="score only the first N images (tiles)")
+    ev.add_argument(
+        "--split", choices=("train", "val", "test"), help="split to score (default: the preset's)"
+    )
+    ev.add_argument(
+        "--legend",
+        metavar="FILE",
+        help="YAML legend (labels ids or colours, optionally classes and protocol); needed for 'folder'",
+    )
+    ev.add_argument(
+        "--attention",
+        choices=("gla", "proxyclip", "both"),
+        default="both",
+        help="attention to score; 'both' (default) adds the GLA - ProxyCLIP column and encodes once",
+    )
+    ev.add_argument(
+        "--limit", type=_non_negative_int, metavar="N", help="score only the first N images (tiles)"
+    )
     ev.add_argument("-o", "--out", help="output folder (default: ./geogla-eval/<dataset>-<split>)")
     ev.add_argument("--figures", type=_non_negative_int, default=0, metavar="K",
                     help="write a comparison PNG for each of the first K images to OUT/figures")
     _add_model_arguments(ev, random_means="scores meaningless; for testing")
-    _add_precision_argument(ev, default="float32", why="float32, the same labels on every machine; auto is faster")
+    _add_precision_argument(
+        ev, default="float32", why="float32, the same labels on every machine; auto is faster"
+    )
     ev.add_argument("--classes", help="prompts replacing the preset's, same number and order of classes")
-    ev.add_argument("--prob-threshold", type=float, metavar="P", help="background threshold (preset's by default)")
+    ev.add_argument(
+        "--prob-threshold", type=float, metavar="P", help="background threshold (preset's by default)"
+    )
     ev.add_argument("--background", metavar="NAME", help="background class (preset's by default)")
     ev.add_argument("--resize", type=_non_negative_int, metavar="N",
                     help="resize images so the long side is N pixels (preset's, 448; 0: no resize)")
@@ -264,18 +335,39 @@ def _eval(args: argparse.Namespace) -> int:
     def progress(i: int, n: int, r: ImageResult) -> None:
         if _flag(args, "quiet"):
             return
-        parts = ", ".join(f"{MODE_TITLES[m]} mIoU {_pct(s['miou'])} BER {_pct(s['ber'])}" for m, s in r.scores.items())
+        parts = ", ".join(
+            f"{MODE_TITLES[m]} mIoU {_pct(s['miou'])} BER {_pct(s['ber'])}" for m, s in r.scores.items()
+        )
         per = (time.perf_counter() - started) / i
         left = f", ~{per * (n - i) / 60:.0f} min left" if n > i else ""
         print(f"[{i}/{n}] {r.name}: {parts} ({per:.1f} s/image{left})", file=sys.stderr)
 
-    report, paths = evaluate(args.dataset, args.root, args.out, split=args.split, legend=args.legend,
-                             attention=args.attention, limit=args.limit, figures=args.figures, model=args.model,
-                             weights=args.weights, clip_weights=args.clip_weights, vfm_weights=args.vfm_weights,
-                             classes=args.classes, prob_threshold=args.prob_threshold, background=args.background,
-                             resize=args.resize, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
-                             device=args.device, precision=args.precision, keep_stores=args.keep_stores,
-                             on_start=start, progress=progress)
+    report, paths = evaluate(
+        args.dataset,
+        args.root,
+        args.out,
+        split=args.split,
+        legend=args.legend,
+        attention=args.attention,
+        limit=args.limit,
+        figures=args.figures,
+        model=args.model,
+        weights=args.weights,
+        clip_weights=args.clip_weights,
+        vfm_weights=args.vfm_weights,
+        classes=args.classes,
+        prob_threshold=args.prob_threshold,
+        background=args.background,
+        resize=args.resize,
+        crop=args.crop,
+        stride=args.stride,
+        logit_scale=args.logit_scale,
+        device=args.device,
+        precision=args.precision,
+        keep_stores=args.keep_stores,
+        on_start=start,
+        progress=progress,
+    )
     print(report.markdown())
     if report.decode.unmatched:
         print(f"warning: {report.decode.unmatched} label pixels had values the legend does not know "

@@ -17,7 +17,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,10 +70,8 @@ class ScratchFiles:
         with os.scandir(self.path.parent) as entries:
             names = [e.name for e in entries if e.name.startswith(self.prefix)]
         for name in names:
-            try:
+            with suppress(FileNotFoundError):  # another cleanup was first
                 os.remove(self.path.parent / name)
-            except FileNotFoundError:
-                pass
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -57,7 +58,7 @@ def colourise(labels: np.ndarray, colours: Sequence[Sequence[int]]) -> np.ndarra
         yy, xx = np.nonzero(unscored)
         stripe = ((yy + xx) // 4) % 2 == 1
         rgb[yy[stripe], xx[stripe]] = HATCH[1]
-    return rgb
+    return cast(np.ndarray, rgb)
 
 
 def _draw_edges(draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, rows: Sequence[float],
@@ -66,14 +67,22 @@ def _draw_edges(draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, row
     for r in rows:
         y = y0 + round(r)
         for s in range(0, w, dash):
-            draw.line([(x0 + s, y), (x0 + min(s + dash, w) - 1, y)], fill=(0, 0, 0) if (s // dash) % 2 else (255, 255, 255))
+            draw.line(
+                [(x0 + s, y), (x0 + min(s + dash, w) - 1, y)],
+                fill=(0, 0, 0) if (s // dash) % 2 else (255, 255, 255),
+            )
     for c in cols:
         x = x0 + round(c)
         for s in range(0, h, dash):
-            draw.line([(x, y0 + s), (x, y0 + min(s + dash, h) - 1)], fill=(0, 0, 0) if (s // dash) % 2 else (255, 255, 255))
+            draw.line(
+                [(x, y0 + s), (x, y0 + min(s + dash, h) - 1)],
+                fill=(0, 0, 0) if (s // dash) % 2 else (255, 255, 255),
+            )
 
 
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+def _text_width(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+) -> int:
     left, _, right, _ = draw.textbbox((0, 0), text, font=font)
     return int(right - left)
 
@@ -121,7 +130,9 @@ def comparison_figure(panels: Sequence[Panel], class_names: Sequence[str], colou
         if rgb.shape[:2] != (h, w):
             raise ValueError(f"panel {panel.title!r} is {rgb.shape[:2]}, not {(h, w)}")
         fig.paste(Image.fromarray(np.ascontiguousarray(rgb[..., :3])), (x0, top))
-        draw.rectangle([x0 - 1, top - 1, x0 + w, top + h], outline=(120, 120, 120))  # white classes need a frame
+        draw.rectangle(
+            [x0 - 1, top - 1, x0 + w, top + h], outline=(120, 120, 120)
+        )  # white classes need a frame
         if panel.edges:
             _draw_edges(draw, x0, top, w, h, edges[0], edges[1])
     y = top + h + GAP
@@ -150,4 +161,4 @@ def nearest_resize(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return labels
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
+    return cast(np.ndarray, labels[rows[:, None], cols[None, :]])

@@ -53,7 +53,9 @@ class WindowGrid:
 
     def __post_init__(self) -> None:
         if self.crop <= 0 or self.stride <= 0 or self.pad_to <= 0:
-            raise ValueError(f"crop, stride and pad_to must be positive, got {self.crop}, {self.stride}, {self.pad_to}")
+            raise ValueError(
+                f"crop, stride and pad_to must be positive, got {self.crop}, {self.stride}, {self.pad_to}"
+            )
         if self.stride > self.crop:
             raise ValueError(f"stride {self.stride} larger than crop {self.crop} would leave gaps")
         if self.height <= 0 or self.width <= 0:
@@ -91,7 +93,9 @@ class WindowGrid:
         must be a whole number of tokens on both sides."""
         c = self.canvas
         if c.height % token_size or c.width % token_size:
-            raise ValueError(f"a {c.height} x {c.width} canvas is not a whole number of {token_size}-pixel tokens")
+            raise ValueError(
+                f"a {c.height} x {c.width} canvas is not a whole number of {token_size}-pixel tokens"
+            )
         return c.height // token_size, c.width // token_size
 
     def window(self, index: int) -> tuple[int, int, int, int]:

@@ -17,6 +17,7 @@ within the timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import fsspec
 import psutil
@@ -69,7 +70,7 @@ def _process_alive(pid: int, started: float) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return abs(proc.create_time() - started) < 1.0
+        return cast(bool, abs(proc.create_time() - started) < 1.0)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:
@@ -149,17 +150,22 @@ class RunLock:
 
     def _refusal(self, info: LockInfo) -> StoreError:
         age = max(time.time() - info.heartbeat, 0.0)
-        return StoreError(f"The run store {self.store_url} is in use by another run (pid {info.pid} on "
-                          f"{info.hostname}, last heartbeat {age:.0f} s ago); wait for it to finish, or remove "
-                          f"{self.path if self._local() else self.fs.unstrip_protocol(self.path)} "
-                          "if that run is gone.")
+        return StoreError(
+            f"The run store {self.store_url} is in use by another run (pid {info.pid} on "
+            f"{info.hostname}, last heartbeat {age:.0f} s ago); wait for it to finish, or remove "
+            f"{self.path if self._local() else self.fs.unstrip_protocol(self.path)} "
+            "if that run is gone."
+        )
 
     # -- heartbeat and release -----------------------------------------------------------------
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self._beat()
-            except (OSError, ValueError) as exc:  # a transient store error must not end the run; the next beat retries
+            except (
+                OSError,
+                ValueError,
+            ) as exc:  # a transient store error must not end the run; the next beat retries
                 log.debug("Lock heartbeat of %s failed: %s", self.store_url, exc)
 
     def _beat(self) -> None:
@@ -256,7 +262,5 @@ class RunLock:
         return tmp
 
     def _delete(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already gone
             self.fs.rm_file(self.path)
-        except FileNotFoundError:
-            pass

@@ -12,6 +12,8 @@ OpenCV at run time.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 #: OpenCV's fixed-point precision of INTER_LINEAR on 8-bit images (imgproc/src/resize.cpp:
@@ -88,6 +90,7 @@ def _resize_linear_u8(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     b0, b1 = _weights(fy)
     top = rows[:, np.clip(sy, 0, h - 1)] >> 4
     bottom = rows[:, np.clip(sy + 1, 0, h - 1)] >> 4
-    # VResizeLinear<uchar, int, short, ...>: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16), then + 2 >> 2
+    # VResizeLinear<uchar, int, short, ...>: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16),
+    # then (+ 2) >> 2
     out = (((b0[:, None] * top) >> 16) + ((b1[:, None] * bottom) >> 16) + 2) >> 2
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return cast(np.ndarray, np.clip(out, 0, 255).astype(np.uint8))

@@ -64,9 +64,13 @@ class RunConfig:
         if self.batch_size <= 0 or self.block <= 0:
             raise ConfigError("batch_size and block must be positive.")
         if self.min_area is not None and not self.min_area >= 0:
-            raise ConfigError(f"--min-area must be zero or a positive area in square metres, got {self.min_area}.")
+            raise ConfigError(
+                f"--min-area must be zero or a positive area in square metres, got {self.min_area}."
+            )
         if self.simplify is not None and not self.simplify >= 0:
-            raise ConfigError(f"--simplify must be zero or a positive distance in metres, got {self.simplify}.")
+            raise ConfigError(
+                f"--simplify must be zero or a positive distance in metres, got {self.simplify}."
+            )
         if not self.logit_scale > 0:
             raise ConfigError(f"--logit-scale must be positive, got {self.logit_scale}.")
 

@@ -91,11 +91,16 @@ class Scene:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
         stretch = d.get("stretch")
-        return cls(path=d["path"], georef=GeoRef.from_json(d["georef"]), band_count=int(d["band_count"]),
-                   band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
-                   dtype=d["dtype"],
-                   stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None,
-                   work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])), driver=str(d.get("driver", "")))
+        return cls(
+            path=d["path"],
+            georef=GeoRef.from_json(d["georef"]),
+            band_count=int(d["band_count"]),
+            band_indexes=tuple(int(b) for b in d["band_indexes"]),  # type: ignore[arg-type]
+            dtype=d["dtype"],
+            stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None,
+            work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])),
+            driver=str(d.get("driver", "")),
+        )
 
 
 def open_raster(path: str, what: str = "scene") -> Any:
@@ -153,7 +158,9 @@ def _check_readable(ds: Any, indexes: Sequence[int]) -> None:
         ds.read(sorted(set(indexes)), window=win)
 
 
-def _percentile_stretch(ds: Any, indexes: Sequence[int], low: float, high: float) -> tuple[tuple[float, float], ...]:
+def _percentile_stretch(
+    ds: Any, indexes: Sequence[int], low: float, high: float
+) -> tuple[tuple[float, float], ...]:
     """Scene-wide (low, high) percentiles per band from a decimated read, ignoring nodata."""
     scale = max(ds.width, ds.height) / STRETCH_SAMPLE_SIDE
     shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
@@ -183,7 +190,9 @@ def _work_shape(georef: GeoRef, gsd: float | None, resize_long_side: int | None,
         return (max(1, round(georef.height * row_m / gsd)), max(1, round(georef.width * col_m / gsd)))
     if resize_long_side is not None:
         if resize_long_side <= 0:
-            raise ConfigError(f"The long-side resize must be a positive number of pixels, got {resize_long_side}.")
+            raise ConfigError(
+                f"The long-side resize must be a positive number of pixels, got {resize_long_side}."
+            )
         return long_side_shape(georef.shape, resize_long_side)
     return georef.shape
 
@@ -208,7 +217,9 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
                 dtype = ds.dtypes[indexes[0] - 1]
                 stretch = None if dtype == "uint8" else _percentile_stretch(ds, indexes, *stretch_percentiles)
             except RasterioError as exc:
-                raise SceneError(f"The scene {path} cannot be read (truncated or corrupt?): {_first_line(exc)}.") from None
+                raise SceneError(
+                    f"The scene {path} cannot be read (truncated or corrupt?): {_first_line(exc)}."
+                ) from None
             georef = GeoRef.from_dataset(ds)
             if georef.crs_wkt is None and georef.is_identity:
                 georef = replace(georef, transform=PIXEL_TRANSFORM)

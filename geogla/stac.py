@@ -1,7 +1,7 @@
 """A STAC Item describing a run's outputs: the class COG, the GeoPackage and the probabilities.
 
-:func:`build_stac_item` builds and :func:`write_stac_item` writes one STAC 1.1 Item (JSON, with pystac) next to
-the outputs, so that a catalogue, a STAC browser or ``pystac.Item.from_file`` finds the files,
+:func:`build_stac_item` builds and :func:`write_stac_item` writes one STAC 1.1 Item (JSON, with
+pystac) next to the outputs, so that a catalogue, a STAC browser or ``pystac.Item.from_file`` finds the files,
 their footprint, grid and class legend without opening them.
 
 Extensions used (the versions are pystac's own): *projection* (the grid of the rasters, on the
@@ -127,16 +127,15 @@ def _split_antimeridian(lon: np.ndarray, lat: np.ndarray) -> tuple[Polygon | Mul
     steps = np.diff(lon)
     unwrapped = lon + np.concatenate([[0.0], np.cumsum(np.where(steps > 180.0, -360.0,
                                                                 np.where(steps < -180.0, 360.0, 0.0)))])
-    if unwrapped.max() > 180.0:
-        shift = 0.0
-    else:  # the ring went west over -180
-        shift = 360.0
+    shift = 0.0 if unwrapped.max() > 180.0 else 360.0  # else the ring went west over -180
     ring = Polygon(np.column_stack([unwrapped + shift, lat]))
     east_half = shapely.intersection(ring, shapely.box(-180.0, -90.0, 180.0, 90.0))
     west_half = affinity.translate(shapely.intersection(ring, shapely.box(180.0, -90.0, 540.0, 90.0)), -360.0)
     parts = [p for g in (east_half, west_half) for p in getattr(g, "geoms", [g])
              if isinstance(p, Polygon) and not p.is_empty]
-    geom = shapely.orient_polygons(shapely.simplify(MultiPolygon(parts), FOOTPRINT_TOLERANCE), exterior_cw=False)
+    geom = shapely.orient_polygons(
+        shapely.simplify(MultiPolygon(parts), FOOTPRINT_TOLERANCE), exterior_cw=False
+    )
     west = float(shapely.bounds(east_half)[0])
     east = float(shapely.bounds(west_half)[2])
     return geom, [west, float(lat.min()), east, float(lat.max())]

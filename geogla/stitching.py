@@ -37,8 +37,12 @@ def accumulate_windows(box: Box, windows: Sequence[Box], token_logits: Tensor, t
     acc = torch.zeros((n_prompts, y2 - y1, x2 - x1), dtype=torch.float32)
     count = torch.zeros((y2 - y1, x2 - x1), dtype=torch.float32)
     for k, (wy1, wx1, wy2, wx2) in enumerate(windows):
-        up = F.interpolate(token_logits[k].T.reshape(1, n_prompts, rows, cols), size=(canvas.height, canvas.width),
-                           mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(
+            token_logits[k].T.reshape(1, n_prompts, rows, cols),
+            size=(canvas.height, canvas.width),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         up = up[:, canvas.top:canvas.top + wy2 - wy1, canvas.left:canvas.left + wx2 - wx1]
         oy1, ox1, oy2, ox2 = max(y1, wy1), max(x1, wx1), min(y2, wy2), min(x2, wx2)
         acc[:, oy1 - y1:oy2 - y1, ox1 - x1:ox2 - x1] += up[:, oy1 - wy1:oy2 - wy1, ox1 - wx1:ox2 - wx1]
@@ -72,7 +76,9 @@ def resample_block(arr: Tensor, region: Box, block: Box, scale: tuple[float, flo
     cols = (torch.arange(x1, x2, dtype=torch.float64) + 0.5) / fx - 0.5 - wx1
     gy = ((2 * rows + 1) / h - 1).float()
     gx = ((2 * cols + 1) / w - 1).float()
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(arr.device)  # (1, bh, bw, (x, y))
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(
+        arr.device
+    )  # (1, bh, bw, (x, y))
     return F.grid_sample(arr[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 

@@ -1,7 +1,7 @@
 """The run store: one Zarr v3 group per run holding every stage's inputs and outputs.
 
-Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), ``P`` prompts, ``C`` classes, ``H`` x ``W`` the
-scene's file grid)::
+Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), ``P`` prompts,
+``C`` classes, ``H`` x ``W`` the scene's file grid)::
 
     <run>.zarr/                  attrs["geogla"]: format, scene, config, grid, fingerprints
       windows/box       (L, 4)      int32    window (y1, x1, y2, x2) in working pixels
@@ -39,7 +39,7 @@ import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import zarr
@@ -54,6 +54,16 @@ from geogla.scene import Scene
 #: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
 #: and the token grid is ``token_grid`` (rows, cols).
 FORMAT = 4
+
+
+class StoreDims(TypedDict):
+    """What a run store needs to know of a model (:meth:`RunStore.create_or_resume`)."""
+
+    pad_to: int  #: canvases are multiples of this many pixels
+    token_size: int  #: pixels per key token
+    key_dim: int
+    value_dim: int
+    embed_dim: int
 STAGES = ("text", "summary")
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
 _LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
@@ -120,12 +130,16 @@ class RunStore:
                 try:
                     existing = cls.open(url)
                 except StoreError:
-                    raise StoreError(f"{url} exists and is not a geogla run store; remove it or pass --overwrite.") from None
+                    raise StoreError(
+                        f"{url} exists and is not a geogla run store; remove it or pass --overwrite."
+                    ) from None
                 old = existing.meta
                 if old.get("format") != FORMAT:
-                    raise StoreError(f"The run store {url} was written by another version of geogla (store format "
-                                     f"{old.get('format')}, this one writes {FORMAT}); pass --overwrite to start "
-                                     "afresh or choose another output folder.")
+                    raise StoreError(
+                        f"The run store {url} was written by another version of geogla (store format "
+                        f"{old.get('format')}, this one writes {FORMAT}); pass --overwrite to start "
+                        "afresh or choose another output folder."
+                    )
                 if old.get("fingerprints", {}).get("encode") != fps["encode"] or old.get("grid", {}).get(
                         "pad_to") != pad_to:
                     raise StoreError(f"The run store {url} was made for another scene or configuration; "
@@ -142,8 +156,14 @@ class RunStore:
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         for name, dim in (("keys", key_dim), ("values", value_dim)):
-            group.create_array(name, shape=(L, N, dim), chunks=(1, N, dim), shards=(B, N, dim), dtype="float32",
-                               fill_value=0.0)
+            group.create_array(
+                name,
+                shape=(L, N, dim),
+                chunks=(1, N, dim),
+                shards=(B, N, dim),
+                dtype="float32",
+                fill_value=0.0,
+            )
         store = cls(url, group)
         store._create_level_arrays("attend", scene, config, dims)
         store._create_level_arrays("classify", scene, config, dims)
@@ -172,10 +192,18 @@ class RunStore:
         blk, P, C = config.block, len(config.classes.prompts), len(config.classes)
         g.create_array("text", shape=(P, E), chunks=(max(P, 1), E), dtype="float32", fill_value=0.0,
                        overwrite=True)
-        g.create_array("classes", shape=(H, W), chunks=(blk, blk), dtype="uint8", fill_value=255, overwrite=True)
+        g.create_array(
+            "classes", shape=(H, W), chunks=(blk, blk), dtype="uint8", fill_value=255, overwrite=True
+        )
         if config.save_probabilities:
-            g.create_array("probabilities", shape=(C, H, W), chunks=(C, blk, blk), dtype="uint8", fill_value=0,
-                           overwrite=True)
+            g.create_array(
+                "probabilities",
+                shape=(C, H, W),
+                chunks=(C, blk, blk),
+                dtype="uint8",
+                fill_value=0,
+                overwrite=True,
+            )
         g.create_array("blocks/stitched", shape=(len(_blocks(H, W, blk)),), chunks=(1,), dtype=bool,
                        fill_value=False, overwrite=True)
 
@@ -215,7 +243,9 @@ class RunStore:
     @property
     def grid(self) -> WindowGrid:
         g = self.meta["grid"]
-        return WindowGrid(int(g["height"]), int(g["width"]), int(g["crop"]), int(g["stride"]), int(g["pad_to"]))
+        return WindowGrid(
+            int(g["height"]), int(g["width"]), int(g["crop"]), int(g["stride"]), int(g["pad_to"])
+        )
 
     @property
     def token_grid(self) -> tuple[int, int]:
@@ -239,7 +269,7 @@ class RunStore:
         g = self.scene.georef
         return _blocks(g.height, g.width, self.config.block)
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str) -> zarr.Array[Any]:
         arr = self.group[name]
         assert isinstance(arr, zarr.Array)
         return arr
@@ -258,7 +288,9 @@ class RunStore:
             del self.group[name]
         group = self.group.create_group(name)
         for key, data in arrays.items():
-            group.create_array(key, data=np.ascontiguousarray(data), chunks=data.shape if data.ndim else "auto")
+            group.create_array(
+                key, data=np.ascontiguousarray(data), chunks=data.shape if data.ndim else "auto"
+            )
 
     def read_tensors(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of group ``name`` written by :meth:`write_tensors`."""
@@ -294,7 +326,18 @@ def _interrupted_creation(url: str) -> bool:
         return False
     if "geogla" in group.attrs:
         return False
-    ours = {"windows", "keys", "values", "features", "summary", "text", "classes", "probabilities", "blocks", "done"}
+    ours = {
+        "windows",
+        "keys",
+        "values",
+        "features",
+        "summary",
+        "text",
+        "classes",
+        "probabilities",
+        "blocks",
+        "done",
+    }
     with warnings.catch_warnings():
         # Listing warns about objects that are not Zarr nodes, such as the lock object.
         warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import cast
 from xml.sax.saxutils import escape
 
 import geopandas as gpd
@@ -103,7 +104,7 @@ def area_model(georef: GeoRef) -> AreaModel:
     det = abs(georef.affine.determinant)
 
     def square_pixels(g: np.ndarray) -> np.ndarray:
-        return shapely.area(g) / det
+        return cast(np.ndarray, shapely.area(g) / det)
 
     if georef.crs_wkt is None:
         return AreaModel("px2", "square pixels (the scene has no CRS)", 1.0, square_pixels)
@@ -122,7 +123,7 @@ def area_model(georef: GeoRef) -> AreaModel:
             return np.column_stack([x, y])
 
         def measure(g: np.ndarray) -> np.ndarray:
-            return shapely.area(shapely.transform(g, project))
+            return cast(np.ndarray, shapely.area(shapely.transform(g, project)))
 
         centre = _pixel_polygon(georef, georef.width // 2, georef.height // 2)
         size = math.sqrt(float(measure(np.array([centre], dtype=object))[0]))
@@ -191,7 +192,7 @@ def _simplify_chunk(geoms: np.ndarray, tolerance_px: float) -> np.ndarray:
     """
     dense = shapely.segmentize(geoms, 1.0)
     simplified = shapely.coverage_simplify(dense, tolerance_px, simplify_boundary=False)
-    return shapely.simplify(simplified, 0.0)
+    return cast(np.ndarray, shapely.simplify(simplified, 0.0))
 
 
 @dataclass
@@ -205,7 +206,7 @@ class _OpenGroup:
 
 def _shares_edge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Whether each pair of polygons shares a boundary stretch of positive length (not a point)."""
-    return shapely.length(shapely.intersection(a, b)) > 0
+    return cast(np.ndarray, shapely.length(shapely.intersection(a, b)) > 0)
 
 
 def _merge_row(

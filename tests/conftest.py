@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -43,7 +43,7 @@ def structured_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     region = ((yy // max(height // 3, 1)) * 3 + (xx // max(width // 3, 1))) % 4
     palette = np.array([[200, 60, 50], [40, 140, 40], [120, 120, 120], [30, 80, 200]], dtype=np.float64)
     img = palette[region].transpose(2, 0, 1) + rng.normal(0, 12, (3, height, width))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return cast(np.ndarray, np.clip(img, 0, 255).astype(np.uint8))
 
 
 @pytest.fixture

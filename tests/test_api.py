@@ -24,28 +24,55 @@ TINY = ["--model", "tiny", "--weights", "random"]
 
 
 def test_segment_writes_what_the_command_writes(scene_tif: Path, tmp_path: Path) -> None:
-    assert main(["run", str(scene_tif), "--classes", "building,tree|forest", "-o", str(tmp_path / "cli"), "-q",
-                 *TINY]) == 0
-    result = geogla.segment(scene_tif, "building,tree|forest", tmp_path / "api", model="tiny", weights="random")
+    assert (
+        main(
+            [
+                "run",
+                str(scene_tif),
+                "--classes",
+                "building,tree|forest",
+                "-o",
+                str(tmp_path / "cli"),
+                "-q",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    result = geogla.segment(
+        scene_tif, "building,tree|forest", tmp_path / "api", model="tiny", weights="random"
+    )
     assert set(result.outputs) == {"cog", "gpkg", "stac"} and result.valid_windows == 6
     for name in ("scene.classes.tif", "scene.gpkg"):
         assert (tmp_path / "api" / name).is_file()
-    with rasterio.open(tmp_path / "cli" / "scene.classes.tif") as a, rasterio.open(result.outputs["cog"]) as b:
+    with (
+        rasterio.open(tmp_path / "cli" / "scene.classes.tif") as a,
+        rasterio.open(result.outputs["cog"]) as b,
+    ):
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.profile == b.profile and a.tags() == b.tags()
     layers = [name for name, _ in pyogrio.list_layers(tmp_path / "cli" / "scene.gpkg")]
     assert layers == [name for name, _ in pyogrio.list_layers(result.outputs["gpkg"])]
     # A list of class entries is the same class list.
-    again = geogla.segment(scene_tif, ["building", "tree|forest"], tmp_path / "api", model="tiny", weights="random")
+    again = geogla.segment(
+        scene_tif, ["building", "tree|forest"], tmp_path / "api", model="tiny", weights="random"
+    )
     assert again.resumed
 
 
-@pytest.mark.parametrize(("option", "message"), [({"crop": 0}, "--crop must be"), ({"stride": 0}, "--stride must lie"),
-                                                 ({"stride": 300}, "--stride must lie"),
-                                                 ({"logit_scale": -1.0}, "--logit-scale must be"),
-                                                 ({"model": "nope"}, "Unknown model preset")])
-def test_segment_makes_every_check_the_command_makes(scene_tif: Path, tmp_path: Path, option: dict[str, object],
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"crop": 0}, "--crop must be"),
+        ({"stride": 0}, "--stride must lie"),
+        ({"stride": 300}, "--stride must lie"),
+        ({"logit_scale": -1.0}, "--logit-scale must be"),
+        ({"model": "nope"}, "Unknown model preset"),
+    ],
+)
+def test_segment_makes_every_check_the_command_makes(
+    scene_tif: Path, tmp_path: Path, option: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         geogla.segment(scene_tif, "a,b", tmp_path / "out", weights="random", **option)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()  # nothing written
@@ -60,17 +87,27 @@ def test_segment_refuses_a_missing_scene_before_anything_heavy(tmp_path: Path) -
             "except geogla.UserInputError as e:\n"
             "    print(type(e).__name__, e)\n"
             "print('torch' in sys.modules, 'dask' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    assert out.splitlines() == [f"SceneError The scene {tmp_path / 'nope.tif'} does not exist.", "False False"]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
+    assert out.splitlines() == [
+        f"SceneError The scene {tmp_path / 'nope.tif'} does not exist.",
+        "False False",
+    ]
     assert not (tmp_path / "out").exists()
 
 
 def test_importing_geogla_and_its_settings_needs_neither_torch_nor_dask() -> None:
-    code = ("import sys\n"
-            "import geogla, geogla.cli, geogla.api, geogla.gla, geogla.models, geogla.runconfig, geogla.store\n"
-            "geogla.GLAConfig(); geogla.RunConfig\n"
-            "print(sorted(m for m in ('torch', 'dask', 'distributed', 'open_clip', 'timm') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    code = (
+        "import sys\n"
+        "import geogla, geogla.cli, geogla.api, geogla.gla, geogla.models, geogla.runconfig, geogla.store\n"
+        "geogla.GLAConfig(); geogla.RunConfig\n"
+        "heavy = ('torch', 'dask', 'distributed', 'open_clip', 'timm')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
     assert out.strip() == "[]"
     assert callable(geogla.attend) and callable(geogla.create_model)  # imported when first asked for
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -82,7 +119,9 @@ def test_version_and_verbosity(capsys: pytest.CaptureFixture[str], scene_tif: Pa
         geogla_main_version()
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"geogla {geogla.__version__}"
     assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "v"), *TINY]) == 0
-    assert "model tiny on cpu: CLIP random weights, VFM random weights" in capsys.readouterr().err  # information
+    assert (
+        "model tiny on cpu: CLIP random weights, VFM random weights" in capsys.readouterr().err
+    )  # information
     assert main(["-q", "run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "q"), *TINY]) == 0
     err = capsys.readouterr().err
     assert "model tiny" not in err and "windows/s" not in err  # no information, no progress
@@ -97,7 +136,7 @@ def geogla_main_version() -> None:
 
 
 def test_evaluate_api_refuses_bad_input_before_anything_is_written(tmp_path: Path) -> None:
-    with pytest.raises(geogla.UserInputError, match="nope.yaml"):
+    with pytest.raises(geogla.UserInputError, match=r"nope\.yaml"):
         geogla.evaluate("folder", tmp_path, tmp_path / "out", legend=tmp_path / "nope.yaml", weights="random",
                         model="tiny")
     with pytest.raises(geogla.UserInputError, match="No ISPRS images"):
@@ -105,7 +144,7 @@ def test_evaluate_api_refuses_bad_input_before_anything_is_written(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-# -- structure ------------------------------------------------------------------------------------------------
+# -- structure ---------------------------------------------------------------------------------------
 
 
 def _module_name(path: Path) -> str:
@@ -177,5 +216,7 @@ def test_one_function_chooses_the_attention_algorithm() -> None:
             if lines:
                 deciders.append(str(path))
     assert deciders == []
-    uses = [p for p in (REPO / "geogla").rglob("*.py") if "choose_algorithm(" in p.read_text(encoding="utf-8")]
+    uses = [
+        p for p in (REPO / "geogla").rglob("*.py") if "choose_algorithm(" in p.read_text(encoding="utf-8")
+    ]
     assert {p.name for p in uses} >= {"config.py", "dispatch.py", "attend.py"}

@@ -81,8 +81,11 @@ def test_attended_batches_are_not_recomputed(tmp_path: Path, monkeypatch: pytest
     stages.attend_batches(store.url, parts[0])
     before = store.read("features")
     calls = []
-    monkeypatch.setattr(ScalableAttention, "__call__",
-                        lambda self, source, windows: calls.append(list(windows)) or torch.zeros(0))
+    def record(self: ScalableAttention, source: object, windows: list[int]) -> torch.Tensor:
+        calls.append(list(windows))
+        return torch.zeros(0)
+
+    monkeypatch.setattr(ScalableAttention, "__call__", record)
     assert stages.attend_batches(store.url, parts[0]).skipped
     assert calls == []
     np.testing.assert_array_equal(store.read("features"), before)

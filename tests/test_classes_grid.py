@@ -19,7 +19,9 @@ def test_synonyms_and_prompts() -> None:
 
 
 def test_background_is_a_listed_class_or_appended() -> None:
-    assert parse_classes("road,clutter|background", background="background", prob_threshold=0.1).background == 1
+    assert (
+        parse_classes("road,clutter|background", background="background", prob_threshold=0.1).background == 1
+    )
     cl = parse_classes("road,tree", background="other", prob_threshold=0.3)
     assert cl.names == ("road", "tree", "other") and cl.synonyms[2] == () and cl.background == 2
     assert parse_classes("road", prob_threshold=0.2).names == ("road", "background")
@@ -66,8 +68,18 @@ def _reference_padsize(h: int, w: int, multiple: int) -> tuple[int, int, int, in
     return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
 
 
-@pytest.mark.parametrize("height, width, crop", [(448, 448, 224), (150, 500, 224), (100, 150, 224),
-                                                 (57, 1000, 224), (300, 300, 200), (700, 90, 336), (56, 56, 224)])
+@pytest.mark.parametrize(
+    "height, width, crop",
+    [
+        (448, 448, 224),
+        (150, 500, 224),
+        (100, 150, 224),
+        (57, 1000, 224),
+        (300, 300, 200),
+        (700, 90, 336),
+        (56, 56, 224),
+    ],
+)
 def test_canvas_pads_centred_to_the_multiple_like_the_reference(height: int, width: int, crop: int) -> None:
     g = WindowGrid(height, width, crop, crop // 2, pad_to=56)
     h, w = g.window_shape

@@ -76,8 +76,12 @@ def s3_endpoint() -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the moto S3 server did not start") from None
                 time.sleep(0.2)
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                          AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
         s3fs.S3FileSystem.clear_instance_cache()  # instances made before hold another endpoint
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
         yield endpoint
@@ -112,13 +116,15 @@ def cluster_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _classes(path: Path) -> np.ndarray:
     with rasterio.open(path) as ds:
-        return ds.read(1)
+        classes: np.ndarray = ds.read(1)
+    return classes
 
 
 # -- the run on a cluster ----------------------------------------------------------------------
 @pytest.mark.slow
-def test_cluster_run_with_s3_store_equals_embedded_run(cluster: LocalCluster, cluster_scene: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cluster_run_with_s3_store_equals_embedded_run(
+    cluster: LocalCluster, cluster_scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"s3://{BUCKET}/runs/scene.zarr"
     out = tmp_path / "out"
     code = main(["run", str(cluster_scene), "--classes", CLASSES, *TINY, "-o", str(out), "--store", url,
@@ -149,7 +155,9 @@ def test_worker_killed_mid_run_does_not_fail_the_run(cluster: LocalCluster, clus
         def kill_after_first_encodes(p: Progress) -> None:
             if not killed and p.done["encode"] >= 1:
                 os.kill(victim, signal.SIGKILL)
-                killed.append(Progress(dict(p.done), dict(p.total), p.windows_done, p.windows_total, p.elapsed))
+                killed.append(
+                    Progress(dict(p.done), dict(p.total), p.windows_done, p.windows_total, p.elapsed)
+                )
 
         result = run_scene(str(cluster_scene), str(tmp_path / "out"), CONFIG, client=client,
                            progress=kill_after_first_encodes)
@@ -200,7 +208,9 @@ def test_encode_tasks_ask_for_a_gpu_on_a_gpu_cluster(scene_tif: Path, tmp_path: 
         assert resources == {"GPU": 1}
         result = run_scene(str(scene_tif), str(tmp_path / "out"), CONFIG, client=client)
     store = RunStore.open(result.store_url)
-    for task in (t for wave in build_waves(store, str(tmp_path / "out"), encode_resources=resources) for t in wave):
+    for task in (
+        t for wave in build_waves(store, str(tmp_path / "out"), encode_resources=resources) for t in wave
+    ):
         assert task.resources == ({"GPU": 1} if task.stage == "encode" else None), task.stage
 
 
@@ -208,9 +218,13 @@ def test_scheduler_holds_a_bounded_number_of_tasks(scene_tif: Path, tmp_path: Pa
     # The whole graph at once would cost scheduler memory growing with the scene.
     config = CONFIG.with_(batch_size=1)  # an encode task per window: more than the limit
     held: list[int] = []
-    with (dask.config.set({"distributed.worker.daemon": False}),
-          LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as local,
-          Client(local) as client):
+    with (
+        dask.config.set({"distributed.worker.daemon": False}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as local,
+        Client(local) as client,
+    ):
         limit = in_flight_limit(client)
         result = run_scene(str(scene_tif), str(tmp_path / "out"), config, client=client,
                            progress=lambda p: held.append(len(local.scheduler.tasks)))
@@ -233,7 +247,9 @@ def test_second_acquisition_is_refused_until_released(tmp_path: Path) -> None:
     first, second = RunLock(str(store)), RunLock(str(store))
     first.acquire()
     try:
-        with pytest.raises(StoreError, match=r"^The run store .* is in use by another run \(pid \d+ on .*\); wait") as e:
+        with pytest.raises(
+            StoreError, match=r"^The run store .* is in use by another run \(pid \d+ on .*\); wait"
+        ) as e:
             second.acquire()
         assert str(e.value).count(". ") == 0 and str(e.value).endswith("if that run is gone.")
         assert json.loads((store / LOCK_NAME).read_bytes())["owner"] == first.owner
@@ -293,8 +309,9 @@ def test_lock_on_s3_is_refused_and_released(s3_endpoint: str) -> None:
     assert not s3fs.S3FileSystem(skip_instance_cache=True).exists(f"{BUCKET}/locks/run.zarr/{LOCK_NAME}")
 
 
-def test_run_on_a_locked_store_is_refused_before_it_changes_anything(scene_tif: Path, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_on_a_locked_store_is_refused_before_it_changes_anything(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", CLASSES, *TINY, "-o", str(out), "-q"]) == 0
     store = out / "scene.zarr"

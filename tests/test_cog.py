@@ -55,7 +55,8 @@ class FailingArray:
         self.reads += 1
         if self.reads == self.fail_at:
             raise RuntimeError("block read failed")
-        return self.data[key]
+        out: np.ndarray = self.data[key]
+        return out
 
 
 class CountingArray:
@@ -68,7 +69,7 @@ class CountingArray:
         self.max_read = 0
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        out = self.data[key]
+        out: np.ndarray = self.data[key]
         self.max_read = max(self.max_read, out.size)
         return out
 

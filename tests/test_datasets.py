@@ -80,8 +80,10 @@ def test_every_preset_loads_and_keeps_the_run_keys() -> None:
         cl = spec.class_list()
         assert cl.background is not None and cl.names[cl.background] == entry["background"]
         assert len(cl) == len(spec.label_names)  # the background is one of the listed classes
-    assert get_spec("vaihingen").published == {"source": "GLA-CLIP paper, appendix J, Table 9 (CLIP ViT-B/16, "
-                                                         "training-free)", "miou": {"proxyclip": 30.6, "gla": 31.9}}
+    assert get_spec("vaihingen").published == {
+        "source": "GLA-CLIP paper, appendix J, Table 9 (CLIP ViT-B/16, training-free)",
+        "miou": {"proxyclip": 30.6, "gla": 31.9},
+    }
     assert get_spec("uavid").tile == (1080, 1280)
 
 
@@ -97,8 +99,14 @@ def test_protocol_values_follow_the_spec() -> None:
 
 def test_overrides_and_their_checks() -> None:
     spec = get_spec("vaihingen")
-    o = spec.with_overrides(classes="road,house,grass,tree,car,clutter", resize_long_side=0, crop=112, stride=56,
-                            prob_threshold=0.0, logit_scale=50)
+    o = spec.with_overrides(
+        classes="road,house,grass,tree,car,clutter",
+        resize_long_side=0,
+        crop=112,
+        stride=56,
+        prob_threshold=0.0,
+        logit_scale=50,
+    )
     assert o.resize_long_side is None and (o.crop, o.stride, o.logit_scale) == (112, 56, 50)
     assert o.class_list().names[1] == "house" and o.class_list().prob_threshold == 0.0
     assert o.label_names == spec.label_names  # labels still map by position
@@ -138,8 +146,9 @@ def test_id_legend_maps_ignores_and_counts_unknown_values() -> None:
 
 
 def test_colour_legend_and_grey_masks_saved_as_rgb() -> None:
-    legend = LabelLegend.from_yaml({"colours": {"#FF0000": "a", "0,0,255": "b"}, "ignore_colours": [[0, 0, 0]]},
-                                   ["a", "b"], "t")
+    legend = LabelLegend.from_yaml(
+        {"colours": {"#FF0000": "a", "0,0,255": "b"}, "ignore_colours": [[0, 0, 0]]}, ["a", "b"], "t"
+    )
     rgb = np.zeros((3, 2, 2), dtype=np.uint8)
     rgb[0, 0, 0] = 255  # red
     rgb[2, 0, 1] = 255  # blue
@@ -178,7 +187,9 @@ def test_isprs_mmseg_and_flat_layouts(tmp_path: Path) -> None:
 def test_loveda_official_layout_has_both_domains(tmp_path: Path) -> None:
     for domain, stem in (("Urban", "3514"), ("Rural", "2522")):
         rgb_image(tmp_path / "Val" / domain / "images_png" / f"{stem}.png")
-        id_mask(tmp_path / "Val" / domain / "masks_png" / f"{stem}.png", np.arange(24 * 32).reshape(24, 32) % 8)
+        id_mask(
+            tmp_path / "Val" / domain / "masks_png" / f"{stem}.png", np.arange(24 * 32).reshape(24, 32) % 8
+        )
     rgb_image(tmp_path / "Test" / "Urban" / "images_png" / "9.png")
     samples = find_samples("loveda", tmp_path, "val")
     assert names(samples) == ["Rural/2522", "Urban/3514"]
@@ -203,11 +214,17 @@ def test_uavid_official_colour_labels_merge_cars_and_frames_are_tiled(tmp_path: 
     samples = find_samples("uavid", tmp_path, "test")
     assert names(samples) == ["seq21/000000", "seq22/000000"]
     labels, stats = load_labels(samples[0], get_spec("uavid").legend)
-    assert [int(labels[0, k * 10]) for k in range(8)] == list(palette.values())  # static and moving car -> car
+    assert [int(labels[0, k * 10]) for k in range(8)] == list(
+        palette.values()
+    )  # static and moving car -> car
     assert stats.unmatched == 0
     tiles = expand_tiles(samples, (40, 48))
     # rows 0 and 20 (shifted back), columns 0, 48, 52 (shifted back)
-    assert names(tiles)[:3] == ["seq21/000000_0_40_0_48", "seq21/000000_0_40_48_96", "seq21/000000_0_40_52_100"]
+    assert names(tiles)[:3] == [
+        "seq21/000000_0_40_0_48",
+        "seq21/000000_0_40_48_96",
+        "seq21/000000_0_40_52_100",
+    ]
     assert len(tiles) == 12
     tile_labels, _ = load_labels(tiles[2], get_spec("uavid").legend)
     np.testing.assert_array_equal(tile_labels, labels[0:40, 52:100])
@@ -304,6 +321,8 @@ def test_palette_masks_hold_colours_or_ids(tmp_path: Path) -> None:
     ids = Image.fromarray(np.array([[0, 3], [6, 7]], dtype=np.uint8), mode="P")
     ids.putpalette([v for i in range(256) for v in (i, i, i)])
     ids.save(tmp_path / "uavid.png")
-    labels, stats = load_labels(Sample("u", tmp_path / "uavid.png", tmp_path / "uavid.png"), get_spec("uavid").legend)
+    labels, stats = load_labels(
+        Sample("u", tmp_path / "uavid.png", tmp_path / "uavid.png"), get_spec("uavid").legend
+    )
     np.testing.assert_array_equal(labels, [[0, 3], [6, 3]])
     assert stats.unmatched == 0

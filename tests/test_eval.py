@@ -18,7 +18,15 @@ from PIL import Image
 
 from geogla import stages, stitching
 from geogla.cli import main
-from geogla.datasets import DatasetError, Sample, expand_tiles, find_samples, get_spec, spec_from_entry
+from geogla.datasets import (
+    DatasetError,
+    Sample,
+    expand_tiles,
+    find_samples,
+    get_spec,
+    load_labels,
+    spec_from_entry,
+)
 from geogla.gla import GLAConfig
 from geogla.pipelines import evaluate
 from geogla.pipelines.evaluate import EvalOptions, evaluate_dataset, write_report
@@ -51,12 +59,16 @@ def test_working_image_is_the_resized_image_and_tiles_are_cut_first(tmp_path: Pa
     scene = open_scene(path)
     assert scene.georef.shape == (320, 448)  # long side 448, 300 * 448 / 420 = 320
     # OpenCV's INTER_LINEAR, which the reference's mmcv Resize calls
-    expected = cv2.resize(rgb, (448, 320), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) / np.float32(255)
+    expected = cv2.resize(rgb, (448, 320), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) / np.float32(
+        255
+    )
     with SceneReader(scene) as reader:  # the windows read the resized pixels, not a crop of the original
         got, valid = reader.read((96, 224, 320, 448))
     assert valid.all() and np.array_equal(got, expected[:, 96:320, 224:448])
     # A tile is cut from the original first, then resized; untouched images are used as they are.
-    path, label_shape = evaluate.prepare_image(Sample("t", src, src, box=(100, 20, 300, 220)), None, tmp_path / "t.tif")
+    path, label_shape = evaluate.prepare_image(
+        Sample("t", src, src, box=(100, 20, 300, 220)), None, tmp_path / "t.tif"
+    )
     assert label_shape == (200, 200)
     with rasterio.open(path) as ds:
         np.testing.assert_array_equal(ds.read(), rgb.transpose(2, 0, 1)[:, 100:300, 20:220])
@@ -111,16 +123,21 @@ def _hand_dataset(tmp_path: Path) -> tuple[Any, list[Sample]]:
     mask[10:, :10] = 2
     mask[10:, 10:] = 3
     mask[0] = 0
-    write_png(tmp_path / "hand" / "images" / "x.png", np.ascontiguousarray(structured_rgb(20, 20).transpose(1, 2, 0)))
+    write_png(
+        tmp_path / "hand" / "images" / "x.png",
+        np.ascontiguousarray(structured_rgb(20, 20).transpose(1, 2, 0)),
+    )
     write_png(tmp_path / "hand" / "masks" / "x.png", mask)
-    spec = spec_from_entry("hand", {"layout": "folder", "labels": {"ids": {1: "a", 2: "b", 3: "c"}, "ignore_ids": [0]}})
+    spec = spec_from_entry(
+        "hand", {"layout": "folder", "labels": {"ids": {1: "a", 2: "b", 3: "c"}, "ignore_ids": [0]}}
+    )
     return spec, find_samples("folder", tmp_path / "hand", "val")
 
 
 def _oracle(monkeypatch: pytest.MonkeyPatch, degrade: Any = None) -> None:
     """Replace the model's labels by the ground truth (``degrade(gt)`` for ProxyCLIP when given)."""
     last: dict[str, np.ndarray] = {}
-    real_load = evaluate.load_labels
+    real_load = load_labels
 
     def spy(sample: Sample, legend: Any) -> Any:
         labels, stats = real_load(sample, legend)
@@ -190,8 +207,10 @@ def test_hand_made_confusion_and_boundary_errors(tmp_path: Path, monkeypatch: py
 # -- the command on the real samples -------------------------------------------------------------------
 
 
-def _check_outputs(out: Path, classes: int, modes: tuple[str, ...], images: int, figures: int) -> dict[str, Any]:
-    data = json.loads((out / "metrics.json").read_text())
+def _check_outputs(
+    out: Path, classes: int, modes: tuple[str, ...], images: int, figures: int
+) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     assert data["weights"] == "random" and data["quality_figure"] is False
     assert tuple(data["modes"]) == modes and data["images"] == images == len(data["per_image"])
     for m in modes:
@@ -231,7 +250,10 @@ def test_eval_vaihingen_both_modes_reuses_encoded_windows(shared_data: Path, tmp
                  "--figures", "1", *TINY]) == 0
     assert calls == [False, True]  # 9 windows, one batch: encoded for ProxyCLIP, reused for GLA
     data = _check_outputs(out, 6, ("proxyclip", "gla"), 1, 1)
-    assert data["per_image"][0]["label_shape"] == [512, 512] and data["per_image"][0]["work_shape"] == [448, 448]
+    assert data["per_image"][0]["label_shape"] == [512, 512] and data["per_image"][0]["work_shape"] == [
+        448,
+        448,
+    ]
     assert data["labels"]["unmatched_pixels"] == 0 and data["labels"]["ignored_pixels"] > 0
     captured = capsys.readouterr()
     assert "| GLA - ProxyCLIP |" in captured.out and "RANDOM weights" in captured.err
@@ -259,17 +281,33 @@ def test_eval_loveda_with_limit_and_figure(shared_data: Path, tmp_path: Path) ->
 @pytest.mark.data
 def test_eval_dubai_as_a_generic_folder_with_its_colour_legend(shared_data: Path, tmp_path: Path) -> None:
     legend = tmp_path / "dubai.yaml"
-    legend.write_text(yaml.safe_dump({
-        "classes": "building,land|unpaved area,road,vegetation,water",
-        "labels": {"colours": {"#3C1098": "building", "#8429F6": "land", "#6EC1E4": "road", "#FEDD3A": "vegetation",
-                               "#E2A929": "water"},
-                   "ignore_colours": ["#9B9B9B", "#000000"]}}, sort_keys=False))
+    legend.write_text(
+        yaml.safe_dump(
+            {
+                "classes": "building,land|unpaved area,road,vegetation,water",
+                "labels": {
+                    "colours": {
+                        "#3C1098": "building",
+                        "#8429F6": "land",
+                        "#6EC1E4": "road",
+                        "#FEDD3A": "vegetation",
+                        "#E2A929": "water",
+                    },
+                    "ignore_colours": ["#9B9B9B", "#000000"],
+                },
+            },
+            sort_keys=False,
+        )
+    )
     out = tmp_path / "out"
     assert main(["eval", "folder", "--root", str(shared_data / "dubai_aerial"), "--legend", str(legend),
                  "-o", str(out), "--limit", "2", "--figures", "1", "-q", *TINY]) == 0
     data = _check_outputs(out, 5, ("proxyclip", "gla"), 2, 1)
     assert data["labels"]["unmatched_pixels"] == 0 and data["images_available"] == 72
-    assert data["per_image"][0]["label_shape"] == [644, 797] and data["per_image"][0]["work_shape"] == [362, 448]
+    assert data["per_image"][0]["label_shape"] == [644, 797] and data["per_image"][0]["work_shape"] == [
+        362,
+        448,
+    ]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -306,8 +344,11 @@ def test_uavid_frames_are_scored_tile_by_tile(tmp_path: Path) -> None:
     samples = expand_tiles(find_samples("uavid", tmp_path, "test"), spec.tile)
     report = evaluate_dataset(spec, samples, replace(TINY_OPTIONS, modes=("gla",)), tmp_path / "out")
     assert [(r.name, r.label_shape, r.work_shape) for r in report.images] == [
-        ("seq1/000000_0_60_0_100", (60, 100), (269, 448)), ("seq1/000000_0_60_50_150", (60, 100), (269, 448)),
-        ("seq1/000000_60_120_0_100", (60, 100), (269, 448)), ("seq1/000000_60_120_50_150", (60, 100), (269, 448))]
+        ("seq1/000000_0_60_0_100", (60, 100), (269, 448)),
+        ("seq1/000000_0_60_50_150", (60, 100), (269, 448)),
+        ("seq1/000000_60_120_0_100", (60, 100), (269, 448)),
+        ("seq1/000000_60_120_50_150", (60, 100), (269, 448)),
+    ]
     assert report.decode.labelled == 4 * 60 * 100 and report.decode.unmatched == 0
 
 

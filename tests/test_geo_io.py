@@ -23,7 +23,10 @@ def test_gsd_resamples_the_models_input_but_not_the_outputs(scene_tif: Path, tmp
     # 0.5 m pixels read at 1 m: the working image is half the size, the outputs keep the file's grid.
     assert open_scene(scene_tif, gsd=1.0).work_shape == (150, 210)
     out = tmp_path / "out"
-    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), "--gsd", "1", *TINY]) == 0
+    assert (
+        main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), "--gsd", "1", *TINY])
+        == 0
+    )
     with rasterio.open(scene_tif) as src, rasterio.open(out / "scene.classes.tif") as dst:
         assert (dst.crs, dst.transform, dst.shape) == (src.crs, src.transform, src.shape)
         classes = dst.read(1)
@@ -73,7 +76,10 @@ def test_min_area_drops_small_polygons(scene_tif: Path, tmp_path: Path) -> None:
     areas = {}
     for name, extra in (("all", []), ("big", ["--min-area", "50"])):
         out = tmp_path / name
-        assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY, *extra]) == 0
+        assert (
+            main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY, *extra])
+            == 0
+        )
         gpkg = out / "scene.gpkg"
         areas[name] = np.concatenate([pyogrio.read_dataframe(gpkg, layer=n)["area"].to_numpy()
                                       for n, g in pyogrio.list_layers(gpkg) if g is not None])
@@ -81,7 +87,9 @@ def test_min_area_drops_small_polygons(scene_tif: Path, tmp_path: Path) -> None:
     assert sorted(areas["big"]) == sorted(a for a in areas["all"] if a >= 50)
 
 
-def test_jpeg_without_crs_runs_in_pixel_coordinates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_jpeg_without_crs_runs_in_pixel_coordinates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     jpeg = tmp_path / "frame.jpg"
     Image.fromarray(structured_rgb(240, 320).transpose(1, 2, 0)).save(jpeg, quality=95)
     out = tmp_path / "out"
@@ -95,11 +103,13 @@ def test_jpeg_without_crs_runs_in_pixel_coordinates(tmp_path: Path, capsys: pyte
         if geometry_type is not None:
             df = pyogrio.read_dataframe(out / "frame.gpkg", layer=name)
             minx, miny, maxx, maxy = df.total_bounds
-            assert 0 <= minx and maxx <= 320 and -240 <= miny and maxy <= 0
+            assert minx >= 0 and maxx <= 320 and miny >= -240 and maxy <= 0
             assert df.crs is None
 
 
-def test_all_nodata_scene_warns_and_writes_empty_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_nodata_scene_warns_and_writes_empty_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scene = write_geotiff(tmp_path / "empty.tif", np.zeros((3, 200, 260), np.uint8), nodata=0)
     out = tmp_path / "out"
     assert main(["run", str(scene), "--classes", "building,tree", "-o", str(out), *TINY]) == 0

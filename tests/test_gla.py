@@ -153,7 +153,11 @@ def test_tiny_budget_forces_many_blocks_same_result(name: str) -> None:
     keys, values, offsets = _clustered(4, 16, 16, 3, seed=2)
     cfg = CONFIGS[name]
     f64 = torch.float64
-    tiny = BlockPlan.for_budget(1, 1024, 1, f64, f64) if cfg.kv_extension else BlockPlan.for_budget(4, 256, 1, f64, f64)
+    tiny = (
+        BlockPlan.for_budget(1, 1024, 1, f64, f64)
+        if cfg.kv_extension
+        else BlockPlan.for_budget(4, 256, 1, f64, f64)
+    )
     assert len(list(tiny.blocks())) == (10 if cfg.kv_extension else 4)
     big = attend(keys, values, cfg, offsets=offsets)
     small = attend(keys, values, GLAConfig(**{**cfg.to_json(), "memory_budget_mb": 1}), offsets=offsets)

@@ -38,11 +38,18 @@ from geogla.models import (
 )
 from geogla.models.factory import create_meta_model
 from geogla.models.registry import parse_presets
+from geogla.models.vfm import VfmEncoder
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _vfm(model: SegmentationModel) -> VfmEncoder:
+    """The model's VFM (the presets tested here have one)."""
+    assert model.vfm is not None
+    return model.vfm
 
 
 def _tiny(seed: int = 0, **kwargs: object) -> SegmentationModel:
@@ -101,11 +108,12 @@ def test_registry_lists_presets_and_rejects_unknown_names() -> None:
     assert {"default", "tiny"} <= set(list_presets())
     default = get_preset("default")
     assert (default.clip.arch, default.clip.pretrained, default.clip.patch) == ("ViT-B-16", "openai", 16)
+    assert default.vfm is not None
     assert (default.vfm.kind, default.vfm.name, default.vfm.patch) == ("timm", "vit_base_patch8_224.dino", 8)
     assert (default.crop, default.stride, default.random_only) == (224, 112, False)
     assert default.clip.mean == OPENAI_MEAN and default.vfm.std == IMAGENET_STD
     assert get_preset("tiny").random_only
-    with pytest.raises(ConfigError, match="known presets: default, .*, tiny"):
+    with pytest.raises(ConfigError, match=r"known presets: default, .*, tiny"):
         create_model("nope")
 
 
@@ -124,8 +132,10 @@ presets:
 
 def test_a_new_backbone_is_an_entry_and_mistakes_are_named() -> None:
     preset = parse_presets(PRESET_YAML)["a"]
-    assert preset.pad_to == 56 and preset.vfm.mean == (0.4, 0.4, 0.3)
-    assert parse_presets(PRESET_YAML.replace("crop: 336", "crop: 330"))["a"].crop == 330  # any crop: windows are padded
+    assert preset.vfm is not None and preset.pad_to == 56 and preset.vfm.mean == (0.4, 0.4, 0.3)
+    assert (
+        parse_presets(PRESET_YAML.replace("crop: 336", "crop: 330"))["a"].crop == 330
+    )  # any crop: windows are padded
     for bad, message in [
         (PRESET_YAML.replace("stride: 112", "stride: 400"), "larger than the crop"),
         (PRESET_YAML.replace("norm: openai", "norm: nope"), "unknown normalisation 'nope'"),
@@ -153,7 +163,7 @@ def test_tiny_shapes_and_normalised_keys(tiny: SegmentationModel, crop: int) -> 
     torch.testing.assert_close(keys.norm(dim=-1), torch.ones(2, n * n))
     assert tiny.project(values).shape == (2, n * n, tiny.embed_dim)
     assert not any(p.requires_grad for p in tiny.clip.model.parameters())
-    assert not tiny.clip.model.training and not tiny.vfm.model.training
+    assert not tiny.clip.model.training and not _vfm(tiny).model.training
 
 
 def test_canvases_may_be_oblong_but_whole_key_patches(tiny: SegmentationModel) -> None:
@@ -202,7 +212,7 @@ def test_vfm_keys_are_timm_patch_tokens_normalised(tiny: SegmentationModel, imag
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.inference_mode():
-        tokens = tiny.vfm.model.forward_features((images - mean) / std)
+        tokens = _vfm(tiny).model.forward_features((images - mean) / std)
     assert tokens.shape == (2, 1 + 28 * 28, 64)  # class token first
     torch.testing.assert_close(tiny.encode_keys(images), F.normalize(tokens[:, 1:], dim=-1))
 
@@ -262,7 +272,7 @@ def test_dino_positional_embedding_is_resampled_like_the_reference(grid: tuple[i
     """DINO's vision_transformer.py, interpolate_pos_encoding (w0 + 0.1 over sqrt(N), bicubic, no
     antialiasing) replaces timm's antialiased resize; the trained 28 x 28 grid is left alone."""
     model = _tiny()
-    vit = model.vfm.model
+    vit = _vfm(model).model
     width = vit.pos_embed.shape[-1]
     columns, values = _column_grid(28, width)
     with torch.no_grad():
@@ -286,7 +296,7 @@ def test_keys_at_other_crops_use_the_reference_positions(crop: int, images: torc
     from geogla.models.positions import resample_grid
 
     model = _tiny()
-    vit = model.vfm.model
+    vit = _vfm(model).model
     x = F.interpolate(images[:1], size=(crop, crop), mode="bilinear", align_corners=False)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -344,7 +354,7 @@ def test_explicit_weight_files_are_loaded(tiny: SegmentationModel, images: torch
                                           tmp_path: Path) -> None:
     clip_file = tmp_path / "clip.pt"
     torch.save(tiny.clip.model.state_dict(), clip_file)
-    vfm_file = _save_safetensors(tiny.vfm.model.state_dict(), tmp_path / "vfm.safetensors")
+    vfm_file = _save_safetensors(_vfm(tiny).model.state_dict(), tmp_path / "vfm.safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomWeightsWarning)  # nothing random is left
         loaded = create_model("tiny", weights="random", seed=7, clip_weights=clip_file,
@@ -367,13 +377,13 @@ def test_openai_torchscript_release_is_loaded(tiny: SegmentationModel, images: t
 
 def test_missing_or_broken_weight_files_raise_weights_error(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
-    with pytest.raises(WeightsError, match="nowhere.safetensors"):
+    with pytest.raises(WeightsError, match=r"nowhere\.safetensors"):
         _tiny(clip_weights=missing)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="junk.pt cannot be loaded"):
+    with pytest.raises(WeightsError, match=r"junk\.pt cannot be loaded"):
         _tiny(vfm_weights=junk)
-    with pytest.raises(WeightsError, match="junk.pt cannot be loaded"):
+    with pytest.raises(WeightsError, match=r"junk\.pt cannot be loaded"):
         _tiny(clip_weights=junk)
 
 
@@ -396,7 +406,7 @@ def test_weights_dir_layout_is_used(tiny: SegmentationModel, images: torch.Tenso
     preset = _tiny_with_tag()
     root = tmp_path / "weights"
     torch.save(tiny.clip.model.state_dict(), _dir(root / "clip") / "ViT-B-16-openai.pt")
-    _save_safetensors(tiny.vfm.model.state_dict(), root / "vfm" / "vit_small_patch8_224.dino.safetensors")
+    _save_safetensors(_vfm(tiny).model.state_dict(), root / "vfm" / "vit_small_patch8_224.dino.safetensors")
     monkeypatch.setenv("GEOGLA_WEIGHTS_DIR", str(root))
     model = create_model(preset, weights="pretrained")
     assert model.weights["clip"].origin == model.weights["vfm"].origin == "GEOGLA_WEIGHTS_DIR"
@@ -427,7 +437,7 @@ def test_library_caches_are_used_offline(tiny: SegmentationModel, images: torch.
     _save_safetensors(tiny.clip.model.state_dict(),
                       _hub_snapshot(empty_caches, "timm/vit_base_patch16_clip_224.openai")
                       / "open_clip_model.safetensors")
-    _save_safetensors(tiny.vfm.model.state_dict(),
+    _save_safetensors(_vfm(tiny).model.state_dict(),
                       _hub_snapshot(empty_caches, "timm/vit_small_patch8_224.dino") / "model.safetensors")
     model = create_model(preset, weights="pretrained")
     assert model.weights["clip"].origin == model.weights["vfm"].origin == "library cache"
@@ -548,7 +558,8 @@ def _manual_ln1(model: SegmentationModel, images: torch.Tensor) -> torch.Tensor:
         x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding)
         for block in visual.transformer.resblocks[:-1]:
             x = block(x)
-        return visual.transformer.resblocks[-1].ln_1(x)
+        ln1: torch.Tensor = visual.transformer.resblocks[-1].ln_1(x)
+        return ln1
 
 
 def test_canvas_off_clips_patch_is_cut_to_whole_patches_for_clip(tiny: SegmentationModel) -> None:
@@ -558,7 +569,9 @@ def test_canvas_off_clips_patch_is_cut_to_whole_patches_for_clip(tiny: Segmentat
     x = torch.rand(1, 3, 280, 280, generator=torch.Generator().manual_seed(3))
     assert (tiny.clip.grid(280, 280), tiny.token_grid(280, 280)) == ((17, 17), (35, 35))
     on_clip = tiny.encode_values(x, on_vfm_grid=False)
-    torch.testing.assert_close(on_clip, tiny.encode_values(x[..., :272, :272].contiguous(), on_vfm_grid=False))
+    torch.testing.assert_close(
+        on_clip, tiny.encode_values(x[..., :272, :272].contiguous(), on_vfm_grid=False)
+    )
     grid = on_clip.transpose(1, 2).reshape(1, -1, 17, 17)
     resized = F.interpolate(grid, size=(35, 35), mode="bilinear", align_corners=False)
     resized = resized.flatten(2).transpose(1, 2)
@@ -589,7 +602,7 @@ def test_register_and_rope_vfms_give_their_patch_tokens(name: str, patch: int) -
         assert model.token_grid(crop, crop) == (n, n)
         assert keys.shape == (1, n * n, 64) and values.shape == (1, n * n, 64)
         with torch.inference_mode():
-            (patches,) = model.vfm.model.forward_intermediates((x - mean) / std, indices=[1], norm=True,
+            (patches,) = _vfm(model).model.forward_intermediates((x - mean) / std, indices=[1], norm=True,
                                                                output_fmt="NLC", intermediates_only=True)
         torch.testing.assert_close(keys, F.normalize(patches, dim=-1))
         torch.testing.assert_close(keys.norm(dim=-1), torch.ones(1, n * n))
@@ -601,7 +614,7 @@ def test_vfm_layer_picks_a_block_before_the_final_norm(tiny: SegmentationModel, 
     first = _quiet(dataclasses.replace(preset, vfm=dataclasses.replace(preset.vfm, layer=0)),
                    weights="random")
     assert first.vfm is not None and (first.vfm.layer, first.vfm.depth) == (0, 2)
-    vit = first.vfm.model
+    vit = _vfm(first).model
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.inference_mode():  # block 0's output, through the final norm, class token dropped
@@ -794,7 +807,7 @@ def test_summaries_count_the_built_models(tiny: SegmentationModel) -> None:
     small = summarize("tiny")
     clip_params = sum(p.numel() for p in tiny.clip.model.parameters())
     assert small.clip_image_params + small.clip_text_params == clip_params
-    assert tiny.vfm is not None and small.vfm_params == sum(p.numel() for p in tiny.vfm.model.parameters())
+    assert tiny.vfm is not None and small.vfm_params == sum(p.numel() for p in _vfm(tiny).model.parameters())
     assert small.window_bytes == (784 * 64 * 4, 784 * 64 * 4, 784 * 32 * 4)
     default = summarize("default")  # OpenAI CLIP ViT-B/16 and DINO ViT-B/8, as published
     clip_params = default.clip_image_params + default.clip_text_params

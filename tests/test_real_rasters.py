@@ -148,7 +148,7 @@ def test_real_jpeg_without_crs_runs_in_pixel_coordinates(shared_data: Path, tmp_
 
     # The extent in the COG's own coordinates, whichever way its axes point.
     xs, ys = zip(*(transform @ corner for corner in
-                   [(0, 0), (classes.shape[1], 0), (0, classes.shape[0]), classes.shape[::-1]]))
+                   [(0, 0), (classes.shape[1], 0), (0, classes.shape[0]), classes.shape[::-1]]), strict=True)
     left, right, bottom, top = min(xs), max(xs), min(ys), max(ys)
     layers = _read_layers(gpkg)
     assert layers

@@ -104,8 +104,15 @@ def test_windows_are_padded_and_their_logits_cut_like_the_reference(
         shape: tuple[int, int], crop: int, stride: int) -> None:
     rgb = structured_rgb(*shape)
     scene = open_scene(str(write_geotiff(tmp_path / "s.tif", rgb)))
-    config = RunConfig(classes=parse_classes("building,tree,road"), model="tiny", weights="random", device="cpu",
-                       crop=crop, stride=stride, attention=attention_config("tiny", "proxyclip"))
+    config = RunConfig(
+        classes=parse_classes("building,tree,road"),
+        model="tiny",
+        weights="random",
+        device="cpu",
+        crop=crop,
+        stride=stride,
+        attention=attention_config("tiny", "proxyclip"),
+    )
     store, _ = RunStore.create_or_resume(str(tmp_path / "s.zarr"), scene, config, **tiny.store_dims())
     boxes = _reference_windows(*shape, crop, stride)
     assert store.read("windows/box").tolist() == [list(b) for b in boxes]
@@ -129,6 +136,7 @@ def test_windows_are_padded_and_their_logits_cut_like_the_reference(
     image = torch.from_numpy(rgb.astype(np.float32) / 255)
     clip_mean = torch.tensor(tiny.preset.clip.mean).view(3, 1, 1)
     clip_std = torch.tensor(tiny.preset.clip.std).view(3, 1, 1)
+    assert tiny.preset.vfm is not None
     vfm_mean = torch.tensor(tiny.preset.vfm.mean).view(3, 1, 1)
     vfm_std = torch.tensor(tiny.preset.vfm.std).view(3, 1, 1)
     text = torch.from_numpy(store.read("text"))
@@ -173,13 +181,19 @@ def test_nodata_pixels_reach_the_encoders_as_the_mean_colour(
     store, _ = RunStore.create_or_resume(str(tmp_path / "n.zarr"), scene, config, **tiny.store_dims())
     seen: list[torch.Tensor] = []
     real_encode = tiny.encode
-    monkeypatch.setattr(tiny, "encode", lambda images: (seen.append(images.clone()), real_encode(images))[1])
+    def spy(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(images.clone())
+        return real_encode(images)
+
+    monkeypatch.setattr(tiny, "encode", spy)
     for ids in stages.window_batches(store):
         stages.encode_windows(store.url, ids)
     canvases = torch.cat(seen)
     mean = torch.tensor(tiny.pad_colour).view(3, 1)
     assert canvases.shape == (2, 3, 224, 224)
-    assert torch.equal(canvases[:, :, :40].reshape(2, 3, -1), mean.expand(3, 40 * 224)[None].expand(2, -1, -1))
+    assert torch.equal(
+        canvases[:, :, :40].reshape(2, 3, -1), mean.expand(3, 40 * 224)[None].expand(2, -1, -1)
+    )
     expected = torch.from_numpy(rgb[:, 40:, :224].astype(np.float32) / 255)
     assert torch.equal(canvases[0, :, 40:], expected)
 
@@ -200,7 +214,9 @@ def test_jpegs_are_decoded_as_opencv_decodes_them(shared_data: Path) -> None:
         scene = open_scene(path)
         h, w = scene.georef.shape
         ours = evaluate.read_image(scene, (0, 0, h, w))
-        opencv = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1].transpose(2, 0, 1)
+        decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert decoded is not None
+        opencv = decoded[:, :, ::-1].transpose(2, 0, 1)
         np.testing.assert_array_equal(ours, opencv)
         with rasterio.open(path) as ds:
             differ_gdal += int((ds.read() != opencv).sum())

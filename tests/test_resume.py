@@ -28,7 +28,9 @@ def _geogla(*args: str) -> subprocess.Popen[bytes]:
 
 def _flags(store: Path, name: str) -> np.ndarray | None:
     try:
-        return np.asarray(zarr.open_group(store, mode="r")[name][:])
+        array = zarr.open_group(store, mode="r")[name]
+        assert isinstance(array, zarr.Array)
+        return np.asarray(array[:])
     except (FileNotFoundError, KeyError, ValueError, OSError):  # not created yet, or being written now
         return None
 

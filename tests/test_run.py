@@ -20,6 +20,7 @@ from geogla.cli import main
 from geogla.gla import GLAConfig
 from geogla.pipelines.run import run_scene, run_stage
 from geogla.runconfig import RunConfig
+from geogla.stages import StageResult
 from geogla.store import RunStore
 from tests.conftest import REPO, structured_rgb, write_geotiff
 
@@ -33,21 +34,28 @@ def rasterize_gpkg(gpkg: Path, like: rasterio.DatasetReader) -> np.ndarray:
         if geometry_type is None:  # the layer_styles table
             continue
         df = pyogrio.read_dataframe(gpkg, layer=name)
-        shapes = [(g, int(c)) for g, c in zip(df.geometry, df["class_id"])]
+        shapes = [(g, int(c)) for g, c in zip(df.geometry, df["class_id"], strict=True)]
         if shapes:
             burned = rasterize(shapes, out_shape=out.shape, transform=like.transform, fill=255, dtype="uint8")
             out = np.where(burned != 255, burned, out)
     return out
 
 
-def test_run_writes_aligned_cog_and_styled_gpkg(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_writes_aligned_cog_and_styled_gpkg(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code = main(["run", str(scene_tif), "--classes", "building,tree|forest,road", "-o", str(out), *TINY])
     assert code == 0
     cog, gpkg = out / "scene.classes.tif", out / "scene.gpkg"
     assert "RANDOM weights" in capsys.readouterr().err
     with rasterio.open(scene_tif) as src, rasterio.open(cog) as dst:
-        assert (dst.crs, dst.transform, dst.width, dst.height) == (src.crs, src.transform, src.width, src.height)
+        assert (dst.crs, dst.transform, dst.width, dst.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
         assert dst.dtypes[0] == "uint8" and dst.nodata == 255
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         classes = dst.read(1)
@@ -77,7 +85,10 @@ def test_store_of_another_encoder_config_is_refused(scene_tif: Path, tmp_path: P
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
-    assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY, "--stride", "56"]) == 2
+    assert (
+        main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY, "--stride", "56"])
+        == 2
+    )
     assert "another scene or configuration" in capsys.readouterr().err
     assert main(["run", str(scene_tif), "--classes", "building,tree", "-o", str(out), *TINY, "--stride", "56",
                  "--overwrite"]) == 0
@@ -89,7 +100,9 @@ def test_new_classes_or_attention_reuse_the_encoded_windows(scene_tif: Path, tmp
     first = run_scene(str(scene_tif), out, config)
     assert first.timings["encode"] > 0 and not first.resumed
     other_classes = run_scene(str(scene_tif), out, config.with_(classes=parse_classes("water,road,field")))
-    assert other_classes.resumed and "encode" not in other_classes.timings and other_classes.timings["text"] > 0
+    assert (
+        other_classes.resumed and "encode" not in other_classes.timings and other_classes.timings["text"] > 0
+    )
     with rasterio.open(other_classes.outputs["cog"]) as ds:
         assert json.loads(ds.tags()["GEOGLA_CLASSES"]) == ["water", "road", "field"]
         assert set(np.unique(ds.read(1))) <= {0, 1, 2}
@@ -112,17 +125,36 @@ def test_attention_results_of_another_version_are_recomputed(scene_tif: Path, tm
     assert newer.resumed and "encode" not in newer.timings and newer.timings["attend"] > 0
 
 
-def test_proxyclip_and_gla_both_run(scene_tif: Path, tmp_path: Path) -> None:
-    results = {}
-    for mode in ("gla", "proxyclip"):
+def test_proxyclip_and_gla_store_their_own_attention(scene_tif: Path, tmp_path: Path) -> None:
+    """Each mode's stored features are its attention over the stored keys and values, projected:
+    ProxyCLIP each window alone, GLA across all windows; the two differ."""
+    import torch
+    import torch.nn.functional as F
+
+    from geogla import stages
+    from geogla.gla import attend
+
+    features = {}
+    for mode, config in (("gla", GLAConfig(precision="float32")), ("proxyclip", GLAConfig.proxyclip())):
         out = tmp_path / mode
         assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
-                     "--attention", mode, *TINY]) == 0
-        results[mode] = rasterio.open(out / "scene.classes.tif").read(1)
-    assert results["gla"].shape == results["proxyclip"].shape
+                     "--attention", mode, "--precision", "float32", *TINY]) == 0
+        store = RunStore.open(str(out / "scene.zarr"), mode="r")
+        assert store.config.attention == config
+        keys, values = torch.from_numpy(store.read("keys")), torch.from_numpy(store.read("values"))
+        offsets = torch.from_numpy(store.grid.token_offsets(store.token_size))
+        with torch.inference_mode():
+            attended = attend(keys, values, config, offsets)
+            expected = F.normalize(stages.model_for(store).project(attended), dim=-1)
+        features[mode] = torch.from_numpy(store.read("features"))
+        # the same float32 products batched otherwise: ~1e-7 on unit vectors
+        torch.testing.assert_close(features[mode], expected, rtol=0, atol=1e-5)
+    assert float((features["gla"] - features["proxyclip"]).abs().max()) > 0.1
 
 
-def test_attention_algorithm_option_picks_the_streamed_scalable_attention(scene_tif: Path, tmp_path: Path) -> None:
+def test_attention_algorithm_option_picks_the_streamed_scalable_attention(
+    scene_tif: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
                  "--attention-algorithm", "scalable", *TINY]) == 0
@@ -180,14 +212,24 @@ def test_bad_input_exits_2_with_one_sentence(args: list[str], message: str, scen
     text.write_text("this is not a raster\n")
     out = tmp_path / "out"
     model = [] if "--model" in args else ["--model", "tiny"]
-    argv = ["run", *[a.format(scene=scene_tif, text=text) for a in args], "-o", str(out), *model, "--weights", "random"]
+    argv = [
+        "run",
+        *[a.format(scene=scene_tif, text=text) for a in args],
+        "-o",
+        str(out),
+        *model,
+        "--weights",
+        "random",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message.lower() in err[-1].lower(), err
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_unwritable_output_folder(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_output_folder(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(blocker / "out"), *TINY]) == 2
@@ -195,15 +237,33 @@ def test_unwritable_output_folder(scene_tif: Path, tmp_path: Path, capsys: pytes
 
 
 def test_command_line_has_no_traceback_on_user_error(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "geogla", "run", str(tmp_path / "nope.tif"), "--classes", "a",
-                           "--model", "tiny", "--weights", "random"], capture_output=True, text=True, cwd=REPO,
-                          check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geogla",
+            "run",
+            str(tmp_path / "nope.tif"),
+            "--classes",
+            "a",
+            "--model",
+            "tiny",
+            "--weights",
+            "random",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr
 
 
-def test_labels_give_ber_and_miou(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_labels_give_ber_and_miou(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out), *TINY]) == 0
     with rasterio.open(out / "scene.classes.tif") as ds:
@@ -220,10 +280,14 @@ def test_labels_give_ber_and_miou(scene_tif: Path, tmp_path: Path, capsys: pytes
     assert "boundary error rate 0.00%" in capsys.readouterr().out
 
 
-def test_labels_of_another_size_are_refused(scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_labels_of_another_size_are_refused(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     labels = write_geotiff(tmp_path / "labels.tif", np.zeros((10, 10), np.uint8))
     out = tmp_path / "out"
-    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(out), *TINY, "--labels", str(labels)]) == 2
+    assert (
+        main(["run", str(scene_tif), "--classes", "a,b", "-o", str(out), *TINY, "--labels", str(labels)]) == 2
+    )
     assert "is 10 x 10 pixels but the scene is 420 x 300" in capsys.readouterr().err
     assert not out.exists()
 
@@ -246,7 +310,7 @@ def test_progress_lines_are_throttled_off_a_terminal(capsys: pytest.CaptureFixtu
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_stage_wrapper_gives_freed_heap_back_to_the_os() -> None:
-    def fragmenting_stage() -> dict[str, float]:
+    def fragmenting_stage() -> StageResult:
         # 2 kB blocks come from the heap; keeping every 16th alive leaves the freed ones as holes that
         # glibc does not return by itself (the heap's top stays in use).
         blocks = [bytearray(2000) for _ in range(100_000)]
@@ -254,7 +318,7 @@ def test_stage_wrapper_gives_freed_heap_back_to_the_os() -> None:
         del blocks
         grown = psutil.Process().memory_info().rss
         kept_alive.append((kept, grown))
-        return {}
+        return StageResult()
 
     kept_alive: list[tuple[list[bytearray], int]] = []
     run_stage(fragmenting_stage)
@@ -264,7 +328,7 @@ def test_stage_wrapper_gives_freed_heap_back_to_the_os() -> None:
 
 
 def test_stage_wrapper_passes_errors_through() -> None:
-    def failing() -> dict[str, float]:
+    def failing() -> StageResult:
         raise ValueError("broken")
 
     with pytest.raises(ValueError, match="broken"):

@@ -33,7 +33,9 @@ def test_uint16_single_band_gets_one_scene_wide_stretch(tmp_path: Path) -> None:
     scene = open_scene(write_geotiff(tmp_path / "pan.tif", data))
     assert scene.band_indexes == (1, 1, 1)
     (lo, hi), = set(scene.stretch or ())
-    assert lo == pytest.approx(np.percentile(data, 2), rel=1e-3) and hi == pytest.approx(np.percentile(data, 98), rel=1e-3)
+    assert lo == pytest.approx(np.percentile(data, 2), rel=1e-3) and hi == pytest.approx(
+        np.percentile(data, 98), rel=1e-3
+    )
     with SceneReader(scene) as r:
         a, _ = r.read((0, 0, 1, 5))
         b, _ = r.read((199, 295, 200, 300))

@@ -14,6 +14,7 @@ import re
 import urllib.error
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pystac
@@ -81,7 +82,9 @@ def test_utm_item_round_trips_with_footprint_projection_and_legend(tmp_path: Pat
     lon, lat = to_wgs84.transform(xs, ys)
     assert item.bbox is not None
     west, south, east, north = item.bbox
-    np.testing.assert_allclose([west, south, east, north], [min(lon), min(lat), max(lon), max(lat)], atol=1e-7)
+    np.testing.assert_allclose(
+        [west, south, east, north], [min(lon), min(lat), max(lon), max(lat)], atol=1e-7
+    )
     assert 14.99 < west < east < 15.01 and 45.1 < south < north < 45.2
     assert item.geometry is not None and item.geometry["type"] == "Polygon"
     ring = np.asarray(item.geometry["coordinates"][0])
@@ -228,19 +231,57 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == listing  # no temporary left
     fresh = tmp_path / "new.json"
     with pytest.raises(ValueError):  # NaN is not JSON
-        write_stac_item(fresh, build_stac_item(fresh, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
-                                               class_list=CLASSES, properties={"geogla:score": float("nan")}))
+        write_stac_item(
+            fresh,
+            build_stac_item(
+                fresh,
+                item_id="scene",
+                cog_path=cog,
+                gpkg_path=gpkg,
+                georef=UTM,
+                class_list=CLASSES,
+                properties={"geogla:score": float("nan")},
+            ),
+        )
     assert not fresh.exists() and sorted(os.listdir(tmp_path)) == listing
     with pytest.raises(OutputError):
         missing = tmp_path / "missing" / "x.json"
-        write_stac_item(missing, build_stac_item(missing, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
-                                                 class_list=CLASSES))
+        write_stac_item(
+            missing,
+            build_stac_item(
+                missing, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM, class_list=CLASSES
+            ),
+        )
+
+
+def test_item_validates_against_the_stac_core_schema_offline(tmp_path: Path) -> None:
+    """STAC 1.1 Item schema (and the GeoJSON ones it refers to) as pystac ships them: no network.
+    A broken Item fails (the check can fail)."""
+    from jsonschema import Draft7Validator
+    from pystac.validation.local_validator import get_local_schema_cache
+    from referencing import Registry, Resource
+
+    schemas = get_local_schema_cache()
+    registry: Registry[Any] = Registry().with_resources(
+        (uri, Resource.from_contents(schema)) for uri, schema in schemas.items())
+    item_uri = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json"
+    validator = Draft7Validator(schemas[item_uri], registry=registry)
+    item = json.loads(_write(tmp_path, UTM).read_text())
+    assert item["stac_version"] == "1.1.0"
+    assert [e.message for e in validator.iter_errors(item)] == []
+    broken = {**item, "bbox": item["bbox"][:3]}
+    assert list(validator.iter_errors(broken))
 
 
 def test_schema_validation_where_possible(tmp_path: Path) -> None:
+    """With network: the extension schemas (projection, classification, raster) too."""
     pytest.importorskip("jsonschema", reason="pystac's validation needs jsonschema (not installed)")
     item = pystac.Item.from_file(str(_write(tmp_path, UTM)))
     try:
         item.validate()
-    except (urllib.error.URLError, OSError, GetSchemaError) as exc:  # the schemas are fetched over the network
+    except (
+        urllib.error.URLError,
+        OSError,
+        GetSchemaError,
+    ) as exc:  # the schemas are fetched over the network
         pytest.skip(f"STAC schemas unreachable: {exc}")

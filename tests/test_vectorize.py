@@ -77,8 +77,9 @@ def rasterized(polys: dict[int, list[Polygon]], georef: GeoRef) -> np.ndarray:
     pairs = [(geom, class_id) for class_id, geoms in polys.items() for geom in geoms]
     if not pairs:
         return np.full(georef.shape, NODATA_CLASS, dtype=np.uint8)
-    return rasterize(pairs, out_shape=georef.shape, transform=georef.affine, fill=NODATA_CLASS,
-                     dtype="uint8")
+    burned: np.ndarray = rasterize(pairs, out_shape=georef.shape, transform=georef.affine, fill=NODATA_CLASS,
+                                   dtype="uint8")
+    return burned
 
 
 def whole_raster_counts(arr: np.ndarray) -> dict[int, int]:
@@ -100,7 +101,7 @@ class CountingArray:
         self.data, self.shape, self.dtype, self.max_read = data, data.shape, data.dtype, 0
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        out = self.data[key]
+        out: np.ndarray = self.data[key]
         self.max_read = max(self.max_read, out.size)
         return out
 
@@ -375,7 +376,9 @@ def test_geopackage_streamed_in_batches(tmp_path: Path) -> None:
     assert len(read_styles(streamed)) == len(whole)
 
 
-def test_geopackage_buffers_at_most_batch_polygons_in_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_geopackage_buffers_at_most_batch_polygons_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     arr = seam_fixture()
     georef = utm_georef(*arr.shape)
     pairs = list(iter_polygons(arr, georef, CLASSES, chunk=16))

@@ -71,7 +71,9 @@ def pair_folder(images: Path, masks: Path, prefix: str = "", recursive: bool = F
     samples, missing = [], []
     for img in _files(images, IMAGE_EXTS, recursive):
         rel = img.relative_to(images).parent.as_posix()
-        mask = next((by_key[(rel, img.stem + s)] for s in MASK_SUFFIXES if (rel, img.stem + s) in by_key), None)
+        mask = next(
+            (by_key[(rel, img.stem + s)] for s in MASK_SUFFIXES if (rel, img.stem + s) in by_key), None
+        )
         if mask is None:
             missing.append(img)
             continue
@@ -90,8 +92,11 @@ def _first_existing(candidates: Iterable[tuple[Path, Path]]) -> tuple[Path, Path
 def _mmseg_or_flat(root: Path, split: str) -> list[tuple[Path, Path]]:
     """Candidate (images, masks) folders shared by every layout: mmseg's converted layout, then a
     flat images/ + masks/ folder (at the root or inside a split folder)."""
-    return [(root / "img_dir" / split, root / "ann_dir" / split), (root / split / "images", root / split / "masks"),
-            (root / "images", root / "masks")]
+    return [
+        (root / "img_dir" / split, root / "ann_dir" / split),
+        (root / split / "images", root / split / "masks"),
+        (root / "images", root / "masks"),
+    ]
 
 
 def _simple(root: Path, split: str, candidates: list[tuple[Path, Path]], layout: str) -> list[Sample]:
@@ -121,7 +126,9 @@ def read_loveda(root: Path, split: str) -> list[Sample]:
             for d in domains:
                 masks = split_dir / d / "masks_png"
                 if not masks.is_dir():
-                    raise DatasetError(f"{split_dir / d} has images_png but no masks_png; is this split labelled?")
+                    raise DatasetError(
+                        f"{split_dir / d} has images_png but no masks_png; is this split labelled?"
+                    )
                 samples += pair_folder(split_dir / d / "images_png", masks, prefix=f"{d}/")
             return samples
     return _simple(root, split, _mmseg_or_flat(root, split), "LoveDA")
@@ -135,7 +142,9 @@ def read_uavid(root: Path, split: str) -> list[Sample]:
     ``images/`` + ``masks/``.  Whole frames are cut into tiles by the preset's ``protocol.tile``.
     The public release has no test labels: they come from the UAVid authors."""
     for split_dir in (root / f"uavid_{split}", root / f"{split}_gt", root / split, root):
-        seqs = sorted(d for d in split_dir.glob("seq*") if (d / "Images").is_dir()) if split_dir.is_dir() else []
+        seqs = (
+            sorted(d for d in split_dir.glob("seq*") if (d / "Images").is_dir()) if split_dir.is_dir() else []
+        )
         if seqs:
             samples: list[Sample] = []
             for seq in seqs:
@@ -151,8 +160,12 @@ def read_vdd(root: Path, split: str) -> list[Sample]:
     ``<split>/gt/*.png`` (class ids 0..6: other, wall, road, vegetation, vehicle, roof, water;
     colour masks are decoded with the preset's colours), also when ``root`` is the split folder
     (``src/`` + ``gt/``), or mmseg's / the flat layout."""
-    candidates = [(root / split / "src", root / split / "gt"), (root / "VDD" / split / "src", root / "VDD" / split / "gt"),
-                  (root / "src", root / "gt"), *_mmseg_or_flat(root, split)]
+    candidates = [
+        (root / split / "src", root / split / "gt"),
+        (root / "VDD" / split / "src", root / "VDD" / split / "gt"),
+        (root / "src", root / "gt"),
+        *_mmseg_or_flat(root, split),
+    ]
     return _simple(root, split, candidates, "VDD")
 
 
@@ -198,7 +211,10 @@ def read_openearthmap(root: Path, split: str) -> list[Sample]:
 def read_folder(root: Path, split: str) -> list[Sample]:
     """A generic folder: ``images/`` and ``masks/`` (or ``<split>/images`` + ``<split>/masks``),
     sub-folders mirrored, masks matched by stem (optionally with ``_mask``, ``_label``, ``_gt``)."""
-    for images, masks in ((root / split / "images", root / split / "masks"), (root / "images", root / "masks")):
+    for images, masks in (
+        (root / split / "images", root / split / "masks"),
+        (root / "images", root / "masks"),
+    ):
         if images.is_dir() and masks.is_dir():
             return pair_folder(images, masks, recursive=True)
     raise DatasetError(f"No images/ and masks/ folders under {root} (or {root / split}).")

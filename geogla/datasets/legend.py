@@ -123,8 +123,10 @@ class LabelLegend:
         def class_of(name: Any, value: Any) -> int:
             key = str(name).strip().lower()
             if key not in lookup:
-                raise ConfigError(f"{where}: label value {value!r} names the class {name!r}, which is not one of "
-                                  f"{', '.join(class_names)}.")
+                raise ConfigError(
+                    f"{where}: label value {value!r} names the class {name!r}, which is not one of "
+                    f"{', '.join(class_names)}."
+                )
             return lookup[key]
 
         ids: dict[int, int] = {}
@@ -145,7 +147,9 @@ class LabelLegend:
         for clash in sorted(ignore_ids & set(ids)):
             raise ConfigError(f"{where}: label id {clash} is both a class and ignored.")
         for clash in sorted(ignore_colours & set(colours)):
-            raise ConfigError(f"{where}: the colour {colour_hex(_unpack(clash))} is both a class and ignored.")
+            raise ConfigError(
+                f"{where}: the colour {colour_hex(_unpack(clash))} is both a class and ignored."
+            )
         return cls(tuple(class_names), ids, colours, ignore_ids, ignore_colours)
 
     def class_colours(self) -> dict[int, RGB]:
@@ -230,8 +234,10 @@ class LabelLegend:
         stats = DecodeStats()
         if not hit.all():
             stats.unmatched = int((~hit).sum())
-            stats.examples = {colour_hex(_unpack(int(c))) if c != _NO_COLOUR else "a palette index without colour"
-                              for c in np.unique(codes[~hit])[:5]}
+            stats.examples = {
+                colour_hex(_unpack(int(c))) if c != _NO_COLOUR else "a palette index without colour"
+                for c in np.unique(codes[~hit])[:5]
+            }
         stats.ignored = int((out == IGNORE).sum()) - stats.unmatched
         stats.labelled = int(out.size) - stats.ignored - stats.unmatched
         return out, stats

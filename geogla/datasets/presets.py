@@ -168,13 +168,17 @@ def get_spec(name: str, legend_file: str | Path | None = None) -> DatasetSpec:
     entry: dict[str, Any]
     if name == "folder":
         if legend_file is None:
-            raise ConfigError("The folder layout needs --legend FILE: a YAML file with the label ids or colours "
-                              "(see configs/datasets.yaml for the keys).")
+            raise ConfigError(
+                "The folder layout needs --legend FILE: a YAML file with the label ids or colours "
+                "(see configs/datasets.yaml for the keys)."
+            )
         entry = {"layout": "folder", "split": "val", "source": f"legend file {legend_file}"}
     elif name in presets and "layout" in presets[name]:
         entry = dict(presets[name])
     else:
-        raise ConfigError(f"Unknown dataset {name!r}; known datasets: {', '.join([*preset_names(), 'folder'])}.")
+        raise ConfigError(
+            f"Unknown dataset {name!r}; known datasets: {', '.join([*preset_names(), 'folder'])}."
+        )
     if legend_file is not None:
         path = Path(legend_file)
         if not path.is_file():
@@ -189,7 +193,9 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> DatasetSpec:
     where = f"dataset {name!r}"
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (expected {', '.join(sorted(_KEYS))}).")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (expected {', '.join(sorted(_KEYS))})."
+        )
     labels = entry.get("labels")
     if not isinstance(labels, dict):
         raise ConfigError(f"{where}: 'labels' must be a mapping with ids and/or colours.")
@@ -203,7 +209,9 @@ def spec_from_entry(name: str, entry: Mapping[str, Any]) -> DatasetSpec:
                     names.append(str(n).strip())
         classes = ",".join(names)
     if not isinstance(classes, str):
-        raise ConfigError(f"{where}: 'classes' must be a class-list string such as \"building,tree|forest,road\".")
+        raise ConfigError(
+            f"{where}: 'classes' must be a class-list string such as \"building,tree|forest,road\"."
+        )
     label_names = [item.split("|")[0].strip() for item in classes.split(",")]
     legend = LabelLegend.from_yaml(labels, label_names, where)
     protocol = {**DEFAULT_PROTOCOL, **(entry.get("protocol") or {})}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -116,40 +117,21 @@ class GLAConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("kv_extension", "proxy", "smoothing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"GLA option {name} must be true or false, got {getattr(self, name)!r}.")
-        for name in ("steps", "memory_budget_mb", "exact_max_tokens", "far_samples", "prototypes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GLA option {name} must be a whole number of at least 1, got {value!r}.")
-        for name in ("near_radius", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"GLA option {name} must be a whole number of at least 0, got {value!r}.")
-        for name in ("rho", "lambda1", "lambda2", "beta", "gamma", "temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"GLA option {name} must be a finite number, got {value!r}.")
+        _check_fields(self, ("kv_extension", "proxy", "smoothing"), _is_bool, "true or false")
+        _check_fields(self, ("steps", "memory_budget_mb", "exact_max_tokens", "far_samples", "prototypes"),
+                      lambda v: _is_int(v) and v >= 1, "a whole number of at least 1")
+        _check_fields(self, ("near_radius", "seed"), lambda v: _is_int(v) and v >= 0,
+                      "a whole number of at least 0")
+        _check_fields(self, ("rho", "lambda1", "lambda2", "beta", "gamma", "temperature"),
+                      lambda v: _is_number(v) and math.isfinite(v), "a finite number")
         # Positive scales keep A~ increasing in S, which the masking rule relies on.
-        for name in ("lambda1", "lambda2"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"GLA option {name} must not be negative, got {getattr(self, name)!r}.")
-        for name in ("gamma", "temperature"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"GLA option {name} must be positive, got {getattr(self, name)!r}.")
-        if self.norm not in _NORMS:
-            raise ConfigError(f"GLA option norm must be one of {', '.join(_NORMS)}, got {self.norm!r}.")
-        if self.mean not in _MEANS:
-            raise ConfigError(f"GLA option mean must be one of {', '.join(_MEANS)}, got {self.mean!r}.")
-        if self.precision not in _PRECISIONS:
-            raise ConfigError(
-                f"GLA option precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}."
-            )
-        if self.algorithm not in _ALGORITHMS:
-            raise ConfigError(
-                f"GLA option algorithm must be one of {', '.join(_ALGORITHMS)}, got {self.algorithm!r}."
-            )
+        _check_fields(self, ("lambda1", "lambda2"), lambda v: v >= 0, "negative", verb="not be")
+        _check_fields(self, ("gamma", "temperature"), lambda v: v > 0, "positive")
+        for name, allowed in (("norm", _NORMS), ("mean", _MEANS), ("precision", _PRECISIONS),
+                              ("algorithm", _ALGORITHMS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"GLA option {name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}.")
 
     @classmethod
     def proxyclip(cls, **overrides: Any) -> GLAConfig:
@@ -188,6 +170,28 @@ class GLAConfig:
         return cls(**data)
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_fields(config: GLAConfig, names: tuple[str, ...], ok: Callable[[Any], bool], what: str,
+                  verb: str = "be") -> None:
+    """Raise :class:`ConfigError` naming the first of ``names`` whose value is not ``ok``: "GLA
+    option NAME must be WHAT, got VALUE."."""
+    for name in names:
+        value = getattr(config, name)
+        if not ok(value):
+            raise ConfigError(f"GLA option {name} must {verb} {what}, got {value!r}.")
+
+
 def choose_algorithm(config: GLAConfig, total_tokens: int) -> Algorithm:
     """How attention over a scene of ``total_tokens = L * N`` tokens is computed under ``config``:
     the one rule that :func:`geogla.gla.attend` and a run's stages follow.
@@ -199,6 +203,8 @@ def choose_algorithm(config: GLAConfig, total_tokens: int) -> Algorithm:
     """
     if not config.kv_extension:
         return "window"
-    if config.algorithm == "exact" or (config.algorithm == "auto" and total_tokens <= config.exact_max_tokens):
+    if config.algorithm == "exact" or (
+        config.algorithm == "auto" and total_tokens <= config.exact_max_tokens
+    ):
         return "exact"
     return "scalable"

@@ -65,7 +65,9 @@ def attend_exact(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tenso
         counts = torch.empty(groups, per_group, dtype=torch.float64, device=keys.device)
         for g0, g1, r0, r1 in plan.blocks():
             z = buffers.weights(g1 - g0, r1 - r0, per_group)
-            q, cnt = proxy_rounds(q_g[g0:g1, r0:r1], mat[g0:g1], dim_k, k_acc_g[g0:g1, r0:r1], config, z, EXACT)
+            q, cnt = proxy_rounds(
+                q_g[g0:g1, r0:r1], mat[g0:g1], dim_k, k_acc_g[g0:g1, r0:r1], config, z, EXACT
+            )
             q_fin[g0:g1, r0:r1] = q
             counts[g0:g1, r0:r1] = cnt
         q_g = q_fin
@@ -81,8 +83,16 @@ def attend_exact(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tenso
     out = torch.empty(groups, per_group, dim_v, dtype=values.dtype, device=values.device)
     for g0, g1, r0, r1 in plan.blocks():
         blk_counts = None if counts is None else counts[g0:g1, r0:r1]
-        out[g0:g1, r0:r1] = attention_rows(q_g[g0:g1, r0:r1], k_acc_g[g0:g1], v_c_g[g0:g1], shift[g0:g1, r0:r1],
-                                           blk_counts, config, buffers, EXACT)
+        out[g0:g1, r0:r1] = attention_rows(
+            q_g[g0:g1, r0:r1],
+            k_acc_g[g0:g1],
+            v_c_g[g0:g1],
+            shift[g0:g1, r0:r1],
+            blk_counts,
+            config,
+            buffers,
+            EXACT,
+        )
     return out.view(n_windows, n_tokens, dim_v)
 
 

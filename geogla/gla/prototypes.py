@@ -315,7 +315,9 @@ def summarize(
         keep = _lowest_per_stratum(res_stratum, res_prio, take)
         res_prio, res_token, res_stratum = res_prio[keep], res_token[keep], res_stratum[keep]
         wanted = torch.unique(torch.cat([top_token[top_token >= 0], res_token]))
-        kept.update(wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member)
+        kept.update(
+            wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member
+        )
     assert sum_v is not None
 
     # The representatives: every mode's top keys with certainty, then the strata samples.
@@ -409,8 +411,12 @@ def _every_token(
     """The exact limit (``far_samples >= T``): every token represents itself with weight 1."""
     n_tokens = source.n_tokens
     total = source.n_windows * n_tokens
-    keys = torch.cat([source.keys(ids).to(device=device, dtype=adtype).reshape(-1, centres.shape[1]) for ids in passes])
-    values = torch.cat([source.values(ids).to(device=device).reshape(len(ids) * n_tokens, -1) for ids in passes])
+    keys = torch.cat(
+        [source.keys(ids).to(device=device, dtype=adtype).reshape(-1, centres.shape[1]) for ids in passes]
+    )
+    values = torch.cat(
+        [source.values(ids).to(device=device).reshape(len(ids) * n_tokens, -1) for ids in passes]
+    )
     token = torch.arange(total, device=device)
     n_strata = centres.shape[0]
     return FarSample(

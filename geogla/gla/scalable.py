@@ -243,7 +243,9 @@ class ScalableAttention:
     def __init__(self, sample: FarSample, offsets: Tensor, config: GLAConfig, cdtype: torch.dtype,
                  adtype: torch.dtype, grid: tuple[int, int] | None = None) -> None:
         if not config.kv_extension:
-            raise ValueError("scalable attention is for kv_extension; per-window attention is exact and linear")
+            raise ValueError(
+                "scalable attention is for kv_extension; per-window attention is exact and linear"
+            )
         self.grid = token_grid(sample.n_tokens, grid)
         self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
         self.device = sample.keys.device
@@ -274,8 +276,9 @@ class ScalableAttention:
         near = self.near_windows(source, sorted({int(w) for g in groups for w in g.windows.tolist()}))
         max_near = max((int(g.windows.numel()) for g in groups), default=1) * n_tokens
         if self._workspace is None or self._workspace.max_near < max_near:
-            self._workspace = _Workspace(self.sample, self.offsets, max_near, config, self.cdtype, self.adtype,
-                                         self.grid)
+            self._workspace = _Workspace(
+                self.sample, self.offsets, max_near, config, self.cdtype, self.adtype, self.grid
+            )
         work = self._workspace
         key_mean = self.sample.key_mean
         total = len(query) * n_tokens
@@ -299,10 +302,7 @@ class ScalableAttention:
             state = work.load(group, near, self.far_estimator(group, near))
             for r0, r1 in work.blocks(state):
                 q, counts = work.proxies(state, r0, r1)
-                if window_mean is None:
-                    mean = q[0] @ key_mean
-                else:
-                    mean = window_mean[queries[r0:r1] // n_tokens]
+                mean = q[0] @ key_mean if window_mean is None else window_mean[queries[r0:r1] // n_tokens]
                 shift = (mean.clamp_min(0.0) * self.u)[None]
                 out[queries[r0:r1]] = work.attention(state, q, shift, counts)[0]
         return out.view(len(query), n_tokens, -1)
@@ -491,7 +491,9 @@ class FarEstimator:
                                    anchor_count_fix=torch.zeros_like(self.anchor_count_fix))
 
 
-def far_estimator(sample: FarSample, anchor_positive: Tensor, windows: Tensor, rest: NearRest) -> FarEstimator:
+def far_estimator(
+    sample: FarSample, anchor_positive: Tensor, windows: Tensor, rest: NearRest
+) -> FarEstimator:
     """The :class:`FarEstimator` of queries whose near windows are ``windows`` (``rest``: what those
     windows take out of the summary's totals; ``anchor_positive`` ``(M, R)``: which representatives
     are positives of each anchor, 0/1 in the accumulate dtype)."""
@@ -501,8 +503,21 @@ def far_estimator(sample: FarSample, anchor_positive: Tensor, windows: Tensor, r
     device = weight.device
     if not n_far:
         empty = torch.zeros(0, dtype=adtype, device=device)
-        return FarEstimator(0, weight, weight.to(cdtype), empty, empty, empty.to(cdtype), empty.to(cdtype), empty,
-                            empty, empty.to(torch.float64), empty, 0.0, None)
+        return FarEstimator(
+            0,
+            weight,
+            weight.to(cdtype),
+            empty,
+            empty,
+            empty.to(cdtype),
+            empty.to(cdtype),
+            empty,
+            empty,
+            empty.to(torch.float64),
+            empty,
+            0.0,
+            None,
+        )
     n_strata = sample.rest_size.numel()
 
     # Strata control variates: each far sampled representative's weight in its stratum.
@@ -551,7 +566,9 @@ def far_estimator(sample: FarSample, anchor_positive: Tensor, windows: Tensor, r
         slot_onehot=slot_onehot,
         slot_weigh=weigh,
         anchor_key_fix=torch.cat([far_sum - (y * sampled_weight) @ sample.keys - ybar @ cv_keys, zero]),
-        anchor_count_fix=torch.cat([far_count - per_stratum.sum(dim=1).to(torch.float64), far_count.new_zeros(1)]),
+        anchor_count_fix=torch.cat(
+            [far_count - per_stratum.sum(dim=1).to(torch.float64), far_count.new_zeros(1)]
+        ),
         anchor_size=anchor_size,
         anchor_scale=anchor_size.amax() if anchor_size.numel() else 0.0,
         # not from the slot counts: whether a representative is an anchor's positive varies within a slot
@@ -616,7 +633,9 @@ class _Workspace:
         if self.config.smoothing:
             # relative offsets: the scene grid smooth_queries builds spans the near windows only
             near_off = self.offsets[group.windows.to(device)]
-            smooth = smooth_queries(near_acc.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid)
+            smooth = smooth_queries(
+                near_acc.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid
+            )
             start = smooth.reshape(-1, self.dim)[local]
         else:
             start = self_keys

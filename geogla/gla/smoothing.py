@@ -63,7 +63,9 @@ def smooth_queries(keys: Tensor, offsets: Tensor, grid: tuple[int, int] | None =
     # Tokens at the same scene position in other windows: scatter onto the scene token grid.
     height = int(off[:, 0].max()) + rows
     width = int(off[:, 1].max()) + cols
-    pos = (off[:, 0, None, None] + row_idx[None, :, None]) * width + (off[:, 1, None, None] + col_idx[None, None, :])
+    pos = (off[:, 0, None, None] + row_idx[None, :, None]) * width + (
+        off[:, 1, None, None] + col_idx[None, None, :]
+    )
     pos = pos.reshape(-1)
     flat = keys.reshape(n_windows * n_tokens, dim)
     scene_sum = torch.zeros(height * width, dim, dtype=keys.dtype, device=keys.device)

@@ -53,12 +53,12 @@ def structured_scene(
     """A scene of ``window_rows x window_cols`` windows of ``side x side`` tokens at half-window stride.
 
     The scene token grid is cut into ``regions`` Voronoi regions with random classes, plus
-    ``objects`` small square objects (2 to 4 tokens a side).  A token's key is its class centre
-    plus a per-position noise of norm ``key_noise`` times a factor drawn in [0.4, 1.6] (shared by every window covering that
-    position) plus a per-window noise of norm about ``window_noise``, then L2-normalised; class
-    centres have pairwise cosine about ``centre_cos``.  With the defaults, two keys of one class
-    have cosines spread around the proxy threshold 0.6.  Values are class vectors plus noise of norm
-    about ``value_noise`` times theirs.
+    ``objects`` small square objects (2 to 4 tokens a side).  A token's key is its class centre plus
+    a per-position noise of norm ``key_noise`` times a factor drawn in [0.4, 1.6] (shared by every
+    window covering that position) plus a per-window noise of norm about ``window_noise``, then
+    L2-normalised; class centres have pairwise cosine about ``centre_cos``.  With the defaults, two
+    keys of one class have cosines spread around the proxy threshold 0.6.  Values are class vectors
+    plus noise of norm about ``value_noise`` times theirs.
     """
     gen = torch.Generator().manual_seed(seed)
     dim_v = dim if dim_v is None else dim_v

@@ -223,7 +223,7 @@ class ClipEncoder:
             resampled = resample_grid(trained_grid, grid)
             pos = torch.cat([cls, resampled.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)], dim=0)
         self._pos_cache[grid] = pos
-        return pos
+        return cast(torch.Tensor, pos)
 
     def last_block_input(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens entering the last block, (B, 1 + gh*gw, width), class token first."""
@@ -240,7 +240,7 @@ class ClipEncoder:
             x = x.transpose(0, 1)
         for block in visual.transformer.resblocks[:-1]:
             x = block(x)
-        return x if self.batch_first else x.transpose(0, 1)
+        return cast(torch.Tensor, x if self.batch_first else x.transpose(0, 1))
 
     def _in_proj(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """Part ``part`` (0 query, 1 key, 2 value) of the last block's fused in-projection of ``x``."""
@@ -252,9 +252,11 @@ class ClipEncoder:
 
     def _last_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``ln_1`` of the last block's input, class token dropped after the norm, (B, g*g, width)."""
-        return self.last.ln_1(self.last_block_input(images))[:, 1:]
+        return cast(torch.Tensor, self.last.ln_1(self.last_block_input(images))[:, 1:])
 
-    def _to_grid(self, tokens: torch.Tensor, grid: tuple[int, int], out: tuple[int, int] | None) -> torch.Tensor:
+    def _to_grid(
+        self, tokens: torch.Tensor, grid: tuple[int, int], out: tuple[int, int] | None
+    ) -> torch.Tensor:
         """Row-major tokens on ``grid`` resized bilinearly (align_corners=False) to the ``out`` grid."""
         if out is None or out == grid:
             return tokens
@@ -294,7 +296,7 @@ class ClipEncoder:
         """(B, N, width) -> (B, N, embed_dim): out_proj, ln_post, proj; no residual, no MLP."""
         # ls_1 is the attention branch's layer scale (Identity for OpenAI CLIP).
         x = self.last.ls_1(self.attn.out_proj(attended))
-        return self.visual.ln_post(x) @ self.visual.proj
+        return cast(torch.Tensor, self.visual.ln_post(x) @ self.visual.proj)
 
     # -- text ------------------------------------------------------------------------------
 

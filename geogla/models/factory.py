@@ -16,6 +16,7 @@ from geogla.models.clip import ClipEncoder, build_open_clip
 from geogla.models.registry import ModelPreset, get_preset
 from geogla.models.vfm import VfmEncoder, build_timm
 from geogla.models.weights import RANDOM, RandomWeightsWarning, WeightsSource, find_weights
+from geogla.store import StoreDims
 
 log = logging.getLogger("geogla.models")
 
@@ -85,11 +86,11 @@ class SegmentationModel:
         parts = ", ".join(f"{part}={source}" for part, source in self.weights.items())
         return f"SegmentationModel(preset={self.preset.name!r}, device={str(self.device)!r}, {parts})"
 
-    def store_dims(self) -> dict[str, int]:
+    def store_dims(self) -> StoreDims:
         """What a run store needs to know of this model (:meth:`geogla.store.RunStore.create_or_resume`):
         the canvas multiple, pixels per key token and the widths of keys, values and embeddings."""
-        return {"pad_to": self.preset.pad_to, "token_size": self.preset.key_patch, "key_dim": self.key_dim,
-                "value_dim": self.value_dim, "embed_dim": self.embed_dim}
+        return StoreDims(pad_to=self.preset.pad_to, token_size=self.preset.key_patch, key_dim=self.key_dim,
+                         value_dim=self.value_dim, embed_dim=self.embed_dim)
 
     @property
     def pad_colour(self) -> tuple[float, float, float]:

@@ -80,7 +80,9 @@ def summarize(preset: str | ModelPreset) -> PresetSummary:
     image = sum(t.numel() for t in clip_model.visual.parameters())
     everything = sum(t.numel() for t in clip_model.parameters())
     vfm = sum(t.numel() for t in model.vfm.model.parameters()) if model.vfm is not None else 0
-    canvas = p.window_grid(p.crop, p.crop, p.crop, p.stride).canvas  # a window of a scene at least a crop wide
+    canvas = p.window_grid(
+        p.crop, p.crop, p.crop, p.stride
+    ).canvas  # a window of a scene at least a crop wide
     return PresetSummary(preset=p, clip_image_params=image, clip_text_params=everything - image,
                          vfm_params=vfm, vfm_depth=model.vfm.depth if model.vfm is not None else 0,
                          key_dim=model.key_dim, value_dim=model.value_dim, embed_dim=model.embed_dim,

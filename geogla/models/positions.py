@@ -34,6 +34,8 @@ def resample_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     scale = ((size[0] + _OFFSET) / trained, (size[1] + _OFFSET) / trained)
     out = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False)
     if tuple(out.shape[-2:]) != tuple(size):  # floor(M * (n + 0.1) / M) is n for every n in use
-        raise RuntimeError(f"resampling a {trained} x {trained} positional grid gave {tuple(out.shape[-2:])}, "
-                           f"not {tuple(size)}")
+        raise RuntimeError(
+            f"resampling a {trained} x {trained} positional grid gave {tuple(out.shape[-2:])}, "
+            f"not {tuple(size)}"
+        )
     return out

@@ -306,7 +306,9 @@ def _parse_preset(name: str, value: Any) -> ModelPreset:
         raise ConfigError(f"In {_where(name, 'clip.pretrained')} is null, so the preset must set "
                           "random_only: true.")
     if preset.stride > preset.crop:
-        raise ConfigError(f"In {_where(name, 'stride')} {preset.stride} is larger than the crop {preset.crop}.")
+        raise ConfigError(
+            f"In {_where(name, 'stride')} {preset.stride} is larger than the crop {preset.crop}."
+        )
     return preset
 
 

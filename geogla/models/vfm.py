@@ -98,7 +98,7 @@ class VfmEncoder:
         if tokens.shape[1] != rows * cols:
             raise RuntimeError(f"{self.spec.label} returned {tokens.shape[1]} patch tokens for a "
                                f"{rows} x {cols} grid.")
-        return tokens
+        return cast(torch.Tensor, tokens)
 
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         """Keys: patch tokens L2-normalised over channels, (B, n*n, key_dim), row-major."""

@@ -1,13 +1,13 @@
 """``geogla eval``: score ProxyCLIP and GLA attention on a benchmark split (method.md sections 5-6).
 
 Per image: the image (or its tile) is resized so that its long side is the protocol's (mmcv's size,
-OpenCV's bilinear arithmetic: :mod:`geogla.resize`) and written to a working file; a run store is made for it and the stages of
-:mod:`geogla.stages` encode the windows, embed the prompts and attend.  The window logits are
-stitched on the resized image, resampled bilinearly to the label size, turned into class
-probabilities and labels (background rule included), and scored at the label size: a confusion
-matrix over the whole split (per-class IoU, mIoU, pixel accuracy) and the Boundary Error Rate over
-the image's own window edges mapped to the label size.  With two attention modes the second one
-reuses the encoded windows of the first (the run store keeps them when only the attention
+OpenCV's bilinear arithmetic: :mod:`geogla.resize`) and written to a working file; a run store is
+made for it and the stages of :mod:`geogla.stages` encode the windows, embed the prompts and
+attend.  The window logits are stitched on the resized image, resampled bilinearly to the label size,
+turned into class probabilities and labels (background rule included), and scored at the label size:
+a confusion matrix over the whole split (per-class IoU, mIoU, pixel accuracy) and the Boundary Error
+Rate over the image's own window edges mapped to the label size.  With two attention modes the second
+one reuses the encoded windows of the first (the run store keeps them when only the attention
 changes), and the prompt embeddings are computed once per evaluation.
 
 Why a working file instead of ``open_scene(..., resize_long_side=N)``: :class:`geogla.scene.SceneReader`
@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import rasterio
@@ -128,22 +128,42 @@ class EvalReport:
         names = list(self.classes.names)
         modes = {m: self.scores[m].summary(names) for m in self.options.modes}
         out: dict[str, Any] = {
-            "dataset": self.spec.name, "source": self.spec.source, "root": self.root, "split": self.split,
-            "images": len(self.images), "images_available": self.available,
-            "model": self.options.model, "weights": self.options.weights,
+            "dataset": self.spec.name,
+            "source": self.spec.source,
+            "root": self.root,
+            "split": self.split,
+            "images": len(self.images),
+            "images_available": self.available,
+            "model": self.options.model,
+            "weights": self.options.weights,
             "quality_figure": self.options.weights != "random",
-            "protocol": self.protocol(), "classes": names, "prompts": [list(s) for s in self.classes.synonyms],
-            "label_classes": list(self.spec.label_names), "modes": modes,
+            "protocol": self.protocol(),
+            "classes": names,
+            "prompts": [list(s) for s in self.classes.synonyms],
+            "label_classes": list(self.spec.label_names),
+            "modes": modes,
         }
         if "proxyclip" in modes and "gla" in modes:
             out["difference"] = _difference(modes["gla"], modes["proxyclip"])
         if self.spec.published:
             out["published"] = dict(self.spec.published)
-        out["labels"] = {"scored_pixels": self.decode.labelled, "ignored_pixels": self.decode.ignored,
-                         "unmatched_pixels": self.decode.unmatched, "unmatched_examples": sorted(self.decode.examples)}
-        out["per_image"] = [{"name": r.name, "label_shape": list(r.label_shape), "work_shape": list(r.work_shape),
-                             "windows": r.windows, **r.scores, **({"figure": r.figure} if r.figure else {})}
-                            for r in self.images]
+        out["labels"] = {
+            "scored_pixels": self.decode.labelled,
+            "ignored_pixels": self.decode.ignored,
+            "unmatched_pixels": self.decode.unmatched,
+            "unmatched_examples": sorted(self.decode.examples),
+        }
+        out["per_image"] = [
+            {
+                "name": r.name,
+                "label_shape": list(r.label_shape),
+                "work_shape": list(r.work_shape),
+                "windows": r.windows,
+                **r.scores,
+                **({"figure": r.figure} if r.figure else {}),
+            }
+            for r in self.images
+        ]
         out["timings"] = {k: round(v, 3) for k, v in sorted(self.timings.items())}
         out["wall_seconds"] = round(self.wall, 3)
         return out
@@ -165,15 +185,22 @@ class EvalReport:
         lines = [f"# geogla eval: {self.spec.name} ({self.split})", ""]
         if self.options.weights == "random":
             lines += ["**Random weights: these numbers measure the pipeline, not segmentation quality.**", ""]
-        limited = f" (the first {len(self.images)} of {self.available})" if len(self.images) < self.available else ""
+        limited = (
+            f" (the first {len(self.images)} of {self.available})"
+            if len(self.images) < self.available
+            else ""
+        )
         resize = f"long side resized to {p['resize_long_side']}" if p["resize_long_side"] else "no resize"
         tiles = f", cut into {p['tile'][0]} x {p['tile'][1]} tiles first" if p["tile"] else ""
         bg = (f"; pixels below probability {p['prob_threshold']:g} become {p['background']}"
               if p["background"] is not None and p["prob_threshold"] > 0 else "")
-        lines += [f"- images: {len(self.images)}{limited}, root `{self.root}`",
-                  f"- model: {self.options.model}, weights: {self.options.weights}",
-                  f"- protocol: {resize}, crop {p['crop']}, stride {p['stride']}, logit scale {p['logit_scale']:g}{tiles}{bg}",
-                  f"- preset follows: {self.spec.source}"]
+        lines += [
+            f"- images: {len(self.images)}{limited}, root `{self.root}`",
+            f"- model: {self.options.model}, weights: {self.options.weights}",
+            f"- protocol: {resize}, crop {p['crop']}, stride {p['stride']}, "
+            f"logit scale {p['logit_scale']:g}{tiles}{bg}",
+            f"- preset follows: {self.spec.source}",
+        ]
         if self.spec.published:
             pub = self.spec.published
             vals = ", ".join(f"{MODE_TITLES.get(k, k)} {v}" for k, v in (pub.get("miou") or {}).items())
@@ -181,7 +208,9 @@ class EvalReport:
         if self.decode.unmatched:
             lines.append(f"- {self.decode.unmatched} label pixels had values the legend does not know "
                          f"({', '.join(sorted(self.decode.examples))}); they were not scored")
-        header = "| | " + " | ".join(MODE_TITLES[m] for m in modes) + (" | GLA - ProxyCLIP |" if both else " |")
+        header = (
+            "| | " + " | ".join(MODE_TITLES[m] for m in modes) + (" | GLA - ProxyCLIP |" if both else " |")
+        )
         rule = "|---|" + "---:|" * (len(modes) + (1 if both else 0))
         lines += ["", header, rule]
 
@@ -198,8 +227,11 @@ class EvalReport:
         row("BER (lower is better)", "ber")
         for name in self.classes.names:
             row(f"IoU {name}", "iou", name)
-        note = ("All values in percent. IoU and mIoU from the confusion matrix of the whole split; BER over "
-                "each image's window edges, at the label size. n/a: class absent from both labels and predictions.")
+        note = (
+            "All values in percent. IoU and mIoU from the confusion matrix of the whole split; BER over "
+            "each image's window edges, at the label size. n/a: class absent from both labels and "
+            "predictions."
+        )
         lines += ["", note, ""]
         return "\n".join(lines)
 
@@ -218,8 +250,12 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     def sub(x: float | None, y: float | None) -> float | None:
         return None if x is None or y is None else round(x - y, 4)
 
-    return {"miou": sub(a["miou"], b["miou"]), "pixel_accuracy": sub(a["pixel_accuracy"], b["pixel_accuracy"]),
-            "ber": sub(a["ber"], b["ber"]), "iou": {k: sub(a["iou"][k], b["iou"][k]) for k in a["iou"]}}
+    return {
+        "miou": sub(a["miou"], b["miou"]),
+        "pixel_accuracy": sub(a["pixel_accuracy"], b["pixel_accuracy"]),
+        "ber": sub(a["ber"], b["ber"]),
+        "iou": {k: sub(a["iou"][k], b["iou"][k]) for k in a["iou"]},
+    }
 
 
 # -- the working image ----------------------------------------------------------------------------
@@ -277,7 +313,9 @@ def read_image(scene: Scene, box: tuple[int, int, int, int]) -> np.ndarray:
 
 # -- stitching to the label size ------------------------------------------------------------------
 
-def predict_labels(store: RunStore, classes: ClassList, logit_scale: float, shape: tuple[int, int]) -> np.ndarray:
+def predict_labels(
+    store: RunStore, classes: ClassList, logit_scale: float, shape: tuple[int, int]
+) -> np.ndarray:
     """Class ids ``shape`` uint8 of an attended store, by the stitch stage's own steps on the label
     grid: the window logits stitched on the store's working image, resampled bilinearly to
     ``shape`` (:func:`geogla.stitching.block_logits`, in bands of :data:`BAND_ROWS` rows), then
@@ -289,8 +327,9 @@ def predict_labels(store: RunStore, classes: ClassList, logit_scale: float, shap
     out = np.empty(shape, dtype=np.uint8)
     for r0 in range(0, shape[0], BAND_ROWS):
         band = (r0, 0, min(r0 + BAND_ROWS, shape[0]), shape[1])
-        logits, covered = block_logits(lambda box: stages.working_logits(store, box, text, valid), band, scale,
-                                       work_shape)
+        logits, covered = block_logits(
+            lambda box: stages.working_logits(store, box, text, valid), band, scale, work_shape
+        )
         labels = labels_from_probabilities(class_probabilities(logits, classes, logit_scale), classes)
         labels[~covered] = NODATA_CLASS
         out[band[0]:band[2]] = labels.numpy()
@@ -337,7 +376,7 @@ def _display_rgb(scene: Scene, shape: tuple[int, int]) -> np.ndarray:
     with gdal_env(), open_raster(scene.path) as ds:
         data = ds.read(list(scene.band_indexes), out_shape=(3, *shape), resampling=Resampling.bilinear)
     rgb = scene.to_unit(data.astype(np.float32))
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    return cast(np.ndarray, (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0))
 
 
 def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: EvalOptions, out_dir: str | Path,
@@ -356,12 +395,22 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
     classes = spec.class_list()
     model = stages.load_model(options.model, options.weights, options.clip_weights, options.vfm_weights,
                               options.device)
-    configs = {m: RunConfig(classes=classes, model=options.model, weights=options.weights,
-                            clip_weights=options.clip_weights, vfm_weights=options.vfm_weights, crop=spec.crop,
-                            stride=spec.stride, attention=attention_config(options.model, m, precision=options.precision),
-                            logit_scale=spec.logit_scale,
-                            device=options.device, batch_size=options.batch_size)
-               for m in options.modes}
+    configs = {
+        m: RunConfig(
+            classes=classes,
+            model=options.model,
+            weights=options.weights,
+            clip_weights=options.clip_weights,
+            vfm_weights=options.vfm_weights,
+            crop=spec.crop,
+            stride=spec.stride,
+            attention=attention_config(options.model, m, precision=options.precision),
+            logit_scale=spec.logit_scale,
+            device=options.device,
+            batch_size=options.batch_size,
+        )
+        for m in options.modes
+    }
     scores = {m: ModeScores(ConfusionMatrix(len(classes))) for m in options.modes}
     decode = DecodeStats()
     timings: dict[str, float] = {}
@@ -379,12 +428,16 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
         for i, sample in enumerate(samples):
             stem = _safe(sample.name)
             t0 = time.perf_counter()
-            image_path, label_shape = prepare_image(sample, spec.resize_long_side, work_root / f"{stem}.work.tif")
+            image_path, label_shape = prepare_image(
+                sample, spec.resize_long_side, work_root / f"{stem}.work.tif"
+            )
             labels, stats = load_labels(sample, spec.legend)
             decode.merge(stats)
             if labels.shape != label_shape:
-                raise DatasetError(f"The mask {sample.mask} is {labels.shape[1]} x {labels.shape[0]} pixels but "
-                                   f"its image is {label_shape[1]} x {label_shape[0]}.")
+                raise DatasetError(
+                    f"The mask {sample.mask} is {labels.shape[1]} x {labels.shape[0]} pixels but "
+                    f"its image is {label_shape[1]} x {label_shape[0]}."
+                )
             scene = open_scene(image_path)
             timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - t0
             url = str(work_root / f"{stem}.zarr")
@@ -414,8 +467,19 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
             assert store is not None
             result = ImageResult(sample.name, label_shape, scene.georef.shape, len(store.grid), image_scores)
             if i < options.figures:
-                result.figure = _figure(out / "figures" / f"{stem}.png", spec, split or spec.split, sample, scene,
-                                        store, labels, preds, image_scores, classes, options)
+                result.figure = _figure(
+                    out / "figures" / f"{stem}.png",
+                    spec,
+                    split or spec.split,
+                    sample,
+                    scene,
+                    store,
+                    labels,
+                    preds,
+                    image_scores,
+                    classes,
+                    options,
+                )
             results.append(result)
             if not options.keep_stores:
                 shutil.rmtree(url, ignore_errors=True)
@@ -426,14 +490,34 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
     finally:
         if cleanup:
             shutil.rmtree(work_root, ignore_errors=True)
-    return EvalReport(spec=spec, root=root, split=split or spec.split, options=options, classes=classes,
-                      scores=scores, images=results, available=available if available is not None else len(samples),
-                      decode=decode, timings=timings, wall=time.perf_counter() - t_start)
+    return EvalReport(
+        spec=spec,
+        root=root,
+        split=split or spec.split,
+        options=options,
+        classes=classes,
+        scores=scores,
+        images=results,
+        available=available if available is not None else len(samples),
+        decode=decode,
+        timings=timings,
+        wall=time.perf_counter() - t_start,
+    )
 
 
-def _figure(path: Path, spec: DatasetSpec, split: str, sample: Sample, scene: Scene, store: RunStore,
-            labels: np.ndarray, preds: dict[str, np.ndarray], image_scores: dict[str, dict[str, float | None]],
-            classes: ClassList, options: EvalOptions) -> str:
+def _figure(
+    path: Path,
+    spec: DatasetSpec,
+    split: str,
+    sample: Sample,
+    scene: Scene,
+    store: RunStore,
+    labels: np.ndarray,
+    preds: dict[str, np.ndarray],
+    image_scores: dict[str, dict[str, float | None]],
+    classes: ClassList,
+    options: EvalOptions,
+) -> str:
     """Write the comparison figure of one image; return its path relative to the output folder."""
     h, w = scene.georef.shape
     f = FIGURE_SIDE / max(h, w)
@@ -448,8 +532,14 @@ def _figure(path: Path, spec: DatasetSpec, split: str, sample: Sample, scene: Sc
                             nearest_resize(pred, shape), edges=True))
     warning = ("random weights: the predictions are meaningless (a pipeline check, not a result)"
                if options.weights == "random" else None)
-    fig = comparison_figure(panels, classes.names, classes.colours, edges,
-                            title=f"{spec.name} {split}: {sample.name} (dashed: window edges)", warning=warning)
+    fig = comparison_figure(
+        panels,
+        classes.names,
+        classes.colours,
+        edges,
+        title=f"{spec.name} {split}: {sample.name} (dashed: window edges)",
+        warning=warning,
+    )
     save_figure(path, fig)
     return str(path.relative_to(path.parent.parent))
 

@@ -41,6 +41,8 @@ def plan_run(scene: str | os.PathLike[str] | Scene, out_dir: str | os.PathLike[s
         check_label_raster(label_path, opened)
     out = str(out_dir)
     check_output_dir(out)
-    find_weights(get_preset(config.model), config.weights, config.clip_weights, config.vfm_weights)  # may go online
+    find_weights(
+        get_preset(config.model), config.weights, config.clip_weights, config.vfm_weights
+    )  # may go online
     url = absolute(store_url or os.path.join(out, f"{opened.stem}.zarr"))
     return RunPlan(opened, config, out, url, label_path)

@@ -82,12 +82,16 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
     last = [Task("outputs", "outputs", stages.write_outputs, (url, out_dir))]
     if labels is not None:
         last.append(Task("evaluate", "evaluate", stages.evaluate_labels, (url, labels, out_dir)))
-    return [first,
-            [Task("summary", "summary", stages.summarize_keys, (url,))],
-            [Task("attend", f"attend-{k}", stages.attend_batches, (url, part))
-             for k, part in enumerate(attend_parts(store))],
-            [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(len(store.blocks()))],
-            last]
+    return [
+        first,
+        [Task("summary", "summary", stages.summarize_keys, (url,))],
+        [
+            Task("attend", f"attend-{k}", stages.attend_batches, (url, part))
+            for k, part in enumerate(attend_parts(store))
+        ],
+        [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(len(store.blocks()))],
+        last,
+    ]
 
 
 def run_stage(fn: Callable[..., StageResult], *args: Any) -> StageResult:
@@ -207,7 +211,11 @@ def dashboard_line(client: Client, address: str) -> str:
         link = client.dashboard_link
     except (KeyError, AttributeError):  # a scheduler serving no dashboard
         link = None
-    return f"Dask dashboard: {link} (scheduler {address})" if link else f"Dask scheduler {address} (no dashboard)"
+    return (
+        f"Dask dashboard: {link} (scheduler {address})"
+        if link
+        else f"Dask scheduler {address} (no dashboard)"
+    )
 
 
 def gpu_resources(scheduler_info: dict[str, Any]) -> dict[str, float] | None:
@@ -229,8 +237,13 @@ def encode_resources(client: Client) -> dict[str, float] | None:
     return gpu_resources(dict(info))
 
 
-def run_graph(store: RunStore, out_dir: str, client: Client | None = None, labels: str | None = None,
-              progress: Callable[[Progress], None] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def run_graph(
+    store: RunStore,
+    out_dir: str,
+    client: Client | None = None,
+    labels: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Compute the run's tasks on ``client`` (an embedded cluster when None); return the seconds
     per kind of work summed over the tasks, and the metrics the tasks measured.
 
@@ -245,7 +258,9 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
         with embedded_client() as c:
             return run_graph(store, out_dir, c, labels, progress)
     waves = build_waves(store, out_dir, labels, encode_resources=encode_resources(client))
-    token = tokenize(store.url, store.meta["fingerprints"], time.time_ns())  # runs sharing a cluster never collide
+    token = tokenize(
+        store.url, store.meta["fingerprints"], time.time_ns()
+    )  # runs sharing a cluster never collide
     total = dict(Counter(t.stage for wave in waves for t in wave))
     state = Progress(done=dict.fromkeys(total, 0), total=total, windows_done=0,
                      windows_total=sum(t.windows for wave in waves for t in wave), elapsed=0.0)
@@ -253,7 +268,7 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     metrics: dict[str, float] = {}
-    running: dict[Future, Task] = {}
+    running: dict[Future[StageResult], Task] = {}
     try:
         for wave in waves:
             for task, part in _run_wave(client, wave, token, limit, running):
@@ -269,7 +284,7 @@ def run_graph(store: RunStore, out_dir: str, client: Client | None = None, label
 
 
 def _run_wave(client: Client, wave: list[Task], token: str, limit: _Limit,
-              running: dict[Future, Task]) -> Iterator[tuple[Task, StageResult]]:
+              running: dict[Future[StageResult], Task]) -> Iterator[tuple[Task, StageResult]]:
     """Each task of ``wave`` and its result, as they finish; at most ``limit`` in ``running`` at once.
 
     A task's error is raised here, with its own type.  Finished tasks are released at once, so that
@@ -301,7 +316,7 @@ def in_flight_limit(client: Client) -> int:
     """Tasks submitted at a time on ``client``'s cluster: two per worker thread, so that no thread
     waits for its next task."""
     try:
-        threads = sum(client.nthreads().values())
+        threads = int(sum(client.nthreads().values()))
     except (OSError, TimeoutError):
         threads = 1
     return max(2, 2 * threads)
@@ -367,8 +382,14 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
     """
     c, scene = plan.config, plan.scene
     model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
-    log.info("model %s on %s: %s", c.model, model.device,
-             ", ".join(f"{'CLIP' if part == 'clip' else part.upper()} {source}" for part, source in model.weights.items()))
+    log.info(
+        "model %s on %s: %s",
+        c.model,
+        model.device,
+        ", ".join(
+            f"{'CLIP' if part == 'clip' else part.upper()} {source}" for part, source in model.weights.items()
+        ),
+    )
     make_output_dir(plan.out_dir)
     out_dir, labels = plan.out_dir, plan.labels
     if client is not None:  # a cluster's workers may run in another folder

@@ -31,7 +31,23 @@ from geogla.stages.outputs import evaluate_labels, output_paths, write_outputs
 from geogla.stages.result import StageResult, add_seconds
 from geogla.stages.stitch import stitch_block, working_logits
 
-__all__ = ["ATTEND_TASK_WINDOWS", "StageResult", "StoreWindows", "add_seconds", "attend_all", "attend_batches",
-           "embed_text", "encode_windows", "evaluate_labels", "load_model", "model_for",
-           "output_paths", "stitch_block", "store_algorithm", "summarize_keys", "window_batches", "working_logits",
-           "write_outputs"]
+__all__ = [
+    "ATTEND_TASK_WINDOWS",
+    "StageResult",
+    "StoreWindows",
+    "add_seconds",
+    "attend_all",
+    "attend_batches",
+    "embed_text",
+    "encode_windows",
+    "evaluate_labels",
+    "load_model",
+    "model_for",
+    "output_paths",
+    "stitch_block",
+    "store_algorithm",
+    "summarize_keys",
+    "window_batches",
+    "working_logits",
+    "write_outputs",
+]

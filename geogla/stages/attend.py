@@ -127,7 +127,9 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
     """
     store = RunStore.open(store_url)
     all_batches = window_batches(store)
-    todo = [b for b in batches if not bool(np.all(store.read("windows/attended", batch_slice(all_batches[b]))))]
+    todo = [
+        b for b in batches if not bool(np.all(store.read("windows/attended", batch_slice(all_batches[b]))))
+    ]
     if not todo:
         return SKIPPED
     t0 = time.perf_counter()
@@ -165,12 +167,16 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
             else:
                 attended = _attend_each_window(source, local, offsets, cfg, store, device)
             t2 = time.perf_counter()
-            feats = F.normalize(model.project(attended.to(device=device, dtype=torch.float32)).float(), dim=-1)
+            feats = F.normalize(
+                model.project(attended.to(device=device, dtype=torch.float32)).float(), dim=-1
+            )
             features[valid[sl]] = feats.cpu().numpy()
             t_att, t_proj = t_att + t2 - t1, t_proj + time.perf_counter() - t2
         store.array("features")[sl] = features
         store.array("windows/attended")[sl] = True  # last: marks the batch done
-    return StageResult({"attend": t_att, "project": t_proj, "attend_io": time.perf_counter() - t0 - t_att - t_proj})
+    return StageResult(
+        {"attend": t_att, "project": t_proj, "attend_io": time.perf_counter() - t0 - t_att - t_proj}
+    )
 
 
 def attend_all(store_url: str) -> StageResult:
@@ -191,7 +197,9 @@ def _attend_each_window(source: StoreWindows, local: np.ndarray, offsets: torch.
     context = wanted
     if cfg.smoothing:
         grid, rows = store.grid, source.rows
-        near = np.array(sorted({int(w) for i in wanted for w in grid.windows_intersecting(*grid.window(int(rows[i])))}))
+        near = np.array(
+            sorted({int(w) for i in wanted for w in grid.windows_intersecting(*grid.window(int(rows[i])))})
+        )
         pos = np.minimum(np.searchsorted(rows, near), len(rows) - 1)
         context = sorted(set(pos[rows[pos] == near].tolist()) | set(wanted))  # the valid ones
     off = offsets[context]

@@ -22,7 +22,9 @@ def load_model(name: str, weights: str, clip_weights: str | None, vfm_weights: s
 @functools.lru_cache(maxsize=2)
 def _cached_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
                   device: str) -> SegmentationModel:
-    return create_model(name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights, device=device)
+    return create_model(
+        name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights, device=device
+    )
 
 
 def model_for(store: RunStore) -> SegmentationModel:

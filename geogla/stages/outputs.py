@@ -83,8 +83,16 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
     properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
                   "geogla:attention": cfg.attention.to_json(),
                   "geogla:source": os.path.basename(scene.path)}
-    item = build_stac_item(paths["stac"], item_id=scene.stem, cog_path=paths["cog"], gpkg_path=paths["gpkg"],
-                           georef=scene.georef, class_list=cfg.classes, datetime=acquired, properties=properties,
-                           probabilities_path=paths["probabilities"] if cfg.save_probabilities else None)
+    item = build_stac_item(
+        paths["stac"],
+        item_id=scene.stem,
+        cog_path=paths["cog"],
+        gpkg_path=paths["gpkg"],
+        georef=scene.georef,
+        class_list=cfg.classes,
+        datetime=acquired,
+        properties=properties,
+        probabilities_path=paths["probabilities"] if cfg.save_probabilities else None,
+    )
     write_stac_item(paths["stac"], item)
     return StageResult({"cog": t1 - t0, "vectorize": time.perf_counter() - t1})
