@@ -27,7 +27,7 @@ Three tables, printed as Markdown:
 
 BER on the token grid.  Scores ``out @ class_vectors^T`` of all windows covering a scene token
 position are averaged (the pipeline's canvas average, at token resolution) and the argmax is the
-stitched label.  The BER is method.md section 5's definition on that token grid: over pairs of
+stitched label.  The BER is docs/method.md section 5's definition on that token grid: over pairs of
 4-adjacent positions on opposite sides of a window edge (edges at every window's first and
 one-past-last token row/column inside the scene), ``100 * #{y_p = y_q, yhat_p != yhat_q} /
 #{y_p = y_q}``, computed by geogla.metrics.boundary_error_counts.
@@ -182,7 +182,7 @@ def exact_single_key(flat: Tensor, queries: Tensor, n_windows: int, cfg: GLAConf
     """For the queries ``queries`` (token indices into ``flat`` ``(T, D)``, float32): whether exact
     attention keeps only their row maximum (``u m_i >= max_j S_ij``), and that key's index.
 
-    The proxy rounds, row means and ``u`` follow ``cfg`` (method.md section 3b), over all ``T`` keys.
+    The proxy rounds, row means and ``u`` follow ``cfg`` (docs/method.md section 3b), over all ``T`` keys.
     """
     q = F.normalize(flat[queries], dim=-1)
     for _ in range(cfg.steps):

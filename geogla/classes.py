@@ -2,7 +2,7 @@
 
 A class list is written ``"building,tree|forest,road"``: classes are separated by commas, the
 synonyms of one class by ``|``.  Each synonym is a separate text prompt; a class's probability is
-the maximum over its synonyms' probabilities (method.md section 2).
+the maximum over its synonyms' probabilities (docs/method.md section 2).
 """
 
 from __future__ import annotations

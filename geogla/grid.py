@@ -1,4 +1,4 @@
-"""The sliding-window rule of method.md section 1 on the working image, and the canvas each window
+"""The sliding-window rule of docs/method.md section 1 on the working image, and the canvas each window
 is padded to before the encoders see it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Segmentation metrics: confusion matrix / mIoU and the Boundary Error Rate (method.md section 5).
+"""Segmentation metrics: confusion matrix / mIoU and the Boundary Error Rate (docs/method.md section 5).
 
 Everything works on numpy label arrays and accumulates integer counts, so a metric can be built
 chunk by chunk and image by image and merged across workers; percentages are computed at the end.

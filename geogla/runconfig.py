@@ -30,7 +30,7 @@ class RunConfig:
     """Everything a run needs besides the scene.
 
     ``logit_scale`` multiplies the cosine logits before the softmax over prompts (40 for ProxyCLIP
-    and GLA, method.md section 4).  ``batch_size`` windows are encoded per task and ``block`` is the
+    and GLA, docs/method.md section 4).  ``batch_size`` windows are encoded per task and ``block`` is the
     side of the output blocks the class raster is stitched and written in.  ``save_probabilities``
     also writes a per-class probability COG; ``min_area`` (square metres) drops smaller polygons and
     ``simplify`` (metres) simplifies them edge-matched.
@@ -109,7 +109,7 @@ def attention_config(model: str | ModelPreset, mode: str = "gla", **explicit: An
     1. ``mode``: ``"gla"`` starts from :class:`GLAConfig` (the paper's GLA), ``"proxyclip"`` from
        :meth:`GLAConfig.proxyclip` (each window alone);
     2. the preset's ``attention`` overrides (e.g. ``{smoothing: true}`` for a preset whose keys are
-       CLIP's own queries, method.md section 3c);
+       CLIP's own queries, docs/method.md section 3c);
     3. ``explicit`` GLAConfig fields set on the command line; a None value means "not given".
 
     An unknown mode or field raises ConfigError.

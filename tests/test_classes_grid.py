@@ -1,4 +1,4 @@
-"""The class-list syntax and the sliding-window rule (method.md section 1)."""
+"""The class-list syntax and the sliding-window rule (docs/method.md section 1)."""
 
 from __future__ import annotations
 

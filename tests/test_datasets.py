@@ -71,7 +71,7 @@ def test_every_preset_loads_and_keeps_the_run_keys() -> None:
     for name in ("vaihingen", "potsdam", "uavid", "vdd", "udd5", "loveda", "openearthmap"):
         assert name in preset_names()
         entry = raw[name]
-        # The keys `geogla run --dataset` reads are still there, with the protocol of method.md section 6.
+        # The keys `geogla run --dataset` reads are still there, with the protocol of docs/method.md, 6.
         assert {"source", "classes", "background", "prob_threshold", "protocol"} <= set(entry)
         assert entry["protocol"]["resize_long_side"] == 448
         spec = get_spec(name)

@@ -1,4 +1,4 @@
-"""Tests of geogla.gla: the attention of method.md section 3, pinned with hand-checked cases."""
+"""Tests of geogla.gla: the attention of docs/method.md section 3, pinned with hand-checked cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""geogla.models: presets, the encoders of method.md section 2, text embeddings, weight resolution,
+"""geogla.models: presets, the encoders of docs/method.md section 2, text embeddings, weight resolution,
 the VFM-free mode and ``geogla models``.
 
 Most tests run on the ``tiny`` preset or shrunk variants of the real timm classes (random weights).

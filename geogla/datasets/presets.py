@@ -1,6 +1,6 @@
 """Benchmark presets: ``configs/datasets.yaml`` (and user legend files) read into :class:`DatasetSpec`.
 
-Each entry of ``configs/datasets.yaml`` is a benchmark protocol (method.md section 6) plus the
+Each entry of ``configs/datasets.yaml`` is a benchmark protocol (docs/method.md section 6) plus the
 conventions of the dataset's label files::
 
     <name>:
@@ -52,7 +52,7 @@ _KEYS = {"source", "classes", "background", "prob_threshold", "protocol", "layou
          "palette", "published"}
 _PROTOCOL_KEYS = {"resize_long_side", "crop", "stride", "logit_scale", "tile"}
 
-#: The protocol of method.md section 6 (SegEarth-OV), used where a legend file gives none.
+#: The protocol of docs/method.md section 6 (SegEarth-OV), used where a legend file gives none.
 DEFAULT_PROTOCOL: dict[str, Any] = {"resize_long_side": 448, "crop": 224, "stride": 112, "logit_scale": 40.0}
 
 

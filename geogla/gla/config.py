@@ -1,4 +1,4 @@
-"""Configuration of the attention over windows (method.md section 3)."""
+"""Configuration of the attention over windows (docs/method.md section 3)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ class GLAConfig:
 
     @classmethod
     def proxyclip(cls, **overrides: Any) -> GLAConfig:
-        """The ProxyCLIP baseline (method.md 3a): each window alone, no proxy, fixed beta/gamma.
+        """The ProxyCLIP baseline (docs/method.md 3a): each window alone, no proxy, fixed beta/gamma.
 
         The mean is one scalar per window (the mean of every entry of ``K_l K_l^T``; it is
         ``|mean_j k_j|^2 >= 0``, so the clamp at 0 never acts) and entries with

@@ -5,7 +5,7 @@
 >>> keys, values = model.encode(windows)                         # doctest: +SKIP
 
 Presets live in ``configs/models.yaml`` (:mod:`geogla.models.registry`); weights are looked up as
-described in :mod:`geogla.models.weights`; the encoders follow method.md section 2
+described in :mod:`geogla.models.weights`; the encoders follow docs/method.md section 2
 (:mod:`geogla.models.clip`, :mod:`geogla.models.vfm`); ``geogla models`` is
 :func:`geogla.models.listing.models_text`.  The registry and the weights' lookup are importable
 without torch; the factory imports it on first use.

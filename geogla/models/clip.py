@@ -1,4 +1,4 @@
-"""The CLIP side of the method: values, the output projection and text embeddings (method.md section 2).
+"""The CLIP side of the method: values, the output projection and text embeddings (docs/method.md section 2).
 
 The vision tower runs blocks ``0..last-1`` unchanged.  Of the last block only ``ln_1`` and the value
 part of the fused in-projection are used for the values; after attention (done elsewhere) the

@@ -1,4 +1,4 @@
-"""The vision foundation model that gives the keys (method.md section 2), built through timm.
+"""The vision foundation model that gives the keys (docs/method.md section 2), built through timm.
 
 The keys are the output of the last block after the model's final norm (``forward_features``),
 patch tokens only (class and register tokens dropped: timm puts its ``num_prefix_tokens`` first,

@@ -1,4 +1,4 @@
-"""``geogla eval``: score ProxyCLIP and GLA attention on a benchmark split (method.md sections 5-6).
+"""``geogla eval``: score ProxyCLIP and GLA attention on a benchmark split (docs/method.md sections 5-6).
 
 Per image: the image (or its tile) is resized so that its long side is the protocol's (mmcv's size,
 OpenCV's bilinear arithmetic: :mod:`geogla.resize`) and written to a working file; a run store is
