@@ -44,7 +44,7 @@ def segment(
     attention: Literal["gla", "proxyclip"] = "gla",
     algorithm: Literal["auto", "exact", "scalable"] | None = None,
     smoothing: bool | None = None,
-    precision: Literal["auto", "float32", "bfloat16"] | None = None,
+    precision: Literal["auto", "float32", "bfloat16", "float16"] | None = None,
     background: str | None = None,
     prob_threshold: float = 0.0,
     logit_scale: float = 40.0,
@@ -72,8 +72,11 @@ def segment(
             weights (``"random"``: meaningless labels, for tests and benchmarks).
         crop, stride: the sliding windows in pixels (default: the preset's).
         attention: ``"gla"`` (across all windows) or ``"proxyclip"`` (each window alone).
-        algorithm, smoothing, precision: GLA's algorithm (:func:`geogla.gla.choose_algorithm`),
-            query smoothing and compute precision; None keeps the preset's or the method's default.
+        algorithm, smoothing: GLA's algorithm (:func:`geogla.gla.choose_algorithm`) and query
+            smoothing; None keeps the preset's or the method's default.
+        precision: the encoders' and attention's dtype (``"auto"``: 16-bit where the device
+            computes it natively, :func:`geogla.precision.encoder_dtype`); None: ``"auto"`` for the
+            encoders and GLA, float32 for ProxyCLIP's attention.
         background, prob_threshold: pixels whose top class probability is below the threshold
             get class ``background`` (a listed class, or a new one appended).
         logit_scale: the softmax scale of the cosine logits.
@@ -107,6 +110,7 @@ def segment(
         weights=weights,
         clip_weights=None if clip_weights is None else str(clip_weights),
         vfm_weights=None if vfm_weights is None else str(vfm_weights),
+        precision="auto" if precision is None else precision,
         crop=preset.crop if crop is None else crop,
         stride=preset.stride if stride is None else stride,
         attention=gla,
@@ -156,7 +160,7 @@ def evaluate(
     stride: int | None = None,
     logit_scale: float | None = None,
     device: str = "auto",
-    precision: Literal["auto", "float32", "bfloat16"] = "float32",
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
     keep_stores: bool = False,
     on_start: Callable[[str, int, int], None] | None = None,
     progress: Callable[[int, int, ImageResult], None] | None = None,

@@ -89,8 +89,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, random_means: str) -> 
 
 
 def _add_precision_argument(parser: argparse.ArgumentParser, default: str | None, why: str) -> None:
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=default,
-                        help=f"dtype of attention's large matrix products (default: {why})")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default=default,
+                        help=f"dtype of the encoders and of attention's matrix products (default: {why})")
 
 
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_argument(
         run,
         default=None,
-        why="auto for GLA, bfloat16 where the device computes it natively; float32 for ProxyCLIP",
+        why="auto: 16-bit where the device computes it natively, else float32 (ProxyCLIP attention float32)",
     )
     run.add_argument("--crop", type=int, help="window size in pixels (default: the preset's, 224)")
     run.add_argument("--stride", type=int, help="window stride in pixels (default: the preset's, 112)")

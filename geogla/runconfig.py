@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from geogla.classes import ClassList
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig
+from geogla.gla.config import PRECISIONS
 
 if TYPE_CHECKING:
     from geogla.models.registry import ModelPreset
@@ -19,7 +20,8 @@ ATTENTION_MODES = ("gla", "proxyclip")
 #: everything encode depends on, classify on everything attend depends on).  Settings in none of
 #: them (device, min_area, simplify) change how fast a run goes or only its final files.
 FINGERPRINT_LEVELS: dict[str, tuple[str, ...]] = {
-    "encode": ("model", "weights", "clip_weights", "vfm_weights", "crop", "stride", "batch_size"),
+    "encode": ("model", "weights", "clip_weights", "vfm_weights", "precision", "crop", "stride",
+               "batch_size"),
     "attend": ("attention",),
     "classify": ("classes", "logit_scale", "block", "save_probabilities"),
 }
@@ -29,9 +31,11 @@ FINGERPRINT_LEVELS: dict[str, tuple[str, ...]] = {
 class RunConfig:
     """Everything a run needs besides the scene.
 
-    ``logit_scale`` multiplies the cosine logits before the softmax over prompts (40 for ProxyCLIP
-    and GLA, docs/method.md section 4).  ``batch_size`` windows are encoded per task and ``block`` is the
-    side of the output blocks the class raster is stitched and written in.  ``save_probabilities``
+    ``precision`` is the dtype the image encoders compute in (:func:`geogla.precision.encoder_dtype`;
+    attention has its own, ``attention.precision``).  ``logit_scale`` multiplies the cosine logits
+    before the softmax over prompts (40 for ProxyCLIP and GLA, docs/method.md section 4).
+    ``batch_size`` windows are encoded per task and ``block`` is the side of the output blocks the
+    class raster is stitched and written in.  ``save_probabilities``
     also writes a per-class probability COG; ``min_area`` (square metres) drops smaller polygons and
     ``simplify`` (metres) simplifies them edge-matched.
     """
@@ -41,6 +45,7 @@ class RunConfig:
     weights: str = "pretrained"
     clip_weights: str | None = None
     vfm_weights: str | None = None
+    precision: str = "auto"
     crop: int = 224
     stride: int = 112
     attention: GLAConfig = field(default_factory=GLAConfig)
@@ -53,6 +58,8 @@ class RunConfig:
     simplify: float | None = None
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         if self.weights not in ("pretrained", "random"):
             raise ConfigError(f"--weights must be 'pretrained' or 'random', got {self.weights!r}.")
         if self.crop <= 0:
@@ -79,7 +86,8 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {"classes": self.classes.to_json(), "model": self.model, "weights": self.weights,
-                "clip_weights": self.clip_weights, "vfm_weights": self.vfm_weights, "crop": self.crop,
+                "clip_weights": self.clip_weights, "vfm_weights": self.vfm_weights,
+                "precision": self.precision, "crop": self.crop,
                 "stride": self.stride, "attention": self.attention.to_json(), "logit_scale": self.logit_scale,
                 "device": self.device, "batch_size": self.batch_size, "block": self.block,
                 "save_probabilities": self.save_probabilities, "min_area": self.min_area,
@@ -95,7 +103,8 @@ class RunConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunConfig:
         return cls(classes=ClassList.from_json(d["classes"]), model=d["model"], weights=d["weights"],
-                   clip_weights=d.get("clip_weights"), vfm_weights=d.get("vfm_weights"), crop=int(d["crop"]),
+                   clip_weights=d.get("clip_weights"), vfm_weights=d.get("vfm_weights"),
+                   precision=str(d.get("precision", "float32")), crop=int(d["crop"]),
                    stride=int(d["stride"]), attention=GLAConfig.from_json(d["attention"]),
                    logit_scale=float(d["logit_scale"]), device=d.get("device", "auto"),
                    batch_size=int(d["batch_size"]), block=int(d["block"]),

@@ -8,10 +8,12 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
       windows/valid     (L,)        bool     False: window is all nodata, not encoded
       windows/encoded   (L,)        bool     per-window done flags of the encode stage
       windows/attended  (L,)        bool     per-window done flags of the attend stage
-      keys              (L, N, Dk)  float32  VFM keys, L2-normalised
-      values            (L, N, Dv)  float32  CLIP last-block value tokens on the VFM grid
+      keys              (L, N, Dk)  float16  VFM keys, L2-normalised
+      values            (L, Nv, Dv) float16  CLIP last-block value tokens on CLIP's own grid
+                                             (``value_grid``, Nv tokens); resized to the key grid
+                                             when read (:func:`geogla.models.clip.resize_token_grid`)
       summary/<field>               scalable attention's far summary of all keys (FarSample)
-      features          (L, N, E)   float32  projected, L2-normalised features after attention
+      features          (L, N, E)   float16  projected, L2-normalised features after attention
       text              (P, E)      float32  prompt embeddings
       classes           (H, W)      uint8    stitched class ids, 255 = nodata
       probabilities     (C, H, W)   uint8    class probability x 255 (only with save_probabilities)
@@ -21,7 +23,10 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
 Window arrays are chunked (keys and values: sharded) by encode batch and the rasters by output
 block, so that every task writes whole chunks (shards) that no other task touches.  Keys and
 values hold one window per inner chunk, so attention reads single windows cheaply.  Done flags
-are written after the data they mark.
+are written after the data they mark.  Keys, values and features are 16-bit floats (float16: the
+keys and features are unit vectors, where its 11 significant bits are 8x finer than bfloat16's,
+and the values are far inside its range), stored uncompressed: floats this dense barely compress,
+and the store's size is then known before the run (:func:`window_bytes`).
 
 Three fingerprints guard what is stored (:data:`geogla.runconfig.FINGERPRINT_LEVELS`): a store
 whose *encode* fingerprint differs is refused; when only the *attend* or *classify* one differs
@@ -52,8 +57,11 @@ from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
 
 #: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
-#: and the token grid is ``token_grid`` (rows, cols).
-FORMAT = 4
+#: and the token grid is ``token_grid`` (rows, cols).  5: keys, values and features in float16,
+#: uncompressed, and the values on CLIP's own grid (``value_grid``).
+FORMAT = 5
+#: dtype of keys, values and features in the store.
+VECTOR_DTYPE = np.float16
 
 
 class StoreDims(TypedDict):
@@ -61,10 +69,19 @@ class StoreDims(TypedDict):
 
     pad_to: int  #: canvases are multiples of this many pixels
     token_size: int  #: pixels per key token
+    value_token_size: int  #: pixels per value token (CLIP's patch)
     key_dim: int
     value_dim: int
     embed_dim: int
 STAGES = ("text", "summary")
+
+
+def window_bytes(token_grid: tuple[int, int], value_grid: tuple[int, int], key_dim: int, value_dim: int,
+                 embed_dim: int) -> tuple[int, int, int]:
+    """Bytes one window takes in a run store: its keys, its values (on CLIP's grid), its features."""
+    tokens, value_tokens = token_grid[0] * token_grid[1], value_grid[0] * value_grid[1]
+    size = np.dtype(VECTOR_DTYPE).itemsize
+    return size * tokens * key_dim, size * value_tokens * value_dim, size * tokens * embed_dim
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
 _LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
                  "classify": ("text", "classes", "probabilities", "blocks/stitched", "done/text")}
@@ -107,13 +124,13 @@ class RunStore:
 
     @classmethod
     def create_or_resume(cls, url: str, scene: Scene, config: RunConfig, *, pad_to: int, token_size: int,
-                         key_dim: int, value_dim: int, embed_dim: int,
+                         value_token_size: int, key_dim: int, value_dim: int, embed_dim: int,
                          overwrite: bool = False) -> tuple[RunStore, bool]:
         """Open the store at ``url`` to resume it, or create it; return ``(store, resumed)``.
 
-        ``pad_to`` and ``token_size`` (pixels per key token) fix the windows' canvas and token grid,
-        and the dimensions size the arrays (:meth:`geogla.models.SegmentationModel.store_dims` gives
-        all five).
+        ``pad_to``, ``token_size`` and ``value_token_size`` (pixels per key and value token) fix the
+        windows' canvas and token grids, and the dimensions size the arrays
+        (:meth:`geogla.models.SegmentationModel.store_dims` gives all six).
         A store made for another scene or encoder configuration, or by a geogla whose store format
         differs, is refused with :class:`StoreError` unless ``overwrite``, which deletes it first.
         A store whose attention or class settings differ keeps its encoded windows and resets the
@@ -121,8 +138,15 @@ class RunStore:
         """
         fps = fingerprints(scene, config)
         grid = WindowGrid(*scene.work_shape, config.crop, config.stride, pad_to=pad_to)
-        dims: dict[str, Any] = {"token_size": token_size, "token_grid": list(grid.token_grid(token_size)),
-                                "key_dim": key_dim, "value_dim": value_dim, "embed_dim": embed_dim}
+        canvas = grid.canvas
+        dims: dict[str, Any] = {
+            "token_size": token_size,
+            "token_grid": list(grid.token_grid(token_size)),
+            "value_grid": [canvas.height // value_token_size, canvas.width // value_token_size],
+            "key_dim": key_dim,
+            "value_dim": value_dim,
+            "embed_dim": embed_dim,
+        }
         if _store_exists(url) and _interrupted_creation(url):
             _remove_store(url)  # killed while being created: nothing in it is worth keeping
         if _store_exists(url):
@@ -151,19 +175,15 @@ class RunStore:
             group = zarr.open_group(url, mode="w-")
         except (OSError, PermissionError) as exc:
             raise OutputError(f"The run store {url} cannot be created: {exc.strerror or exc}.") from None
-        L, N, B = len(grid), math.prod(dims["token_grid"]), config.batch_size
-        group.create_array("windows/box", data=grid.boxes().astype(np.int32), chunks=(max(L, 1), 4))
+        L, B = len(grid), config.batch_size
+        # The boxes follow from the grid arithmetically; the array is for other tools, in large chunks.
+        group.create_array(
+            "windows/box", data=grid.boxes().astype(np.int32), chunks=(min(max(L, 1), 65536), 4)
+        )
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
-        for name, dim in (("keys", key_dim), ("values", value_dim)):
-            group.create_array(
-                name,
-                shape=(L, N, dim),
-                chunks=(1, N, dim),
-                shards=(B, N, dim),
-                dtype="float32",
-                fill_value=0.0,
-            )
+        _create_window_vectors(group, "keys", L, math.prod(dims["token_grid"]), key_dim, B)
+        _create_window_vectors(group, "values", L, math.prod(dims["value_grid"]), value_dim, B)
         store = cls(url, group)
         store._create_level_arrays("attend", scene, config, dims)
         store._create_level_arrays("classify", scene, config, dims)
@@ -183,8 +203,7 @@ class RunStore:
         L = len(WindowGrid(*scene.work_shape, config.crop, config.stride))
         N, B, E = math.prod(dims["token_grid"]), config.batch_size, dims["embed_dim"]
         if level == "attend":
-            g.create_array("features", shape=(L, N, E), chunks=(B, N, E), dtype="float32", fill_value=0.0,
-                           overwrite=True)
+            _create_window_vectors(g, "features", L, N, E, B)
             g.create_array("windows/attended", shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
                            overwrite=True)
             return
@@ -260,6 +279,12 @@ class RunStore:
         return rows * cols
 
     @property
+    def value_grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of every window's stored value tokens (CLIP's own grid)."""
+        rows, cols = self.meta["value_grid"]
+        return int(rows), int(cols)
+
+    @property
     def token_size(self) -> int:
         """Pixels per key token (the key encoder's patch)."""
         return int(self.meta["token_size"])
@@ -310,6 +335,23 @@ class RunStore:
         if stage not in STAGES:
             raise ValueError(stage)
         self.group.require_group(f"done/{stage}")
+
+
+def _create_window_vectors(
+    group: zarr.Group, name: str, n_windows: int, tokens: int, dim: int, batch: int
+) -> None:
+    """An ``(L, tokens, dim)`` array of 16-bit vectors per window: one window per chunk (single windows
+    read cheaply), one encode batch per shard (each task writes its own), uncompressed."""
+    group.create_array(
+        name,
+        shape=(n_windows, tokens, dim),
+        chunks=(1, tokens, dim),
+        shards=(batch, tokens, dim),
+        dtype=VECTOR_DTYPE,
+        fill_value=0.0,
+        compressors=None,
+        overwrite=True,
+    )
 
 
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:

@@ -808,7 +808,8 @@ def test_summaries_count_the_built_models(tiny: SegmentationModel) -> None:
     clip_params = sum(p.numel() for p in tiny.clip.model.parameters())
     assert small.clip_image_params + small.clip_text_params == clip_params
     assert tiny.vfm is not None and small.vfm_params == sum(p.numel() for p in _vfm(tiny).model.parameters())
-    assert small.window_bytes == (784 * 64 * 4, 784 * 64 * 4, 784 * 32 * 4)
+    # float16; the values on CLIP's 14 x 14 grid, the keys and features on DINO's 28 x 28
+    assert small.window_bytes == (784 * 64 * 2, 196 * 64 * 2, 784 * 32 * 2)
     default = summarize("default")  # OpenAI CLIP ViT-B/16 and DINO ViT-B/8, as published
     clip_params = default.clip_image_params + default.clip_text_params
     assert (clip_params, default.vfm_params) == (149_620_737, 85_807_872)
@@ -833,7 +834,7 @@ def test_models_command_lists_presets_sizes_and_weights(
     assert "ViT-B-16-openai.safetensors (GEOGLA_WEIGHTS_DIR)" in text  # found
     assert "--vfm-weights PATH" in text and "hf-hub:timm/vit_base_patch8_224.dino" in text  # how to provide
     assert "none: CLIP last-block queries" in text and "smoothing=true" in text
-    assert "235.4 M" in text and "6.12 MiB" in text  # default: parameters; keys + values + features
+    assert "235.4 M" in text and "2.20 MiB" in text  # default: parameters; keys + values + features
     assert "no published weights" in text  # tiny
     assert seconds < 60  # meta-device builds; real ones would take minutes here
     assert main(["models", "clearclip-b16"]) == 0

@@ -20,10 +20,11 @@ from geogla.gla.config import Algorithm, GLAConfig, choose_algorithm
 
 if TYPE_CHECKING:
     from geogla.gla.dispatch import attend
-    from geogla.gla.precision import bfloat16_is_fast, compute_dtypes
+    from geogla.gla.precision import compute_dtypes
     from geogla.gla.smoothing import smooth_queries
+    from geogla.precision import bfloat16_is_fast
 
-_LAZY = {"attend": "geogla.gla.dispatch", "bfloat16_is_fast": "geogla.gla.precision",
+_LAZY = {"attend": "geogla.gla.dispatch", "bfloat16_is_fast": "geogla.precision",
          "compute_dtypes": "geogla.gla.precision", "smooth_queries": "geogla.gla.smoothing"}
 
 __all__ = ["Algorithm", "GLAConfig", "attend", "bfloat16_is_fast", "choose_algorithm", "compute_dtypes",

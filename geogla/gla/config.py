@@ -11,14 +11,15 @@ from geogla.errors import ConfigError
 
 Norm = Literal["dynamic", "fixed"]
 Mean = Literal["row", "window"]
-Precision = Literal["float32", "bfloat16", "auto"]
+#: What ``--precision`` (and ``GLAConfig.precision``) accepts.
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 AlgorithmChoice = Literal["exact", "scalable", "auto"]
 #: How attention is computed for a config and a scene (:func:`choose_algorithm`).
 Algorithm = Literal["window", "exact", "scalable"]
 
 _NORMS = ("dynamic", "fixed")
 _MEANS = ("row", "window")
-_PRECISIONS = ("float32", "bfloat16", "auto")
+PRECISIONS: tuple[Precision, ...] = ("auto", "float32", "bfloat16", "float16")
 _ALGORITHMS = ("exact", "scalable", "auto")
 
 
@@ -63,9 +64,10 @@ class GLAConfig:
             two proxy similarities and the three aggregations (``P K`` twice, ``A V``) take
             bfloat16 operands, while the final similarity (mask and softmax exponents), counts,
             queries, means and softmax sums stay float32 (counts are exact integers in every
-            mode); or ``"auto"`` (default): bfloat16 on CUDA and on CPUs with native bfloat16
-            arithmetic (AVX512-BF16 or AMX), float32 elsewhere.  float64 inputs are computed in
-            float64 unless ``"bfloat16"`` is asked for explicitly.  bfloat16 is the default
+            mode); ``"float16"``: the same with float16 operands (the reference's dtype); or
+            ``"auto"`` (default): bfloat16 on CUDA and on CPUs with native bfloat16 arithmetic
+            (AVX512-BF16 or AMX), float32 elsewhere.  float64 inputs are computed in float64
+            unless a 16-bit dtype is asked for explicitly.  bfloat16 is the default
             because on structured inputs it changes no label (tests/test_gla.py); outputs
             differ from float32 by about 0.2 % (relative, median token), so ask for
             ``"float32"`` when comparing against float32 references.
@@ -127,7 +129,7 @@ class GLAConfig:
         # Positive scales keep A~ increasing in S, which the masking rule relies on.
         _check_fields(self, ("lambda1", "lambda2"), lambda v: v >= 0, "negative", verb="not be")
         _check_fields(self, ("gamma", "temperature"), lambda v: v > 0, "positive")
-        for name, allowed in (("norm", _NORMS), ("mean", _MEANS), ("precision", _PRECISIONS),
+        for name, allowed in (("norm", _NORMS), ("mean", _MEANS), ("precision", PRECISIONS),
                               ("algorithm", _ALGORITHMS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"GLA option {name} must be one of {', '.join(allowed)}, "

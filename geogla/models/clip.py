@@ -155,6 +155,18 @@ def _tokenizer(arch: str, context_length: int) -> Any:
     return open_clip.get_tokenizer(arch, context_length=context_length)
 
 
+def resize_token_grid(tokens: torch.Tensor, grid: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """Row-major tokens ``(B, rows * cols, C)`` on ``grid`` resized bilinearly (align_corners=False)
+    to the ``out`` grid, in float32 (unchanged when the grids agree): how CLIP's values reach the
+    key grid, at encoding and when a run reads values stored on CLIP's grid."""
+    if out == grid:
+        return tokens
+    width = tokens.shape[-1]
+    spatial = tokens.transpose(1, 2).reshape(tokens.shape[0], width, *grid).float()
+    spatial = F.interpolate(spatial, size=out, mode="bilinear", align_corners=False)
+    return spatial.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
+
+
 class ClipEncoder:
     """A frozen open_clip model seen as values, projection and text embeddings."""
 
@@ -197,6 +209,11 @@ class ClipEncoder:
 
     # -- vision ----------------------------------------------------------------------------
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the vision tower computes in (its weights'); the text tower stays float32."""
+        return cast(torch.dtype, self.visual.conv1.weight.dtype)
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """CLIP's token grid for a ``height`` x ``width`` canvas: whole patches only (224 -> 14 x 14
         for ViT-B/16).  The patch embedding drops a remainder of less than a patch, as the
@@ -228,7 +245,7 @@ class ClipEncoder:
     def last_block_input(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens entering the last block, (B, 1 + gh*gw, width), class token first."""
         visual = self.visual
-        x = (images - self._mean) / self._std
+        x = ((images - self._mean) / self._std).to(self.dtype)  # normalised in float32
         x = visual.conv1(x)  # (B, width, gh, gw)
         grid = (int(x.shape[-2]), int(x.shape[-1]))
         x = x.flatten(2).transpose(1, 2)
@@ -257,13 +274,7 @@ class ClipEncoder:
     def _to_grid(
         self, tokens: torch.Tensor, grid: tuple[int, int], out: tuple[int, int] | None
     ) -> torch.Tensor:
-        """Row-major tokens on ``grid`` resized bilinearly (align_corners=False) to the ``out`` grid."""
-        if out is None or out == grid:
-            return tokens
-        width = tokens.shape[-1]
-        spatial = tokens.transpose(1, 2).reshape(tokens.shape[0], width, *grid)
-        spatial = F.interpolate(spatial, size=out, mode="bilinear", align_corners=False)
-        return spatial.flatten(2).transpose(1, 2).contiguous()  # callers reshape per window
+        return tokens if out is None else resize_token_grid(tokens, grid, out)
 
     def values(self, images: torch.Tensor, out: tuple[int, int] | None = None) -> torch.Tensor:
         """Values of the last block, (B, rows * cols, width), row-major.
@@ -295,7 +306,7 @@ class ClipEncoder:
     def project(self, attended: torch.Tensor) -> torch.Tensor:
         """(B, N, width) -> (B, N, embed_dim): out_proj, ln_post, proj; no residual, no MLP."""
         # ls_1 is the attention branch's layer scale (Identity for OpenAI CLIP).
-        x = self.last.ls_1(self.attn.out_proj(attended))
+        x = self.last.ls_1(self.attn.out_proj(attended.to(self.dtype)))
         return cast(torch.Tensor, self.visual.ln_post(x) @ self.visual.proj)
 
     # -- text ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from geogla.models.clip import ClipEncoder, build_open_clip
 from geogla.models.registry import ModelPreset, get_preset
 from geogla.models.vfm import VfmEncoder, build_timm
 from geogla.models.weights import RANDOM, RandomWeightsWarning, WeightsSource, find_weights
+from geogla.precision import encoder_dtype
 from geogla.store import StoreDims
 
 log = logging.getLogger("geogla.models")
@@ -60,7 +61,9 @@ class SegmentationModel:
     ``encode`` gives per-window keys (the VFM's patch tokens, or CLIP's last-block queries for a
     preset without VFM) and values (CLIP), both on the key grid; attention over windows happens
     elsewhere; ``project`` maps attended values to CLIP's embedding space; ``embed_text`` gives the
-    class prompt embeddings.  Every method runs under ``torch.inference_mode`` in float32.
+    class prompt embeddings.  Every method runs under ``torch.inference_mode``; the image encoders
+    compute in :attr:`dtype` (``create_model``'s ``precision``), the text tower in float32, and
+    keys, projected features and text embeddings come out float32.
     """
 
     def __init__(self, preset: ModelPreset, clip: ClipEncoder, vfm: VfmEncoder | None, device: torch.device,
@@ -78,6 +81,11 @@ class SegmentationModel:
         self._templates = text_templates()
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the image encoders compute in."""
+        return self.clip.dtype
+
+    @property
     def random_weights(self) -> bool:
         """True when at least one encoder runs with random weights (labels are then meaningless)."""
         return any(source.origin == RANDOM for source in self.weights.values())
@@ -88,9 +96,16 @@ class SegmentationModel:
 
     def store_dims(self) -> StoreDims:
         """What a run store needs to know of this model (:meth:`geogla.store.RunStore.create_or_resume`):
-        the canvas multiple, pixels per key token and the widths of keys, values and embeddings."""
-        return StoreDims(pad_to=self.preset.pad_to, token_size=self.preset.key_patch, key_dim=self.key_dim,
-                         value_dim=self.value_dim, embed_dim=self.embed_dim)
+        the canvas multiple, pixels per key and per value token and the widths of keys, values and
+        embeddings."""
+        return StoreDims(
+            pad_to=self.preset.pad_to,
+            token_size=self.preset.key_patch,
+            value_token_size=self.preset.clip.patch,
+            key_dim=self.key_dim,
+            value_dim=self.value_dim,
+            embed_dim=self.embed_dim,
+        )
 
     @property
     def pad_colour(self) -> tuple[float, float, float]:
@@ -131,17 +146,25 @@ class SegmentationModel:
         return self.clip.values(images, grid)
 
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, images: torch.Tensor, values_on_clip_grid: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (B, N, key_dim), L2-normalised, and values (B, N, value_dim) of RGB canvases in
         [0, 1] (B, 3, h, w); ``N = rows * cols`` of :meth:`token_grid`, row-major.
 
-        Without a VFM, keys and values come from one pass through CLIP.
+        With ``values_on_clip_grid`` the values stay on CLIP's own grid (:meth:`value_grid`; a run
+        store keeps them so, 4x fewer at ViT-B/16 with DINO B/8, and resizes them when it reads
+        them).  Without a VFM, keys and values come from one pass through CLIP.
         """
         images = self._check_images(images)
-        grid = self.token_grid(int(images.shape[2]), int(images.shape[3]))
+        grid = None if values_on_clip_grid else self.token_grid(int(images.shape[2]), int(images.shape[3]))
         if self.vfm is None:
             return self.clip.queries_and_values(images, grid)
         return self.vfm.keys(images), self.clip.values(images, grid)
+
+    def value_grid(self, height: int, width: int) -> tuple[int, int]:
+        """CLIP's own grid ``(rows, cols)`` of a ``height`` x ``width`` canvas (whole patches)."""
+        return self.clip.grid(height, width)
 
     @torch.inference_mode()
     def project(self, attended: torch.Tensor) -> torch.Tensor:
@@ -149,7 +172,7 @@ class SegmentationModel:
         if attended.shape[-1] != self.value_dim:
             raise ValueError(f"attended values must have {self.value_dim} channels, "
                              f"not {attended.shape[-1]}.")
-        return self.clip.project(attended.to(device=self.device, dtype=torch.float32))
+        return self.clip.project(attended.to(device=self.device)).float()
 
     @torch.inference_mode()
     def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -161,25 +184,30 @@ class SegmentationModel:
 
 def create_model(name: str | ModelPreset = "default", weights: WeightsMode | str = "pretrained",
                  clip_weights: PathLike | None = None, vfm_weights: PathLike | None = None,
-                 device: str | torch.device = "cpu", seed: int = 0) -> SegmentationModel:
-    """Build preset ``name`` (a registry name or a :class:`ModelPreset`): frozen, eval mode, float32.
+                 device: str | torch.device = "cpu", seed: int = 0,
+                 precision: str = "float32") -> SegmentationModel:
+    """Build preset ``name`` (a registry name or a :class:`ModelPreset`): frozen, eval mode.
 
     ``weights="pretrained"`` finds each encoder's weights (explicit path, ``$GEOGLA_WEIGHTS_DIR``,
     the libraries' caches, a download unless offline) and raises WeightsError when one is missing.
     ``weights="random"`` builds the same architectures with random weights seeded by ``seed``
     (reproducible) and warns loudly with :class:`RandomWeightsWarning`; explicit paths are still
-    loaded.  ``device`` is ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.
+    loaded.  ``device`` is ``cpu``, ``cuda[:N]``, ``mps`` or ``auto``.  ``precision``
+    (:func:`geogla.precision.encoder_dtype`: ``float32``, ``bfloat16``, ``float16`` or ``auto``) is
+    the dtype of the image encoders' weights and activations; the text tower stays float32.
     """
     preset = name if isinstance(name, ModelPreset) else get_preset(name)
     clip_src, vfm_src = find_weights(preset, weights, clip_weights, vfm_weights)
     dev = resolve_device(device)
 
+    dtype = encoder_dtype(precision, dev)
     clip_model = build_open_clip(preset.clip, clip_src.path if clip_src else None, seed)
+    clip_model.visual.to(dtype)  # the text tower stays float32: its cost is small, its output shared
     sources = {"clip": clip_src or WeightsSource(RANDOM)}
     vfm: VfmEncoder | None = None
     if preset.vfm is not None:
         vfm_model = build_timm(preset.vfm, vfm_src.path if vfm_src else None, seed)
-        vfm = VfmEncoder(vfm_model, preset.vfm, dev)
+        vfm = VfmEncoder(vfm_model.to(dtype), preset.vfm, dev)
         sources["vfm"] = vfm_src or WeightsSource(RANDOM)
     model = SegmentationModel(preset, ClipEncoder(clip_model, preset.clip, dev), vfm, dev, sources)
     random_parts = [part.upper() for part, src in sources.items() if src.origin == RANDOM]

@@ -32,8 +32,9 @@ from geogla.models.weights import (
     resolve_vfm,
     weights_dir,
 )
+from geogla.store import window_bytes
 
-FLOAT32_BYTES = 4  #: encoders run, and the run store keeps keys/values/features, in float32
+FLOAT32_BYTES = 4  #: the encoders' parameters in float32
 MIB = 2**20
 GIB = 2**30
 WIDTH = 110  #: detail lines are wrapped to this many characters
@@ -66,10 +67,8 @@ class PresetSummary:
 
     @property
     def window_bytes(self) -> tuple[int, int, int]:
-        """Bytes of one window's keys, values and features in the run store (float32)."""
-        n = self.tokens[0] * self.tokens[1]
-        return (n * self.key_dim * FLOAT32_BYTES, n * self.value_dim * FLOAT32_BYTES,
-                n * self.embed_dim * FLOAT32_BYTES)
+        """Bytes of one window's keys, values (on CLIP's grid) and features in the run store."""
+        return window_bytes(self.tokens, self.clip_grid, self.key_dim, self.value_dim, self.embed_dim)
 
 
 def summarize(preset: str | ModelPreset) -> PresetSummary:

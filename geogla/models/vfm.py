@@ -81,13 +81,18 @@ class VfmEncoder:
         self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         _use_reference_positions(self.model)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its weights')."""
+        return cast(torch.dtype, self.model.patch_embed.proj.weight.dtype)
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The VFM token grid of a ``height`` x ``width`` canvas (224 -> 28 x 28 for DINO ViT-B/8)."""
         return height // self.spec.patch, width // self.spec.patch
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the final norm, (B, rows * cols, key_dim), not normalised."""
-        x = (images - self._mean) / self._std
+        x = ((images - self._mean) / self._std).to(self.dtype)  # normalised in float32
         if self._last:
             tokens = self.model.forward_features(x)[:, self.num_prefix_tokens:]
         else:
@@ -123,17 +128,18 @@ def _use_reference_positions(model: Any) -> None:
     if trained[0] != trained[1]:
         return  # the reference's resampling assumes a square trained grid
     n_prefix = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
-    cache: dict[tuple[int, int], torch.Tensor] = {}
+    cache: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
     def positions(grid: tuple[int, int]) -> torch.Tensor:
-        """``(1, n_prefix + rows * cols, C)`` embedding for a token grid."""
-        found = cache.get(grid)
+        """``(1, n_prefix + rows * cols, C)`` embedding for a token grid, in the model's dtype."""
+        key = (*grid, vit.pos_embed.dtype)
+        found = cache.get(key)
         if found is None:
             pos = vit.pos_embed
             width = pos.shape[-1]
             trained_grid = pos[:, n_prefix:].reshape(1, *trained, width).permute(0, 3, 1, 2)
             resampled = resample_grid(trained_grid, grid).permute(0, 2, 3, 1).reshape(1, -1, width)
-            found = cache[grid] = torch.cat([pos[:, :n_prefix].float(), resampled], dim=1).to(pos.dtype)
+            found = cache[key] = torch.cat([pos[:, :n_prefix].float(), resampled], dim=1).to(pos.dtype)
         return found
 
     def pos_embed(x: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ class EvalOptions:
     vfm_weights: str | None = None
     device: str = "auto"
     modes: tuple[str, ...] = ("proxyclip", "gla")
-    #: Attention's precision (GLAConfig.precision).  float32 by default: a reproduction must give the
-    #: same labels on every machine, and "auto" would pick bfloat16 on some CPUs and GPUs only.
+    #: The encoders' and attention's precision.  float32 by default: a reproduction must give the same
+    #: labels on every machine, and "auto" would pick 16-bit on some CPUs and GPUs only.
     precision: str = "float32"
     figures: int = 0
     keep_stores: bool = False
@@ -394,7 +394,7 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
     out = Path(out_dir)
     classes = spec.class_list()
     model = stages.load_model(options.model, options.weights, options.clip_weights, options.vfm_weights,
-                              options.device)
+                              options.device, options.precision)
     configs = {
         m: RunConfig(
             classes=classes,
@@ -402,6 +402,7 @@ def evaluate_dataset(spec: DatasetSpec, samples: Sequence[Sample], options: Eval
             weights=options.weights,
             clip_weights=options.clip_weights,
             vfm_weights=options.vfm_weights,
+            precision=options.precision,
             crop=spec.crop,
             stride=spec.stride,
             attention=attention_config(options.model, m, precision=options.precision),

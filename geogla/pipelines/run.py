@@ -381,7 +381,7 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
     ``overwrite``.
     """
     c, scene = plan.config, plan.scene
-    model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
+    model = stages.load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device, c.precision)
     log.info(
         "model %s on %s: %s",
         c.model,

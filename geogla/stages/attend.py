@@ -17,9 +17,11 @@ from geogla.gla.exact import attend_exact
 from geogla.gla.prototypes import FarSample, summarize
 from geogla.gla.scalable import ScalableAttention
 from geogla.models import SegmentationModel
+from geogla.models.clip import resize_token_grid
 from geogla.stages.common import batch_slice, model_for, window_batches
+from geogla.stages.encode import to_store_dtype
 from geogla.stages.result import SKIPPED, StageResult
-from geogla.store import RunStore
+from geogla.store import VECTOR_DTYPE, RunStore
 
 #: Windows per attend task (whole encode batches): enough to amortise reading the summary.
 ATTEND_TASK_WINDOWS = 64
@@ -31,14 +33,18 @@ class StoreWindows:
     """The valid windows of a run store as a :class:`geogla.gla.source.WindowSource`.
 
     Window ``i`` of the source is store window ``rows[i]``; runs of consecutive store windows are
-    read with one slice.  With ``cache_mb``, recently read windows are kept (least recently used
-    first out): scalable attention reads each window for several neighbouring batches.  Passes
+    read with one slice.  Keys and values come out float32, the values resized from CLIP's grid,
+    where the store keeps them, to the key grid.  With ``cache_mb``, recently read windows are kept
+    (least recently used first out): scalable attention reads each window for several neighbouring
+    batches.  Passes
     over every window (the summary) read each once and need no cache.
     """
 
     def __init__(self, store: RunStore, rows: np.ndarray, cache_mb: int = 0) -> None:
         self.rows = rows
         self._arrays = {"keys": store.array("keys"), "values": store.array("values")}
+        self._grids = {"keys": store.token_grid, "values": store.value_grid}
+        self._token_grid = store.token_grid
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         per_entry = 4 * self.n_tokens * max(int(a.shape[2]) for a in self._arrays.values())
         self._capacity = cache_mb * 2**20 // per_entry  # window keys or values
@@ -72,7 +78,8 @@ class StoreWindows:
             while stop < len(missing) and self.rows[missing[stop]] == self.rows[missing[stop - 1]] + 1:
                 stop += 1
             r0 = int(self.rows[missing[start]])
-            block = torch.from_numpy(np.asarray(array[r0:r0 + stop - start]))
+            stored = torch.from_numpy(np.asarray(array[r0:r0 + stop - start])).float()
+            block = resize_token_grid(stored, self._grids[name], self._token_grid)
             for k, w in enumerate(missing[start:stop]):
                 found[w] = block[k]
                 if self._capacity:
@@ -83,7 +90,7 @@ class StoreWindows:
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         if not found:
-            return torch.empty(0, self.n_tokens, int(array.shape[2]))
+            return torch.empty(0, self.n_tokens, int(array.shape[2]))  # float32, on the key grid
         return torch.stack([found[int(w)] for w in windows])
 
 
@@ -157,7 +164,7 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
         ids = all_batches[b]
         sl = batch_slice(ids)
         local = np.searchsorted(rows, [i for i in ids if valid[i]])
-        features = np.zeros((len(ids), n, store.embed_dim), dtype=np.float32)
+        features = np.zeros((len(ids), n, store.embed_dim), dtype=VECTOR_DTYPE)
         if len(local):
             t1 = time.perf_counter()
             if exact is not None:
@@ -170,7 +177,7 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
             feats = F.normalize(
                 model.project(attended.to(device=device, dtype=torch.float32)).float(), dim=-1
             )
-            features[valid[sl]] = feats.cpu().numpy()
+            features[valid[sl]] = to_store_dtype(feats, "features")
             t_att, t_proj = t_att + t2 - t1, t_proj + time.perf_counter() - t2
         store.array("features")[sl] = features
         store.array("windows/attended")[sl] = True  # last: marks the batch done

@@ -12,25 +12,24 @@ from geogla.store import RunStore
 _model_lock = threading.Lock()
 
 
-def load_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
-               device: str) -> SegmentationModel:
+def load_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None, device: str,
+               precision: str = "float32") -> SegmentationModel:
     """The model of a run, loaded once per process and reused by every task there."""
     with _model_lock:  # a worker's threads asking at once must not each load a copy (lru_cache would)
-        return _cached_model(name, weights, clip_weights, vfm_weights, device)
+        return _cached_model(name, weights, clip_weights, vfm_weights, device, precision)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None,
-                  device: str) -> SegmentationModel:
-    return create_model(
-        name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights, device=device
-    )
+def _cached_model(name: str, weights: str, clip_weights: str | None, vfm_weights: str | None, device: str,
+                  precision: str) -> SegmentationModel:
+    return create_model(name, weights=weights, clip_weights=clip_weights, vfm_weights=vfm_weights,
+                        device=device, precision=precision)
 
 
 def model_for(store: RunStore) -> SegmentationModel:
     """The model of the run ``store`` belongs to (:func:`load_model`)."""
     c = store.config
-    return load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device)
+    return load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device, c.precision)
 
 
 def window_batches(store: RunStore) -> list[list[int]]:

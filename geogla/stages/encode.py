@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -11,7 +12,7 @@ import torch
 from geogla.scene import SceneReader
 from geogla.stages.common import batch_slice, model_for
 from geogla.stages.result import SKIPPED, StageResult
-from geogla.store import RunStore
+from geogla.store import VECTOR_DTYPE, RunStore
 
 
 def encode_windows(store_url: str, window_ids: Sequence[int]) -> StageResult:
@@ -33,23 +34,35 @@ def encode_windows(store_url: str, window_ids: Sequence[int]) -> StageResult:
     t_read = time.perf_counter() - t0
     valid = np.array([bool(v.any()) for _, v in pixels])
     model = model_for(store)
-    n = store.tokens_per_window
-    keys = np.zeros((len(ids), n, model.key_dim), dtype=np.float32)
-    values = np.zeros((len(ids), n, model.value_dim), dtype=np.float32)
+    n, n_values = store.tokens_per_window, math.prod(store.value_grid)
+    keys = np.zeros((len(ids), n, model.key_dim), dtype=VECTOR_DTYPE)
+    values = np.zeros((len(ids), n_values, model.value_dim), dtype=VECTOR_DTYPE)
     t1 = time.perf_counter()
     if valid.any():
         canvas = store.grid.canvas
         images = torch.from_numpy(np.stack([canvas.place(rgb, ok, model.pad_colour)
                                             for (rgb, ok), good in zip(pixels, valid, strict=True) if good]))
-        k, v = model.encode(images.to(model.device))
-        keys[valid] = k.float().cpu().numpy()
-        values[valid] = v.float().cpu().numpy()
+        k, v = model.encode(images.to(model.device), values_on_clip_grid=True)
+        keys[valid] = to_store_dtype(k, "keys")
+        values[valid] = to_store_dtype(v, "values")
     t_enc = time.perf_counter() - t1
     store.array("keys")[sl] = keys
     store.array("values")[sl] = values
     store.array("windows/valid")[sl] = valid
     store.array("windows/encoded")[sl] = True  # last: marks the batch done
     return StageResult({"read": t_read, "encode": t_enc})
+
+
+def to_store_dtype(tensor: torch.Tensor, what: str) -> np.ndarray:
+    """``tensor`` as the store's 16-bit floats; values beyond their range are a model this store
+    cannot hold, said plainly instead of stored as infinities."""
+    out = tensor.float().cpu().numpy().astype(VECTOR_DTYPE)
+    if not np.isfinite(out).all():
+        raise RuntimeError(
+            f"The model's {what} exceed the range of the run store's {np.dtype(VECTOR_DTYPE).name} "
+            f"(largest magnitude {float(tensor.abs().max()):.3g})."
+        )
+    return out
 
 
 def embed_text(store_url: str) -> StageResult:

@@ -28,7 +28,7 @@ def working_logits(store: RunStore, box: Box, text: torch.Tensor,
     ids = [int(i) for i in grid.windows_intersecting(*box) if valid_windows[i]]
     if not ids or not len(text):
         return accumulate_windows(box, [], torch.zeros(0, 0, len(text)), store.token_grid, grid.canvas)
-    token_logits = torch.from_numpy(store.read_rows("features", ids)) @ text.T  # cosine: both unit length
+    token_logits = torch.from_numpy(store.read_rows("features", ids)).float() @ text.T  # cosines: unit length
     return accumulate_windows(box, [grid.window(i) for i in ids], token_logits, store.token_grid, grid.canvas)
 
 
