@@ -20,7 +20,7 @@ from geogla.errors import GeoglaError, UserInputError
 from geogla.gla.config import GLAConfig
 from geogla.runconfig import RunConfig
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 if TYPE_CHECKING:
     from geogla.api import evaluate, segment

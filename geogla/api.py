@@ -58,6 +58,8 @@ def segment(
     store: str | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
+    compact: bool = False,
+    dry_run: bool = False,
     on_start: Callable[[Scene], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> RunResult:
@@ -88,6 +90,11 @@ def segment(
         store: the run store's URL (default ``out/<stem>.zarr``); scheduler: a Dask scheduler's
             address (default ``$DASK_SCHEDULER_ADDRESS``, else a local cluster); overwrite: discard
             a run store made with other settings.
+        compact: at the end, drop what only a rerun with other attention settings would read
+            (:meth:`geogla.store.RunStore.compact`).
+        dry_run: check everything and plan the run (:class:`geogla.pipelines.footprint.Footprint`
+            in the result's ``footprint``: windows, attention, disk, time) without loading the
+            weights, computing or writing anything; the result has no outputs.
         on_start: called with the opened scene once every check has passed, before the work.
         progress: called with a :class:`geogla.pipelines.run.Progress` after every finished task.
 
@@ -129,13 +136,18 @@ def segment(
         store_url=store,
         labels=labels,
     )
-    from geogla.pipelines.run import connect, execute, scheduler_address  # Dask and torch: after the checks
+    # Dask and torch: after the checks
+    from geogla.pipelines.run import connect, execute, scheduler_address
+    from geogla.pipelines.run import dry_run as plan_only
 
+    if dry_run:
+        return plan_only(plan)
     address = scheduler_address(scheduler)
     if address is None:
-        return execute(plan, overwrite=overwrite, on_start=on_start, progress=progress)
+        return execute(plan, overwrite=overwrite, compact=compact, on_start=on_start, progress=progress)
     with connect(address) as client:
-        return execute(plan, overwrite=overwrite, client=client, on_start=on_start, progress=progress)
+        return execute(plan, overwrite=overwrite, compact=compact, client=client, on_start=on_start,
+                       progress=progress)
 
 
 def evaluate(

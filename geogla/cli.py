@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from geogla.errors import ConfigError, GeoglaError, UserInputError
+from geogla.units import format_bytes, format_duration, format_elapsed
 
 if TYPE_CHECKING:
 
-    from geogla.pipelines.run import Progress
+    from geogla.pipelines.run import Progress, RunResult
 
 RANDOM_WEIGHTS_BANNER = (
     "WARNING: --weights random: CLIP (and the VFM, where the preset has one) has RANDOM weights. The "
@@ -45,10 +46,13 @@ class ProgressPrinter:
             f"{k} {p.done[k]}/{p.total[k]}" for k in p.total if p.total[k] > 1 or k == "attend"
         )
         rate = p.windows_per_second()
-        left = p.seconds_left()
         tail = f", {rate:.1f} windows/s" if rate else ""
-        tail += f", ~{left:.0f}s of encoding left" if left and p.windows_done < p.windows_total else ""
-        line = f"{stages}{tail} [{p.elapsed:.0f}s]"
+        left = p.seconds_left()
+        if left:
+            # "~": from the plan, not yet from the stage's own pace
+            tail += ", left: " + ", ".join(f"{stage} {'' if own else '~'}{format_duration(sec)}"
+                                           for stage, (sec, own) in left.items())
+        line = f"{stages}{tail} [{format_elapsed(p.elapsed)}]"
         if self.tty:
             sys.stderr.write("\r" + line.ljust(self._width) + ("\n" if finished else ""))
             self._width = len(line)
@@ -191,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on the Dask cluster of this scheduler, e.g. tcp://head:8786 (default: "
                           "$DASK_SCHEDULER_ADDRESS, else a local cluster in this process)")
     run.add_argument("--overwrite", action="store_true", help="discard a run store made with other settings")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (windows, attention, disk, time) and stop: nothing is computed or written",
+    )
+    run.add_argument("--compact", action="store_true",
+                     help="at the end, drop the store's keys and values (a rerun with other classes still "
+                          "reuses it; one with other attention settings encodes again)")
     _add_verbosity(run)
     _add_eval_parser(sub)
     _add_models_parser(sub)
@@ -238,9 +250,13 @@ def _run(args: argparse.Namespace) -> int:
         store=args.store,
         scheduler=args.scheduler,
         overwrite=args.overwrite,
+        compact=args.compact,
+        dry_run=args.dry_run,
         on_start=start,
         progress=None if _flag(args, "quiet") else ProgressPrinter(),
     )
+    if args.dry_run:
+        return _print_plan(result, args.out)
     if result.valid_windows == 0:
         print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
@@ -254,7 +270,54 @@ def _run(args: argparse.Namespace) -> int:
               f"{m['pixel_accuracy']:.2f}%{caveat}")
     spent = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.timings.items()) if v >= 0.05)
     print(f"done in {result.wall:.1f}s ({spent})", file=sys.stderr)
+    print(_store_note(result), file=sys.stderr)
     return 0
+
+
+def _print_plan(result: RunResult, out_dir: str) -> int:
+    """``geogla run --dry-run``: the plan on stdout; exit 2 when it does not fit on the disk."""
+    from geogla.pipelines.footprint import REFERENCE_MACHINE, check_disk, disk_needs
+
+    fp = result.footprint
+    assert fp is not None
+    rows, cols = fp.token_grid
+    store = ", ".join(f"{part} {format_bytes(size)}" for part, size in fp.store.items() if size)
+    lines = [
+        f"windows    {fp.windows:,}, {rows}x{cols} = {rows * cols:,} tokens each, {fp.tokens:,} in all",
+        f"attention  {fp.algorithm}",
+        f"run store  {format_bytes(fp.store_bytes)} at {result.store_url} ({store}); "
+        f"{format_bytes(fp.compacted_bytes)} after --compact",
+        f"outputs    at most {format_bytes(fp.output_bytes)} in {out_dir}",
+    ]
+    lines += [f"disk       {format_bytes(need.size)} needed on the disk of {need.folder}, "
+              f"{format_bytes(need.free)} free" for need in disk_needs(fp, result.store_url, out_dir)]
+    if fp.seconds:
+        stages = ", ".join(f"{stage} {format_duration(sec)}" for stage, sec in fp.seconds.items())
+        lines.append(
+            f"time       about {format_duration(sum(fp.seconds.values()))} ({stages}), from benchmark "
+            f"figures of a {REFERENCE_MACHINE}; this machine was not measured"
+        )
+    else:
+        lines.append("time       no benchmark figures for this model, device and precision")
+    print("\n".join(lines))
+    check_disk(fp, result.store_url, out_dir)
+    print("nothing was computed or written (--dry-run)", file=sys.stderr)
+    return 0
+
+
+def _store_note(result: RunResult) -> str:
+    """What the run store now takes and what to do with it."""
+    url = result.store_url
+    size = f"{format_bytes(result.store_bytes)}" if result.store_bytes else "size not measured (remote)"
+    if result.compacted:
+        return (f"run store {url}: {size}, compacted (a rerun with other classes reuses it; remove it when "
+                "no rerun is planned, the outputs do not need it).")
+    after = result.footprint.compacted_bytes if result.footprint else 0
+    return (
+        f"run store {url}: {size}; the outputs do not need it: remove it, or keep it to rerun with other "
+        "classes without encoding again (rerun with --compact to keep only that, about "
+        f"{format_bytes(after)})."
+    )
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction[Any]) -> None:

@@ -28,6 +28,10 @@ class OutputError(UserInputError):
     """The output folder or store cannot be written."""
 
 
+class DiskSpaceError(OutputError):
+    """The run store and outputs would not fit in the free space of their disks."""
+
+
 class WeightsError(UserInputError):
     """Model weights cannot be found or loaded; the message says how to provide them."""
 

@@ -3,6 +3,7 @@ is padded to before the encoders see it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,29 +103,44 @@ class WindowGrid:
         """Return ``(y1, x1, y2, x2)`` of window ``index`` in image pixels."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        i, j = divmod(index, self.cols)
-        y2 = min(i * self.stride + self.crop, self.height)
-        x2 = min(j * self.stride + self.crop, self.width)
-        return max(y2 - self.crop, 0), max(x2 - self.crop, 0), y2, x2
+        y1, x1, y2, x2 = self.boxes(np.array([index]))[0].tolist()
+        return y1, x1, y2, x2
 
-    def boxes(self) -> np.ndarray:
-        """All windows as an ``(L, 4)`` int64 array of ``(y1, x1, y2, x2)``."""
-        return np.array([self.window(k) for k in range(len(self))], dtype=np.int64).reshape(-1, 4)
+    @functools.cached_property
+    def _row_starts(self) -> np.ndarray:
+        return _starts(self.rows, self.height, self.crop, self.stride)
 
-    def token_offsets(self, token_size: int) -> np.ndarray:
-        """Each window's top-left ``(row, col)`` on the scene's token grid, ``(L, 2)`` int64.
+    @functools.cached_property
+    def _col_starts(self) -> np.ndarray:
+        return _starts(self.cols, self.width, self.crop, self.stride)
+
+    def boxes(self, ids: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Windows ``ids`` (all when None) as an ``(n, 4)`` int64 array of ``(y1, x1, y2, x2)``,
+        computed from the grid's arithmetic (no per-window loop)."""
+        index = np.arange(len(self)) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        i, j = np.divmod(index, self.cols)
+        h, w = self.window_shape
+        y1, x1 = self._row_starts[i], self._col_starts[j]
+        return np.stack([y1, x1, y1 + h, x1 + w], axis=1).astype(np.int64)
+
+    def token_offsets(self, token_size: int, ids: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Windows ``ids`` (all when None): top-left ``(row, col)`` on the scene's token grid,
+        ``(n, 2)`` int64.
 
         Offsets are in tokens of ``token_size`` pixels, rounded down.  The canvas padding is the
         same for every window, so the offsets place the windows' token grids relative to each
         other; with a stride that is a multiple of the token size they are exact.
         """
-        return self.boxes()[:, :2] // token_size
+        return self.boxes(ids)[:, :2] // token_size
 
     def windows_intersecting(self, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:
-        """Indices of the windows that overlap the pixel block ``[y1:y2, x1:x2]``."""
-        b = self.boxes()
-        hit = (b[:, 0] < y2) & (b[:, 2] > y1) & (b[:, 1] < x2) & (b[:, 3] > x1)
-        return np.nonzero(hit)[0]
+        """Indices (ascending) of the windows that overlap the pixel block ``[y1:y2, x1:x2]``;
+        from the window rows' and columns' starts, whatever the number of windows."""
+        h, w = self.window_shape
+        rows = _overlapping(self._row_starts, h, y1, y2)
+        cols = _overlapping(self._col_starts, w, x1, x2)
+        ids: np.ndarray = (rows[:, None] * self.cols + cols[None, :]).reshape(-1)
+        return ids
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Window edges inside the image: ``(row_edges, col_edges)``.
@@ -132,9 +148,9 @@ class WindowGrid:
         An edge at row ``e`` separates pixel rows ``e - 1`` and ``e``; only edges with
         ``0 < e < height`` (or width) count.  Used by the Boundary Error Rate.
         """
-        b = self.boxes()
-        rows = np.unique(np.concatenate([b[:, 0], b[:, 2]]))
-        cols = np.unique(np.concatenate([b[:, 1], b[:, 3]]))
+        h, w = self.window_shape
+        rows = np.unique(np.concatenate([self._row_starts, self._row_starts + h]))
+        cols = np.unique(np.concatenate([self._col_starts, self._col_starts + w]))
         return rows[(rows > 0) & (rows < self.height)], cols[(cols > 0) & (cols < self.width)]
 
     def edges_on(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,3 +159,18 @@ class WindowGrid:
         rows, cols = self.edges()
         return (np.round(rows * (height / self.height)).astype(np.int64),
                 np.round(cols * (width / self.width)).astype(np.int64))
+
+
+def _starts(count: int, extent: int, crop: int, stride: int) -> np.ndarray:
+    """First pixel of each of ``count`` windows along a side of ``extent`` pixels: every
+    ``stride`` pixels, the last ones shifted back to end on the edge (0 where the side is
+    shorter than ``crop``)."""
+    return np.minimum(np.arange(count, dtype=np.int64) * stride, max(extent - crop, 0))
+
+
+def _overlapping(starts: np.ndarray, length: int, lo: int, hi: int) -> np.ndarray:
+    """Indices of the intervals ``[starts[k], starts[k] + length)`` (``starts`` ascending) that
+    meet ``[lo, hi)``."""
+    first = int(np.searchsorted(starts + length, lo, side="right"))
+    stop = int(np.searchsorted(starts, hi, side="left"))
+    return np.arange(first, max(first, stop), dtype=np.int64)

@@ -8,7 +8,8 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
       windows/valid     (L,)        bool     False: window is all nodata, not encoded
       windows/encoded   (L,)        bool     per-window done flags of the encode stage
       windows/attended  (L,)        bool     per-window done flags of the attend stage
-      keys              (L, N, Dk)  float16  VFM keys, L2-normalised
+      keys              (L, N, Dk)  int16    VFM keys, L2-normalised, in units of key_scale
+      key_scale         (L, N)      float32  per token: its largest key magnitude / 32767
       values            (L, Nv, Dv) float16  CLIP last-block value tokens on CLIP's own grid
                                              (``value_grid``, Nv tokens); resized to the key grid
                                              when read (:func:`geogla.models.clip.resize_token_grid`)
@@ -23,10 +24,13 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
 Window arrays are chunked (keys and values: sharded) by encode batch and the rasters by output
 block, so that every task writes whole chunks (shards) that no other task touches.  Keys and
 values hold one window per inner chunk, so attention reads single windows cheaply.  Done flags
-are written after the data they mark.  Keys, values and features are 16-bit floats (float16: the
-keys and features are unit vectors, where its 11 significant bits are 8x finer than bfloat16's,
-and the values are far inside its range), stored uncompressed: floats this dense barely compress,
-and the store's size is then known before the run (:func:`window_bytes`).
+are written after the data they mark.  Keys, values and features take 16 bits a number, stored
+uncompressed (dense floats barely compress, and the store's size is then known before the run,
+:func:`window_bytes`): the values and features as float16 (unit vectors and values far inside
+its range; its 11 significant bits are 8x finer than bfloat16's), the keys as 16-bit integers
+times a float32 scale per token (:func:`quantize_keys`), because the attention's similarities
+and thresholds are sensitive to the keys' absolute error, which float16 makes 4 to 10 times
+larger on their typical components.
 
 Three fingerprints guard what is stored (:data:`geogla.runconfig.FINGERPRINT_LEVELS`): a store
 whose *encode* fingerprint differs is refused; when only the *attend* or *classify* one differs
@@ -58,9 +62,12 @@ from geogla.scene import Scene
 
 #: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
 #: and the token grid is ``token_grid`` (rows, cols).  5: keys, values and features in float16,
-#: uncompressed, and the values on CLIP's own grid (``value_grid``).
-FORMAT = 5
-#: dtype of keys, values and features in the store.
+#: uncompressed, and the values on CLIP's own grid (``value_grid``).  6: keys in 16-bit integers
+#: with a float32 scale per token (``key_scale``).
+FORMAT = 6
+#: dtype of the keys in the store: integers times a scale per token (:func:`quantize_keys`).
+KEY_DTYPE = np.int16
+#: dtype of the values and features in the store.
 VECTOR_DTYPE = np.float16
 
 
@@ -78,10 +85,89 @@ STAGES = ("text", "summary")
 
 def window_bytes(token_grid: tuple[int, int], value_grid: tuple[int, int], key_dim: int, value_dim: int,
                  embed_dim: int) -> tuple[int, int, int]:
-    """Bytes one window takes in a run store: its keys, its values (on CLIP's grid), its features."""
+    """Bytes one window takes in a run store: its keys (with their scales), its values (on CLIP's
+    grid), its features."""
     tokens, value_tokens = token_grid[0] * token_grid[1], value_grid[0] * value_grid[1]
     size = np.dtype(VECTOR_DTYPE).itemsize
-    return size * tokens * key_dim, size * value_tokens * value_dim, size * tokens * embed_dim
+    keys = tokens * (np.dtype(KEY_DTYPE).itemsize * key_dim + 4)  # and one float32 scale per token
+    return keys, size * value_tokens * value_dim, size * tokens * embed_dim
+
+
+def quantize_keys(keys: np.ndarray, dtype: np.dtype[Any] | type[np.generic]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ``(..., D)`` (float) as a run store of key dtype ``dtype`` keeps them: ``(stored, scale)``
+    with ``keys ~= stored * scale[..., None]`` (:func:`dequantize_keys`).
+
+    For an integer dtype, each token's vector is rounded to integers in units of its largest
+    magnitude over the dtype's largest integer (scale float32): for unit keys of a few hundred
+    dimensions, an absolute error 4 to 10 times smaller than float16's on the typical component,
+    which is what the attention's similarities and thresholds see (docs/benchmarks.md: float16 keys
+    changed 0.17% of the labels on a real raster, these 0.004%).  For a float dtype, a cast and
+    scale 1.  Non-finite keys raise ValueError.
+    """
+    keys = np.asarray(keys, dtype=np.float32)
+    if not np.isfinite(keys).all():
+        raise ValueError("keys hold infinities or NaNs")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "i":
+        return keys.astype(dtype), np.ones(keys.shape[:-1], dtype=np.float32)
+    top = np.iinfo(dtype).max
+    scale = (np.abs(keys).max(axis=-1) / top).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0))  # an all-zero token stays zero
+    stored = np.clip(np.rint(keys / safe[..., None]), -top, top).astype(dtype)
+    return stored, safe
+
+
+def dequantize_keys(stored: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 keys of :func:`quantize_keys`'s ``(stored, scale)``."""
+    out: np.ndarray = stored.astype(np.float32) * scale[..., None]
+    return out
+def _layout(scene: Scene, config: RunConfig, dims: StoreDims) -> tuple[WindowGrid, dict[str, Any]]:
+    """The window grid of a run and the sizes its store records (token and value grids, widths)."""
+    grid = WindowGrid(*scene.work_shape, config.crop, config.stride, pad_to=dims["pad_to"])
+    canvas = grid.canvas
+    return grid, {
+        "token_size": dims["token_size"],
+        "token_grid": list(grid.token_grid(dims["token_size"])),
+        "value_grid": [canvas.height // dims["value_token_size"], canvas.width // dims["value_token_size"]],
+        "key_dim": dims["key_dim"],
+        "value_dim": dims["value_dim"],
+        "embed_dim": dims["embed_dim"],
+    }
+
+
+def planned_bytes(scene: Scene, config: RunConfig, dims: StoreDims) -> dict[str, int]:
+    """Bytes a finished run store of ``scene`` under ``config`` takes, by part, computed before it
+    exists: the window vectors exactly (uncompressed, every window assumed to hold data: an
+    all-nodata window's chunks are never written), the far summary of scalable attention as
+    :func:`geogla.gla.prototypes.summary_bytes` estimates it, the class raster exactly
+    (uncompressed too) and the probabilities and small arrays uncompressed (they compress: an
+    upper bound)."""
+    from geogla.gla import choose_algorithm  # the gla package imports torch
+    from geogla.gla.prototypes import summary_bytes
+
+    grid, layout = _layout(scene, config, dims)
+    n_windows = len(grid)
+    keys, values, features = window_bytes(tuple(layout["token_grid"]), tuple(layout["value_grid"]),
+                                          dims["key_dim"], dims["value_dim"], dims["embed_dim"])
+    tokens = n_windows * math.prod(layout["token_grid"])
+    summary = 0
+    if choose_algorithm(config.attention, tokens) == "scalable":
+        summary = summary_bytes(tokens, dims["key_dim"], dims["value_dim"], config.attention)
+    height, width = scene.georef.shape
+    chunk_h, chunk_w = _raster_chunks(height, width, config.block)
+    chunks = -(-height // chunk_h) * -(-width // chunk_w)  # written whole, edge chunks too
+    raster_layers = 1 + (len(config.classes) if config.save_probabilities else 0)  # probabilities: at most
+    return {
+        "keys": n_windows * keys,
+        "values": n_windows * values,
+        "features": n_windows * features,
+        "summary": summary,
+        "rasters": raster_layers * chunks * chunk_h * chunk_w,
+        # window boxes and flags, prompt embeddings
+        "other": n_windows * (16 + 3) + 4 * len(config.classes.prompts) * dims["embed_dim"],
+    }
+
+
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
 _LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
                  "classify": ("text", "classes", "probabilities", "blocks/stitched", "done/text")}
@@ -137,16 +223,9 @@ class RunStore:
         later stages.
         """
         fps = fingerprints(scene, config)
-        grid = WindowGrid(*scene.work_shape, config.crop, config.stride, pad_to=pad_to)
-        canvas = grid.canvas
-        dims: dict[str, Any] = {
-            "token_size": token_size,
-            "token_grid": list(grid.token_grid(token_size)),
-            "value_grid": [canvas.height // value_token_size, canvas.width // value_token_size],
-            "key_dim": key_dim,
-            "value_dim": value_dim,
-            "embed_dim": embed_dim,
-        }
+        grid, dims = _layout(scene, config, StoreDims(pad_to=pad_to, token_size=token_size,
+                                                      value_token_size=value_token_size, key_dim=key_dim,
+                                                      value_dim=value_dim, embed_dim=embed_dim))
         if _store_exists(url) and _interrupted_creation(url):
             _remove_store(url)  # killed while being created: nothing in it is worth keeping
         if _store_exists(url):
@@ -182,7 +261,7 @@ class RunStore:
         )
         group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
         group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
-        _create_window_vectors(group, "keys", L, math.prod(dims["token_grid"]), key_dim, B)
+        _create_key_arrays(group, L, math.prod(dims["token_grid"]), key_dim, B)
         _create_window_vectors(group, "values", L, math.prod(dims["value_grid"]), value_dim, B)
         store = cls(url, group)
         store._create_level_arrays("attend", scene, config, dims)
@@ -191,12 +270,12 @@ class RunStore:
         return store, False
 
     def _write_meta(self, scene: Scene, config: RunConfig, fps: dict[str, str], grid: WindowGrid,
-                    dims: dict[str, Any]) -> None:
+                    dims: dict[str, Any], compacted: bool = False) -> None:
         self.group.attrs["geogla"] = {
             "format": FORMAT, "fingerprints": fps, "scene": scene.to_json(), "config": config.to_json(),
             "grid": {"height": grid.height, "width": grid.width, "crop": grid.crop, "stride": grid.stride,
                      "pad_to": grid.pad_to},
-            **dims}
+            "compacted": compacted, **dims}
 
     def _create_level_arrays(self, level: str, scene: Scene, config: RunConfig, dims: dict[str, Any]) -> None:
         g = self.group
@@ -211,14 +290,22 @@ class RunStore:
         blk, P, C = config.block, len(config.classes.prompts), len(config.classes)
         g.create_array("text", shape=(P, E), chunks=(max(P, 1), E), dtype="float32", fill_value=0.0,
                        overwrite=True)
+        # uncompressed, so that the store's size is known beforehand: one byte per pixel, next to
+        # the window vectors' 13 (tiny model) to 180 (default)
         g.create_array(
-            "classes", shape=(H, W), chunks=(blk, blk), dtype="uint8", fill_value=255, overwrite=True
+            "classes",
+            shape=(H, W),
+            chunks=_raster_chunks(H, W, blk),
+            dtype="uint8",
+            fill_value=255,
+            compressors=None,
+            overwrite=True,
         )
         if config.save_probabilities:
             g.create_array(
                 "probabilities",
                 shape=(C, H, W),
-                chunks=(C, blk, blk),
+                chunks=(C, *_raster_chunks(H, W, blk)),
                 dtype="uint8",
                 fill_value=0,
                 overwrite=True,
@@ -232,19 +319,29 @@ class RunStore:
         changed = [lvl for lvl in ("attend", "classify") if old.get(lvl) != fps[lvl]]
         if "attend" in changed and "classify" not in changed:
             changed.append("classify")  # class results are made from the attended features
+        compacted = self.compacted
         if not changed:
-            self._write_meta(scene, config, fps, self.grid, dims)  # execution-only settings may differ
+            # execution-only settings may differ
+            self._write_meta(scene, config, fps, self.grid, dims, compacted=compacted)
             return
         # Invalidate first: a run killed during the reset must not trust half-reset arrays.
         meta = self.meta
         meta["fingerprints"] = {**old, **{lvl: "" for lvl in changed}}
         self.group.attrs["geogla"] = meta
+        if compacted and "attend" in changed:
+            # other attention needs the keys and values that compacting dropped: encode again
+            L, B, g = len(self.grid), config.batch_size, self.group
+            _create_key_arrays(g, L, math.prod(dims["token_grid"]), dims["key_dim"], B)
+            _create_window_vectors(g, "values", L, math.prod(dims["value_grid"]), dims["value_dim"], B)
+            self.group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
+                                    overwrite=True)
+            compacted = False
         for level in changed:
             for name in _LEVEL_ARRAYS[level]:
                 if name in self.group:
                     del self.group[name]
             self._create_level_arrays(level, scene, config, dims)
-        self._write_meta(scene, config, fps, self.grid, dims)
+        self._write_meta(scene, config, fps, self.grid, dims, compacted=compacted)
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -294,6 +391,20 @@ class RunStore:
         g = self.scene.georef
         return _blocks(g.height, g.width, self.config.block)
 
+    def block_count(self) -> int:
+        """Number of output blocks (:meth:`blocks`)."""
+        g, size = self.scene.georef, self.config.block
+        return -(-g.height // size) * -(-g.width // size)
+
+    def block(self, index: int) -> tuple[int, int, int, int]:
+        """Output block ``index`` of :meth:`blocks`, computed alone."""
+        g, size = self.scene.georef, self.config.block
+        per_row = -(-g.width // size)
+        if not 0 <= index < self.block_count():
+            raise IndexError(index)
+        y, x = divmod(index, per_row)
+        return y * size, x * size, min((y + 1) * size, g.height), min((x + 1) * size, g.width)
+
     def array(self, name: str) -> zarr.Array[Any]:
         arr = self.group[name]
         assert isinstance(arr, zarr.Array)
@@ -313,15 +424,33 @@ class RunStore:
             del self.group[name]
         group = self.group.create_group(name)
         for key, data in arrays.items():
-            group.create_array(
-                key, data=np.ascontiguousarray(data), chunks=data.shape if data.ndim else "auto"
-            )
+            # uncompressed: floats barely compress, and the store's size is then known beforehand
+            group.create_array(key, data=np.ascontiguousarray(data),
+                               chunks=data.shape if data.ndim else "auto", compressors=None)
 
     def read_tensors(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of group ``name`` written by :meth:`write_tensors`."""
         group = self.group[name]
         assert isinstance(group, zarr.Group)
         return {key: np.asarray(arr[...]) for key, arr in group.arrays()}
+
+    # -- compacting ----------------------------------------------------------------------------
+    @property
+    def compacted(self) -> bool:
+        """Whether :meth:`compact` dropped the keys, values and summary."""
+        return bool(self.meta.get("compacted", False))
+
+    def compact(self) -> None:
+        """Drop what only a rerun with other attention settings reads: the keys, the values and the
+        far summary (most of the store).  The attended features, the text embeddings and the
+        class raster stay, so a rerun with other classes still costs no encoder or attention
+        time; a rerun with other attention settings encodes the windows again."""
+        meta = self.meta
+        meta["compacted"] = True
+        self.group.attrs["geogla"] = meta  # first: a store killed while compacting is known to lack them
+        for name in ("keys", "key_scale", "values", "summary"):
+            if name in self.group:
+                del self.group[name]
 
     # -- stage markers -------------------------------------------------------------------------
     @property
@@ -337,21 +466,33 @@ class RunStore:
         self.group.require_group(f"done/{stage}")
 
 
-def _create_window_vectors(
-    group: zarr.Group, name: str, n_windows: int, tokens: int, dim: int, batch: int
-) -> None:
-    """An ``(L, tokens, dim)`` array of 16-bit vectors per window: one window per chunk (single windows
-    read cheaply), one encode batch per shard (each task writes its own), uncompressed."""
+def _create_window_vectors(group: zarr.Group, name: str, n_windows: int, tokens: int, dim: int, batch: int,
+                           dtype: type[np.generic] | None = None) -> None:
+    """An ``(L, tokens, dim)`` array of vectors per window (``dtype``, default :data:`VECTOR_DTYPE`):
+    one window per chunk (single windows read cheaply), one encode batch per shard (each task writes
+    its own), uncompressed."""
     group.create_array(
         name,
         shape=(n_windows, tokens, dim),
         chunks=(1, tokens, dim),
         shards=(batch, tokens, dim),
-        dtype=VECTOR_DTYPE,
-        fill_value=0.0,
+        dtype=VECTOR_DTYPE if dtype is None else dtype,
+        fill_value=0,
         compressors=None,
         overwrite=True,
     )
+
+
+def _create_key_arrays(group: zarr.Group, n_windows: int, tokens: int, dim: int, batch: int) -> None:
+    """``keys`` in :data:`KEY_DTYPE` and their ``key_scale`` per token, chunked as the window vectors."""
+    _create_window_vectors(group, "keys", n_windows, tokens, dim, batch, KEY_DTYPE)
+    group.create_array("key_scale", shape=(n_windows, tokens), chunks=(1, tokens), shards=(batch, tokens),
+                       dtype="float32", fill_value=0.0, compressors=None, overwrite=True)
+
+
+def _raster_chunks(height: int, width: int, block: int) -> tuple[int, int]:
+    """Chunks of the rasters: one output block each (no larger than the raster)."""
+    return min(block, height), min(block, width)
 
 
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:

@@ -102,7 +102,7 @@ def test_predict_labels_equals_the_run_stitching_at_the_same_size(tmp_path: Path
     # ... equal to one bilinear resize of the whole working canvas (the protocol's), up to labels
     # whose probabilities tie within float32 rounding of the other summation order
     text = torch.from_numpy(store.read("text"))
-    canvas, _ = stages.working_logits(store, (0, 0, 250, 300), text, store.read("windows/valid"))
+    canvas, _ = stages.working_logits(store, (0, 0, 250, 300), text)
     whole = F.interpolate(canvas[None], size=(500, 600), mode="bilinear", align_corners=False)[0]
     probs = stitching.class_probabilities(whole, config.classes, config.logit_scale)
     expected = stitching.labels_from_probabilities(probs, config.classes).numpy()

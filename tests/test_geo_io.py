@@ -50,8 +50,7 @@ def test_gsd_stitching_equals_a_whole_canvas_resize(scene_tif: Path, tmp_path: P
     store = RunStore.open(result.store_url)
     scene = store.scene
     text = torch.from_numpy(store.read("text"))
-    valid = store.read("windows/valid")
-    canvas, _ = stages.working_logits(store, (0, 0, *scene.work_shape), text, valid)
+    canvas, _ = stages.working_logits(store, (0, 0, *scene.work_shape), text)
     whole = F.interpolate(canvas[None], size=scene.georef.shape, mode="bilinear", align_corners=False)[0]
     expected = stitching.class_probabilities(whole, config.classes, config.logit_scale)
     got = torch.from_numpy(store.read("probabilities").astype(np.float32)) / 255

@@ -808,8 +808,9 @@ def test_summaries_count_the_built_models(tiny: SegmentationModel) -> None:
     clip_params = sum(p.numel() for p in tiny.clip.model.parameters())
     assert small.clip_image_params + small.clip_text_params == clip_params
     assert tiny.vfm is not None and small.vfm_params == sum(p.numel() for p in _vfm(tiny).model.parameters())
-    # float16; the values on CLIP's 14 x 14 grid, the keys and features on DINO's 28 x 28
-    assert small.window_bytes == (784 * 64 * 2, 196 * 64 * 2, 784 * 32 * 2)
+    # 16 bits a number (and a float32 scale per key token); the values on CLIP's 14 x 14 grid, the
+    # keys and features on DINO's 28 x 28
+    assert small.window_bytes == (784 * (64 * 2 + 4), 196 * 64 * 2, 784 * 32 * 2)
     default = summarize("default")  # OpenAI CLIP ViT-B/16 and DINO ViT-B/8, as published
     clip_params = default.clip_image_params + default.clip_text_params
     assert (clip_params, default.vfm_params) == (149_620_737, 85_807_872)

@@ -16,7 +16,7 @@ from geogla.errors import StoreError
 from geogla.models import RandomWeightsWarning, SegmentationModel, create_model
 from geogla.runconfig import RunConfig
 from geogla.scene import SceneReader, open_scene
-from geogla.store import FORMAT, RunStore, window_bytes
+from geogla.store import FORMAT, RunStore, dequantize_keys, quantize_keys, window_bytes
 from tests.conftest import structured_rgb, write_geotiff
 
 pytestmark = [pytest.mark.filterwarnings("ignore::geogla.models.weights.RandomWeightsWarning")]
@@ -78,22 +78,29 @@ def test_the_store_keeps_16_bit_vectors_uncompressed_and_the_values_on_clips_gri
     stages.embed_text(store.url)
     stages.attend_all(store.url)
     assert store.value_grid == (14, 14) and store.token_grid == (28, 28)
-    shapes = {name: store.array(name).shape for name in ("keys", "values", "features")}
-    assert shapes == {"keys": (2, 784, 64), "values": (2, 196, 64), "features": (2, 784, 32)}
-    for name in shapes:
-        array = store.array(name)
-        assert array.dtype == np.float16 and not array.compressors, name
+    names = ("keys", "key_scale", "values", "features")
+    shapes = {name: store.array(name).shape for name in names}
+    assert shapes == {"keys": (2, 784, 64), "key_scale": (2, 784), "values": (2, 196, 64),
+                      "features": (2, 784, 32)}
+    dtypes = {name: store.array(name).dtype for name in names}
+    assert dtypes == {"keys": np.int16, "key_scale": np.float32, "values": np.float16, "features": np.float16}
+    assert not any(store.array(name).compressors for name in names)
     per_window = sum(window_bytes(store.token_grid, store.value_grid, 64, 64, 32))
-    stored = sum(f.stat().st_size for name in shapes for f in (tmp_path / "s.zarr" / name).rglob("*")
+    stored = sum(f.stat().st_size for name in names for f in (tmp_path / "s.zarr" / name).rglob("*")
                  if f.is_file() and f.name != "zarr.json")
     # the shards hold the bytes and a small index (16 bytes per inner chunk)
-    assert per_window * 2 <= stored <= per_window * 2 + 16 * 2 * 2 + 1024
-    # The values come back on the key grid as the encoder gives them there (CLIP's values resized),
-    # but for the float16 rounding of what is stored: each is a convex combination of stored values,
-    # each within 2^-12 relative of the value it stands for, so within 2^-11 of the largest of them.
+    assert per_window * 2 <= stored <= per_window * 2 + 16 * 2 * len(names) + 1024
+    # The keys come back within half a step of their token's scale (and float32 rounding of it).
     model = stages.model_for(store)
     with SceneReader(store.scene) as reader:
         canvas = store.grid.canvas.place(*reader.read(store.grid.window(0)), model.pad_colour)
+    keys = model.encode_keys(torch.from_numpy(canvas)[None])[0].float()
+    got_keys = stages.StoreWindows(store, np.arange(2)).keys([0])[0]
+    step = torch.from_numpy(store.read("key_scale", 0))[:, None]
+    assert bool(((got_keys - keys).abs() <= step / 2 * (1 + 1e-3) + 2**-24 * keys.abs()).all())
+    # The values come back on the key grid as the encoder gives them there (CLIP's values resized),
+    # but for the float16 rounding of what is stored: each is a convex combination of stored values,
+    # each within 2^-12 relative of the value it stands for, so within 2^-11 of the largest of them.
     want = model.encode_values(torch.from_numpy(canvas)[None])[0]
     got = stages.StoreWindows(store, np.arange(2)).values([0])[0]
     assert got.shape == (784, 64) and got.dtype == torch.float32
@@ -111,3 +118,27 @@ def test_a_store_of_another_format_or_precision_is_refused(tmp_path: Path) -> No
     group.attrs["geogla"] = meta
     with pytest.raises(StoreError, match="another scene or configuration"):  # keys of other precision
         _store(tmp_path, precision="bfloat16")
+
+
+def test_keys_are_stored_as_integers_in_units_of_their_tokens_largest_magnitude() -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(3, 50, 64))
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    keys[1, 7] = 0.0  # a padding token
+    stored, scale = quantize_keys(keys, np.int16)
+    assert stored.dtype == np.int16 and scale.dtype == np.float32 and scale.shape == (3, 50)
+    assert int(np.abs(stored).max(axis=-1).min(initial=32767, where=scale != 1)) == 32767
+    back = dequantize_keys(stored, scale)
+    assert not back[1, 7].any()
+    # half a step of the token's scale, and the float32 rounding of the product
+    assert bool((np.abs(back - keys) <= scale[..., None] / 2 * (1 + 1e-6) + 2**-24 * np.abs(keys)).all())
+    # a typical component's error is several times below float16's
+    err16 = np.abs(keys.astype(np.float16).astype(np.float64) - keys).mean()
+    assert np.abs(back - keys).mean() < err16 / 4
+    # a float key dtype is a cast, scale 1
+    cast, ones = quantize_keys(keys, np.float32)
+    assert (
+        cast.dtype == np.float32 and bool((ones == 1).all()) and np.array_equal(cast, keys.astype(np.float32))
+    )
+    with pytest.raises(ValueError, match="infinities"):
+        quantize_keys(np.full((2, 4), np.inf), np.int16)

@@ -167,7 +167,7 @@ def test_windows_are_padded_and_their_logits_cut_like_the_reference(
         logits[:, y1:y2, x1:x2] += up[:, top:top + y2 - y1, left:left + x2 - x1]
         count[y1:y2, x1:x2] += 1
     expected = logits / count
-    ours, covered = stages.working_logits(store, (0, 0, *shape), text, store.read("windows/valid"))
+    ours, covered = stages.working_logits(store, (0, 0, *shape), text)
     assert bool((covered > 0).all())
     # The store keeps features in float16: a cosine moves by at most |feature error| <= 2^-12 sqrt(E)
     # (plus float32 sums of other lengths, ~1e-7).

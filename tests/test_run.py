@@ -299,14 +299,37 @@ def test_progress_lines_are_throttled_off_a_terminal(capsys: pytest.CaptureFixtu
 
     printer = ProgressPrinter(interval=10.0)
     total = {"encode": 4, "attend": 1, "stitch": 2}
+    planned = {"encode": 20.0, "attend": 600.0, "stitch": 7300.0}
     for elapsed, enc in ((1.0, 1), (2.0, 2), (12.0, 3)):
         printer(Progress(done={"encode": enc, "attend": 0, "stitch": 0}, total=total, windows_done=8 * enc,
-                         windows_total=32, elapsed=elapsed))
+                         windows_total=32, elapsed=elapsed, worked={"encode": enc}, started={"encode": 0.0},
+                         planned=planned))
     printer(Progress(done=dict(total), total=total, windows_done=32, windows_total=32, elapsed=13.0))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3  # t=1, t=12 (10 s later), and the finished state
-    assert lines[1] == "encode 3/4 | attend 0/1 | stitch 0/2, 2.0 windows/s, ~4s of encoding left [12s]"
+    # encode at its own pace (4 s a task), the others from the plan ("~")
+    assert lines[1] == ("encode 3/4 | attend 0/1 | stitch 0/2, 2.0 windows/s, left: encode <1m, attend ~10m, "
+                        "stitch ~2h02m [12s]")
     assert lines[2].startswith("encode 4/4 | attend 1/1 | stitch 2/2")
+
+
+def test_time_left_follows_each_stage_and_scales_the_plan_by_the_pace_so_far() -> None:
+    from geogla.pipelines.run import Progress
+
+    total = {"encode": 10, "attend": 4, "stitch": 2}
+    p = Progress(done={"encode": 10, "attend": 1, "stitch": 0}, total=total, windows_done=80,
+                 windows_total=80, elapsed=500.0, worked={"encode": 10, "attend": 1},
+                 started={"encode": 0.0, "attend": 400.0}, ended={"encode": 400.0},
+                 planned={"encode": 200.0, "attend": 100.0, "stitch": 30.0})
+    left = p.seconds_left()
+    assert left["attend"] == (300.0, True)  # 100 s for its one task, 3 to go
+    assert left["stitch"] == (60.0, False)  # encode took twice its plan: so will stitch
+    assert "encode" not in left
+    # resumed: tasks skipped at once do not set the pace
+    p = Progress(done={"encode": 6, "attend": 0, "stitch": 0}, total=total, windows_done=48,
+                 windows_total=80, elapsed=30.0, skipped_windows=40, worked={"encode": 1},
+                 started={"encode": 0.0})
+    assert p.seconds_left() == {"encode": (120.0, True)}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
@@ -341,3 +364,22 @@ def test_help_is_quick_and_does_not_import_torch() -> None:
     code = "import sys; from geogla.cli import main; main(['run', '--help']); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--classes" in done.stdout and done.stdout.strip().endswith("False")
+
+
+def _slow_stage(seconds: float) -> StageResult:
+    import time
+
+    time.sleep(seconds)
+    return StageResult({"sleep": seconds})
+
+
+def test_progress_is_reported_while_a_long_task_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geogla.pipelines import run as runmod
+
+    monkeypatch.setattr(runmod, "HEARTBEAT", 0.05)
+    wave = [runmod.Task("attend", f"sleep-{k}", _slow_stage, (0.4,)) for k in range(2)]
+    with runmod.embedded_client() as client:
+        seen = list(runmod._run_wave(client, wave, "heartbeat-test", runmod._Limit(client), {}))
+    finished = [item for item in seen if item is not None]
+    assert [task.name for task, _ in finished] == ["sleep-0", "sleep-1"]
+    assert seen.count(None) >= 2  # reported in between, without a finished task

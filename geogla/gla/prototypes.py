@@ -26,6 +26,7 @@ inputs and seed give the same summary, however the passes are batched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -73,6 +74,10 @@ class FarSample:
         anchor_key_sum: ``(M, Dk)`` sums of their keys, accumulate dtype (exact totals for the
             anchor control variates of :class:`geogla.gla.scalable._Work`).
         n_tokens: tokens per window ``N``.
+        n_windows: windows ``L`` of the source summarised (the ``L`` of the shift ``u``).
+
+    Windows are numbered as the source numbers them; :meth:`renumbered` gives a sample whose
+    window and token ids follow another numbering (a run store's window ids, or a task's own).
     """
 
     token: Tensor
@@ -90,6 +95,7 @@ class FarSample:
     anchor_count: Tensor
     anchor_key_sum: Tensor
     n_tokens: int
+    n_windows: int
 
     def strata(self, keys: Tensor) -> Tensor:
         """``(k, N)`` int64 stratum of every token of ``keys`` ``(k, N, Dk)``.
@@ -131,6 +137,21 @@ class FarSample:
         tokens = windows[:, None] * self.n_tokens + torch.arange(self.n_tokens, device=windows.device)
         return torch.isin(tokens, self.token[self.central])
 
+    def renumbered(self, old: Tensor, new: Tensor) -> FarSample:
+        """This sample with window ``old[k]`` renamed ``new[k]`` (``old`` ascending int64; a
+        token keeps its place in its window).  Representatives of windows not in ``old`` get
+        window and token -1: they are never in a near window, so they stay far.  With ``new``
+        ascending too, attention from the renumbered sample and a source numbered by ``new`` is
+        the same as from this one."""
+        old, new = old.to(self.window.device), new.to(self.window.device)
+        if old.numel() == 0:
+            window = torch.full_like(self.window, -1)
+        else:
+            at = torch.searchsorted(old, self.window).clamp_max(old.numel() - 1)
+            window = torch.where(old[at] == self.window, new[at], -1)
+        token = torch.where(window >= 0, window * self.n_tokens + self.token % self.n_tokens, -1)
+        return dataclasses.replace(self, window=window, token=token)
+
     def far_weights(self, near_windows: Tensor, near_count: Tensor) -> Tensor:
         """``(R,)`` weights of the representatives for queries whose near windows are given.
 
@@ -153,8 +174,9 @@ class FarSample:
         return weight.masked_fill_(near, 0.0).to(self.keys.dtype)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """Every field as a CPU tensor (``n_tokens`` as a 0-d int64), floats as float32: what a
-        run store keeps between the summary and the attend tasks (see :meth:`from_tensors`)."""
+        """Every field as a CPU tensor (``n_tokens`` and ``n_windows`` as 0-d int64), floats as
+        float32: what a run store keeps between the summary and the attend tasks (see
+        :meth:`from_tensors`)."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -171,13 +193,26 @@ class FarSample:
         kw: dict[str, object] = {}
         for f in fields(cls):
             t = data[f.name]
-            if f.name == "n_tokens":
+            if f.type in ("int", int):
                 kw[f.name] = int(t)
             elif t.is_floating_point():
                 kw[f.name] = t.to(device=device, dtype=cdtype if f.name == "values" else adtype)
             else:
                 kw[f.name] = t.to(device)
         return cls(**kw)  # type: ignore[arg-type]
+
+
+def summary_bytes(total_tokens: int, key_dim: int, value_dim: int, config: GLAConfig) -> int:
+    """Bytes of :meth:`FarSample.to_tensors` for a scene of ``total_tokens`` keys, before it is
+    computed: ``R = min(far_samples, T)`` representatives (their keys and values in float32, ids,
+    stratum and flag), and ``K = prototypes`` strata and at most as many anchors.  ``R`` can
+    exceed ``far_samples`` by up to ``K`` when the central keys leave some strata unsampled."""
+    reps = min(config.far_samples, total_tokens)
+    strata = config.prototypes
+    per_rep = 4 * (key_dim + value_dim) + 3 * 8 + 1
+    per_stratum = 4 * (2 * key_dim + value_dim) + 8
+    per_anchor = 4 * 2 * key_dim + 8
+    return reps * per_rep + strata * (per_stratum + per_anchor) + 4 * key_dim + 16
 
 
 def anchor_positives(anchors: Tensor, keys: Tensor, rho: float) -> Tensor:
@@ -352,6 +387,7 @@ def summarize(
         anchor_count=anchor_count,
         anchor_key_sum=anchor_sum,
         n_tokens=n_tokens,
+        n_windows=source.n_windows,
     )
 
 
@@ -435,6 +471,7 @@ def _every_token(
         anchor_count=torch.zeros(anchors.shape[0], dtype=torch.int64, device=device),
         anchor_key_sum=torch.zeros_like(anchors),
         n_tokens=n_tokens,
+        n_windows=source.n_windows,
     )
 
 

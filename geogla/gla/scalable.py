@@ -135,9 +135,7 @@ def near_groups(
     n_tokens = grid[0] * grid[1]
     lo = q_off.amin(dim=0)
     hi = q_off.amax(dim=0) + extent
-    # Only windows whose grown extent meets the query windows can be near one of their tokens.
-    meets = ((off_t - radius < hi) & (off_t + extent + radius > lo)).all(dim=1)
-    candidates = meets.nonzero().flatten().tolist()
+    candidates = _meeting(off_t, q_off, extent, radius)
     off = off_t.tolist()
     # Cut each axis where some window's extent or grown extent starts or ends: on every
     # segment the covering and near windows are constant.
@@ -195,6 +193,19 @@ def near_groups(
     return groups
 
 
+def _meeting(offsets: Tensor, query: Tensor, extent: Tensor, radius: int) -> list[int]:
+    """Windows (rows of ``offsets``) whose extent grown by ``radius`` meets one of the ``query``
+    windows' extents: the only ones that can be near one of their tokens.  Tested per query window,
+    not against their bounding box: a call's windows may span a row's end and the next row's
+    start, and windows near neither must not enter."""
+    meets = torch.zeros(offsets.shape[0], dtype=torch.bool)
+    for q0 in range(0, query.shape[0], 64):
+        q = query[q0:q0 + 64, None, :]
+        hit = (offsets[None] - radius < q + extent) & (offsets[None] + extent + radius > q)
+        meets |= hit.all(dim=2).any(dim=0)
+    return meets.nonzero().flatten().tolist()
+
+
 def _bisect(values: list[int], x: int) -> int:
     """Index of the first element of sorted ``values`` that is ``>= x``."""
     lo, hi = 0, len(values)
@@ -235,9 +246,12 @@ def attend_scalable(
 class ScalableAttention:
     """Scalable GLA for any subset of a scene's windows, given the scene's far summary.
 
-    Build it once per process from the :class:`FarSample` of all windows and their offsets; each
-    call computes ``A V`` for some query windows, reading only the windows near them from the
-    source.  Results do not depend on how the windows are split into calls.
+    Build it from the :class:`FarSample` of all windows and the ``offsets`` ``(W, 2)`` of the
+    windows of the source it will be called with, numbered as the sample numbers them: all the
+    scene's windows, or a part of the scene (a task's query windows and every window near them)
+    with the sample :meth:`~geogla.gla.prototypes.FarSample.renumbered` to the part's numbering.
+    Each call computes ``A V`` for some query windows, reading only the windows near them from
+    the source.  Results do not depend on how the windows are split into calls or parts.
     """
 
     def __init__(self, sample: FarSample, offsets: Tensor, config: GLAConfig, cdtype: torch.dtype,
@@ -250,7 +264,7 @@ class ScalableAttention:
         self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
         self.device = sample.keys.device
         self.offsets = offsets.to(device=self.device, dtype=torch.int64)
-        self.u = shift_factor(config, int(offsets.shape[0]))
+        self.u = shift_factor(config, sample.n_windows)  # all the scene's windows, not the part's
         # Which representatives are positives of each anchor (proxy mode), for the anchor
         # control variates of the proxy sums; none without proxy rounds.
         anchors = sample.anchors if config.proxy else sample.anchors[:0]

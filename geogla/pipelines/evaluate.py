@@ -321,14 +321,13 @@ def predict_labels(
     ``shape`` (:func:`geogla.stitching.block_logits`, in bands of :data:`BAND_ROWS` rows), then
     class probabilities, labels and the background rule; pixels no valid window covers are 255."""
     text = torch.from_numpy(store.read("text"))
-    valid = store.read("windows/valid")
     work_shape = store.scene.georef.shape  # an evaluation's store reads the working image as its file
     scale = (shape[0] / work_shape[0], shape[1] / work_shape[1])
     out = np.empty(shape, dtype=np.uint8)
     for r0 in range(0, shape[0], BAND_ROWS):
         band = (r0, 0, min(r0 + BAND_ROWS, shape[0]), shape[1])
         logits, covered = block_logits(
-            lambda box: stages.working_logits(store, box, text, valid), band, scale, work_shape
+            lambda box: stages.working_logits(store, box, text), band, scale, work_shape
         )
         labels = labels_from_probabilities(class_probabilities(logits, classes, logit_scale), classes)
         labels[~covered] = NODATA_CLASS

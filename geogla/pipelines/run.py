@@ -24,12 +24,13 @@ from typing import Any
 
 import dask
 from dask.base import tokenize
-from distributed import Client, Future, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, wait
 
 from geogla import stages
 from geogla.errors import ConfigError, StoreError
 from geogla.lock import RunLock
-from geogla.paths import absolute, make_output_dir
+from geogla.paths import absolute, is_url, make_output_dir
+from geogla.pipelines.footprint import Footprint, check_disk, footprint, used_bytes
 from geogla.pipelines.plan import RunPlan, plan_run
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene
@@ -50,6 +51,9 @@ class RunResult:
     wall: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     valid_windows: int = 0
+    footprint: Footprint | None = None  #: what the run was planned to take
+    store_bytes: int = 0  #: what its run store takes at the end (0 for a remote store)
+    compacted: bool = False  #: whether the run store was compacted (:meth:`RunStore.compact`)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
             Task("attend", f"attend-{k}", stages.attend_batches, (url, part))
             for k, part in enumerate(attend_parts(store))
         ],
-        [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(len(store.blocks()))],
+        [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(store.block_count())],
         last,
     ]
 
@@ -138,7 +142,7 @@ def _glibc() -> Any:
 def attend_parts(store: RunStore) -> list[list[int]]:
     """Encode batches grouped into attend tasks: all in one for exact attention (it needs every
     window at once), else about ``stages.ATTEND_TASK_WINDOWS`` windows per task."""
-    n_batches = len(stages.window_batches(store))
+    n_batches = stages.batch_count(store)
     if stages.store_algorithm(store) == "exact":
         return [list(range(n_batches))]
     per_task = max(1, stages.ATTEND_TASK_WINDOWS // store.config.batch_size)
@@ -147,7 +151,10 @@ def attend_parts(store: RunStore) -> list[list[int]]:
 
 @dataclass
 class Progress:
-    """How far a run is: tasks done per stage, windows encoded, and the time since it started."""
+    """How far a run is: tasks done (and done without being skipped) per stage, windows encoded,
+    when each stage started and ended and the time since the run started (seconds), and the seconds
+    each stage was planned to take (:attr:`geogla.pipelines.footprint.Footprint.seconds`; may be
+    empty)."""
 
     done: dict[str, int]
     total: dict[str, int]
@@ -155,15 +162,43 @@ class Progress:
     windows_total: int
     elapsed: float
     skipped_windows: int = 0
+    worked: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    planned: dict[str, float] = field(default_factory=dict)
 
     def windows_per_second(self) -> float:
         worked = self.windows_done - self.skipped_windows
         return worked / self.elapsed if self.elapsed > 0 and worked > 0 else 0.0
 
-    def seconds_left(self) -> float | None:
-        """Time left for the encoders at the current rate (None until a rate is known)."""
-        rate = self.windows_per_second()
-        return (self.windows_total - self.windows_done) / rate if rate else None
+    def seconds_left(self) -> dict[str, tuple[float, bool]]:
+        """Estimated seconds left per unfinished stage, and whether the stage's own pace gave it.
+
+        A stage that has finished tasks it did not skip goes at its own pace (its seconds so far per
+        such task).  Before that, its planned seconds, scaled by how the stages measured so far
+        compare with their plan.  Stages with neither are left out.
+        """
+        measured = planned = 0.0
+        for stage, plan in self.planned.items():
+            if stage in self.ended and self.worked.get(stage, 0):
+                measured += self._stage_seconds(stage)
+                planned += plan
+        pace = measured / planned if planned > 0 else 1.0
+        out: dict[str, tuple[float, bool]] = {}
+        for stage, total in self.total.items():
+            left = total - self.done[stage]
+            if left <= 0:
+                continue
+            worked = self.worked.get(stage, 0)
+            if worked and stage in self.started:
+                out[stage] = (left * self._stage_seconds(stage) / worked, True)
+            elif stage in self.planned:
+                share = left / total
+                out[stage] = (pace * self.planned[stage] * share, False)
+        return out
+
+    def _stage_seconds(self, stage: str) -> float:
+        return max(self.ended.get(stage, self.elapsed) - self.started[stage], 0.0)
 
 
 @contextmanager
@@ -243,6 +278,7 @@ def run_graph(
     client: Client | None = None,
     labels: str | None = None,
     progress: Callable[[Progress], None] | None = None,
+    planned: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Compute the run's tasks on ``client`` (an embedded cluster when None); return the seconds
     per kind of work summed over the tasks, and the metrics the tasks measured.
@@ -252,18 +288,20 @@ def run_graph(
     number of tasks however large the scene (a whole graph at once costs about 0.2 GiB of
     scheduler state at 16k x 16k pixels, and grows with the scene).  Encode tasks ask for one
     ``GPU`` when the cluster's workers advertise that resource.  ``progress`` is called after
-    every finished task.
+    every finished task and at least every :data:`HEARTBEAT` seconds; ``planned`` are the seconds
+    each stage was planned to take (:attr:`Progress.planned`).
     """
     if client is None:
         with embedded_client() as c:
-            return run_graph(store, out_dir, c, labels, progress)
+            return run_graph(store, out_dir, c, labels, progress, planned)
     waves = build_waves(store, out_dir, labels, encode_resources=encode_resources(client))
     token = tokenize(
         store.url, store.meta["fingerprints"], time.time_ns()
     )  # runs sharing a cluster never collide
     total = dict(Counter(t.stage for wave in waves for t in wave))
     state = Progress(done=dict.fromkeys(total, 0), total=total, windows_done=0,
-                     windows_total=sum(t.windows for wave in waves for t in wave), elapsed=0.0)
+                     windows_total=sum(t.windows for wave in waves for t in wave), elapsed=0.0,
+                     worked=dict.fromkeys(total, 0), planned=dict(planned or {}))
     limit = _Limit(client)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -271,10 +309,15 @@ def run_graph(
     running: dict[Future[StageResult], Task] = {}
     try:
         for wave in waves:
-            for task, part in _run_wave(client, wave, token, limit, running):
-                stages.add_seconds(timings, part)
-                metrics.update(part.metrics)
-                _advance(state, task, part, time.perf_counter() - t0)
+            for stage in {t.stage for t in wave}:
+                state.started[stage] = time.perf_counter() - t0
+            for finished in _run_wave(client, wave, token, limit, running):
+                state.elapsed = time.perf_counter() - t0
+                if finished is not None:
+                    task, part = finished
+                    stages.add_seconds(timings, part)
+                    metrics.update(part.metrics)
+                    _advance(state, task, part)
                 if progress is not None:
                     progress(state)
     except BaseException:
@@ -283,15 +326,19 @@ def run_graph(
     return timings, metrics
 
 
+#: Seconds without a finished task after which the progress is reported anyway.
+HEARTBEAT = 5.0
+
+
 def _run_wave(client: Client, wave: list[Task], token: str, limit: _Limit,
-              running: dict[Future[StageResult], Task]) -> Iterator[tuple[Task, StageResult]]:
-    """Each task of ``wave`` and its result, as they finish; at most ``limit`` in ``running`` at once.
+              running: dict[Future[StageResult], Task]) -> Iterator[tuple[Task, StageResult] | None]:
+    """Each task of ``wave`` and its result, as they finish, and None every :data:`HEARTBEAT`
+    seconds without one; at most ``limit`` tasks in ``running`` at once.
 
     A task's error is raised here, with its own type.  Finished tasks are released at once, so that
     the scheduler forgets them.
     """
     pending = iter(wave)
-    finished = as_completed()
 
     def fill() -> None:
         while len(running) < limit.value():
@@ -301,14 +348,19 @@ def _run_wave(client: Client, wave: list[Task], token: str, limit: _Limit,
             future = client.submit(run_stage, task.fn, *task.args, key=f"{task.name}-{token}",
                                    resources=task.resources, pure=False)
             running[future] = task
-            finished.add(future)
 
     fill()
-    for future in finished:
-        part = future.result()
-        task = running.pop(future)
-        future.release()
-        yield task, part
+    while running:
+        try:
+            done, _ = wait(list(running), timeout=HEARTBEAT, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            yield None
+            continue
+        for future in done:
+            part = future.result()
+            task = running.pop(future)
+            future.release()
+            yield task, part
         fill()
 
 
@@ -335,18 +387,22 @@ class _Limit:
         return self.limit
 
 
-def _advance(state: Progress, task: Task, part: StageResult, elapsed: float) -> None:
+def _advance(state: Progress, task: Task, part: StageResult) -> None:
     state.done[task.stage] += 1
     state.windows_done += task.windows
     if part.skipped:
         state.skipped_windows += task.windows
-    state.elapsed = elapsed
+    else:
+        state.worked[task.stage] += 1
+    if state.done[task.stage] == state.total[task.stage]:
+        state.ended[task.stage] = state.elapsed
 
 
 def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | None = None,
-              labels: str | None = None, progress: Callable[[Progress], None] | None = None) -> RunResult:
+              labels: str | None = None, progress: Callable[[Progress], None] | None = None,
+              planned: dict[str, float] | None = None) -> RunResult:
     t0 = time.perf_counter()
-    timings, metrics = run_graph(store, out_dir, client, labels, progress)
+    timings, metrics = run_graph(store, out_dir, client, labels, progress, planned)
     paths = stages.output_paths(out_dir, store.scene.stem)
     if labels is None:
         del paths["metrics"]
@@ -369,14 +425,16 @@ def run_scene(scene: str | os.PathLike[str] | Scene, out_dir: str | os.PathLike[
     return execute(plan, overwrite=overwrite, client=client, on_start=on_start, progress=progress)
 
 
-def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = None,
+def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = None, compact: bool = False,
             on_start: Callable[[Scene], None] | None = None,
             progress: Callable[[Progress], None] | None = None) -> RunResult:
-    """Load the model, create (or resume) the run store, lock it, and run its task waves.
+    """Load the model, check the disk, create (or resume) the run store, lock it, and run its task
+    waves; with ``compact``, compact the store at the end (:meth:`RunStore.compact`).
 
-    ``client``: the Dask cluster (an embedded one when None).  The model's device is checked
-    before anything is written; ``on_start(scene)`` is called once the store is created, before
-    the work starts.  A store another run is writing is refused with :class:`StoreError` (see
+    ``client``: the Dask cluster (an embedded one when None).  The model's device and the free
+    disk space (:func:`geogla.pipelines.footprint.check_disk`) are checked before anything is
+    written; ``on_start(scene)`` is called once the store is created, before the work starts.
+    A store another run is writing is refused with :class:`StoreError` (see
     :class:`geogla.lock.RunLock`); one made for another scene or encoder configuration unless
     ``overwrite``.
     """
@@ -390,6 +448,9 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
             f"{'CLIP' if part == 'clip' else part.upper()} {source}" for part, source in model.weights.items()
         ),
     )
+    dtype = str(model.dtype).removeprefix("torch.")
+    planned = footprint(scene, c, model.store_dims(), model.device.type, dtype)
+    check_disk(planned, plan.store_url, plan.out_dir)
     make_output_dir(plan.out_dir)
     out_dir, labels = plan.out_dir, plan.labels
     if client is not None:  # a cluster's workers may run in another folder
@@ -407,9 +468,27 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
         log.info("run store %s (%s)", plan.store_url, "resumed" if resumed else "new")
         if on_start is not None:
             on_start(scene)
-        return timed_run(store, out_dir, resumed, client, labels, progress)
+        result = timed_run(store, out_dir, resumed, client, labels, progress, planned.seconds)
+        if compact:
+            store.compact()
     finally:
         lock.release()
+    result.footprint, result.compacted = planned, store.compacted
+    result.store_bytes = 0 if is_url(store.url) else used_bytes(store.url)  # without the lock's files
+    return result
+
+
+def dry_run(plan: RunPlan) -> RunResult:
+    """What :func:`execute` would do for ``plan``, computed from the model's architecture alone (no
+    weights loaded, nothing written): a result with no outputs and the :class:`Footprint`."""
+    from geogla.models.factory import create_meta_model, resolve_device
+    from geogla.precision import encoder_dtype
+
+    c = plan.config
+    device = resolve_device(c.device)
+    dtype = str(encoder_dtype(c.precision, device)).removeprefix("torch.")
+    planned = footprint(plan.scene, c, create_meta_model(c.model).store_dims(), device.type, dtype)
+    return RunResult(outputs={}, store_url=plan.store_url, resumed=False, footprint=planned)
 
 
 def _is_run_store(url: str) -> bool:

@@ -25,7 +25,7 @@ from geogla.stages.attend import (
            store_algorithm,
            summarize_keys,
 )
-from geogla.stages.common import load_model, model_for, window_batches
+from geogla.stages.common import batch_count, batch_windows, load_model, model_for, window_batches
 from geogla.stages.encode import embed_text, encode_windows
 from geogla.stages.outputs import evaluate_labels, output_paths, write_outputs
 from geogla.stages.result import StageResult, add_seconds
@@ -38,6 +38,8 @@ __all__ = [
     "add_seconds",
     "attend_all",
     "attend_batches",
+    "batch_count",
+    "batch_windows",
     "embed_text",
     "encode_windows",
     "evaluate_labels",

@@ -18,10 +18,10 @@ from geogla.gla.prototypes import FarSample, summarize
 from geogla.gla.scalable import ScalableAttention
 from geogla.models import SegmentationModel
 from geogla.models.clip import resize_token_grid
-from geogla.stages.common import batch_slice, model_for, window_batches
+from geogla.stages.common import batch_count, batch_windows, model_for
 from geogla.stages.encode import to_store_dtype
 from geogla.stages.result import SKIPPED, StageResult
-from geogla.store import VECTOR_DTYPE, RunStore
+from geogla.store import RunStore, dequantize_keys
 
 #: Windows per attend task (whole encode batches): enough to amortise reading the summary.
 ATTEND_TASK_WINDOWS = 64
@@ -43,6 +43,7 @@ class StoreWindows:
     def __init__(self, store: RunStore, rows: np.ndarray, cache_mb: int = 0) -> None:
         self.rows = rows
         self._arrays = {"keys": store.array("keys"), "values": store.array("values")}
+        self._key_scale = store.array("key_scale")
         self._grids = {"keys": store.token_grid, "values": store.value_grid}
         self._token_grid = store.token_grid
         self._cache: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
@@ -77,9 +78,7 @@ class StoreWindows:
             stop = start + 1
             while stop < len(missing) and self.rows[missing[stop]] == self.rows[missing[stop - 1]] + 1:
                 stop += 1
-            r0 = int(self.rows[missing[start]])
-            stored = torch.from_numpy(np.asarray(array[r0:r0 + stop - start])).float()
-            block = resize_token_grid(stored, self._grids[name], self._token_grid)
+            block = self._load(name, int(self.rows[missing[start]]), stop - start)
             for k, w in enumerate(missing[start:stop]):
                 found[w] = block[k]
                 if self._capacity:
@@ -92,6 +91,13 @@ class StoreWindows:
         if not found:
             return torch.empty(0, self.n_tokens, int(array.shape[2]))  # float32, on the key grid
         return torch.stack([found[int(w)] for w in windows])
+
+    def _load(self, name: str, first: int, count: int) -> torch.Tensor:
+        """Store windows ``first .. first + count - 1`` of ``name``, float32, on the key grid."""
+        stored = np.asarray(self._arrays[name][first:first + count])
+        if name == "keys":
+            stored = dequantize_keys(stored, np.asarray(self._key_scale[first:first + count]))
+        return resize_token_grid(torch.from_numpy(stored).float(), self._grids[name], self._token_grid)
 
 
 def store_algorithm(store: RunStore) -> Algorithm:
@@ -107,47 +113,46 @@ def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.d
 
 def summarize_keys(store_url: str) -> StageResult:
     """Scalable attention's far summary of all valid windows (two passes over the keys), stored
-    under ``summary/``; nothing to do with the other algorithms."""
+    under ``summary/`` with the windows numbered by their ids in the store; nothing to do with the
+    other algorithms."""
     store = RunStore.open(store_url)
     if store.is_done("summary"):
         return SKIPPED
     t0 = time.perf_counter()
     if store_algorithm(store) == "scalable":
-        ids = np.nonzero(store.read("windows/valid"))[0]
+        ids = np.nonzero(store.read("windows/valid"))[0]  # once per run: the summary reads every window
         if len(ids):
             model = model_for(store)
             cdtype, adtype = _scalable_dtypes(store, model)
             sample = summarize(StoreWindows(store, ids), store.config.attention, cdtype, adtype,
                                torch.device(model.device))
+            sample = sample.renumbered(torch.arange(len(ids)), torch.from_numpy(ids))
             store.write_tensors("summary", {k: v.numpy() for k, v in sample.to_tensors().items()})
     store.mark_done("summary")
     return StageResult({"summary": time.perf_counter() - t0})
 
 
 def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
-    """Attention, then CLIP's projection, for the given encode batches (indexes into
-    :func:`geogla.stages.window_batches`): L2-normalised features per token, written batch by batch.
+    """Attention, then CLIP's projection, for the given encode batches (:func:`batch_windows`):
+    L2-normalised features per token, written batch by batch.
 
-    Scalable attention reads only the windows near each batch (and the stored summary); attention
-    inside each window reads the batch and, for query smoothing, the windows overlapping it.
-    Exact attention needs every window: its graph has one task over all batches.
+    Scalable attention reads only the windows near the batches' windows (and the stored summary);
+    attention inside each window reads the batches and, for query smoothing, the windows
+    overlapping them; what they read of the run store does not grow with the scene.  Exact
+    attention needs every window: its graph has one task over all batches.
     """
     store = RunStore.open(store_url)
-    all_batches = window_batches(store)
-    todo = [
-        b for b in batches if not bool(np.all(store.read("windows/attended", batch_slice(all_batches[b]))))
-    ]
+    todo = [ids for ids in (batch_windows(store, b) for b in batches)
+            if not bool(np.all(store.read("windows/attended", slice(ids.start, ids.stop))))]
     if not todo:
         return SKIPPED
     t0 = time.perf_counter()
     algorithm, cfg = store_algorithm(store), store.config.attention
-    valid = store.read("windows/valid")
-    rows = np.nonzero(valid)[0]
+    rows = _context_windows(store, algorithm, todo)
     model = model_for(store)
     device = torch.device(model.device)
     source = StoreWindows(store, rows, cache_mb=ATTEND_CACHE_MB)
-    n = store.tokens_per_window
-    offsets = torch.from_numpy(store.grid.token_offsets(store.token_size)[rows])
+    offsets = torch.from_numpy(store.grid.token_offsets(store.token_size, rows))
     exact: torch.Tensor | None = None
     scalable: ScalableAttention | None = None
     if algorithm == "exact" and len(rows):
@@ -157,14 +162,18 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
     elif algorithm == "scalable" and len(rows):
         cdtype, adtype = _scalable_dtypes(store, model)
         tensors = {k: torch.from_numpy(v) for k, v in store.read_tensors("summary").items()}
-        scalable = ScalableAttention(FarSample.from_tensors(tensors, cdtype, adtype, device), offsets, cfg,
-                                     cdtype, adtype, store.token_grid)
+        sample = FarSample.from_tensors(tensors, cdtype, adtype, device)
+        # numbered as this task's source: its windows and their neighbours only
+        sample = sample.renumbered(torch.from_numpy(rows), torch.arange(len(rows)))
+        scalable = ScalableAttention(sample, offsets, cfg, cdtype, adtype, store.token_grid)
     t_att = t_proj = 0.0
-    for b in todo:
-        ids = all_batches[b]
-        sl = batch_slice(ids)
-        local = np.searchsorted(rows, [i for i in ids if valid[i]])
-        features = np.zeros((len(ids), n, store.embed_dim), dtype=VECTOR_DTYPE)
+    feature_dtype = store.array("features").dtype
+    n = store.tokens_per_window
+    for ids in todo:
+        sl = slice(ids.start, ids.stop)
+        valid = store.read("windows/valid", sl)
+        local = np.searchsorted(rows, np.asarray(ids)[valid])
+        features = np.zeros((len(ids), n, store.embed_dim), dtype=feature_dtype)
         if len(local):
             t1 = time.perf_counter()
             if exact is not None:
@@ -177,7 +186,7 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
             feats = F.normalize(
                 model.project(attended.to(device=device, dtype=torch.float32)).float(), dim=-1
             )
-            features[valid[sl]] = to_store_dtype(feats, "features")
+            features[valid] = to_store_dtype(feats, feature_dtype, "features")
             t_att, t_proj = t_att + t2 - t1, t_proj + time.perf_counter() - t2
         store.array("features")[sl] = features
         store.array("windows/attended")[sl] = True  # last: marks the batch done
@@ -186,10 +195,35 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
     )
 
 
+def _context_windows(store: RunStore, algorithm: Algorithm, batches: list[range]) -> np.ndarray:
+    """Ids (ascending) of the valid windows an attend task reads: every window for exact
+    attention; else the batches' windows and those that can enter their attention (near them for
+    scalable attention, overlapping them for query smoothing), found from the grid's arithmetic
+    and read in their own slices of ``windows/valid``."""
+    if algorithm == "exact":
+        return np.nonzero(store.read("windows/valid"))[0]
+    grid, cfg = store.grid, store.config.attention
+    own = np.concatenate([np.arange(r.start, r.stop) for r in batches])
+    margin = -1  # pixels around a window whose windows join: none
+    if algorithm == "scalable":
+        # near: within near_radius tokens; one token more, as offsets are rounded down to tokens
+        margin = (cfg.near_radius + 1) * store.token_size
+    elif cfg.smoothing:
+        margin = 0  # the windows that overlap it
+    ids = own
+    if margin >= 0:
+        boxes = grid.boxes(own)
+        found = [grid.windows_intersecting(y1 - margin, x1 - margin, y2 + margin, x2 + margin)
+                 for y1, x1, y2, x2 in boxes.tolist()]
+        ids = np.unique(np.concatenate([own, *found]))
+    valid: np.ndarray = ids[store.read_rows("windows/valid", ids)]
+    return valid
+
+
 def attend_all(store_url: str) -> StageResult:
     """The summary and every attend batch, in this process (for callers without a task graph)."""
     summary = summarize_keys(store_url)
-    parts = attend_batches(store_url, range(len(window_batches(RunStore.open(store_url, mode="r")))))
+    parts = attend_batches(store_url, range(batch_count(RunStore.open(store_url, mode="r"))))
     return StageResult({**summary.seconds, **parts.seconds}, skipped=summary.skipped and parts.skipped)
 
 

@@ -32,10 +32,22 @@ def model_for(store: RunStore) -> SegmentationModel:
     return load_model(c.model, c.weights, c.clip_weights, c.vfm_weights, c.device, c.precision)
 
 
-def window_batches(store: RunStore) -> list[list[int]]:
-    """Window ids grouped by encode batch (one batch per chunk of the window arrays)."""
+def batch_count(store: RunStore) -> int:
+    """Number of encode batches of the run (one per chunk of the window arrays)."""
+    return -(-len(store.grid) // store.config.batch_size)
+
+
+def batch_windows(store: RunStore, batch: int) -> range:
+    """Window ids of encode batch ``batch``: consecutive, one chunk of the window arrays."""
     n_windows, size = len(store.grid), store.config.batch_size
-    return [list(range(s, min(s + size, n_windows))) for s in range(0, n_windows, size)]
+    if not 0 <= batch < batch_count(store):
+        raise IndexError(batch)
+    return range(batch * size, min((batch + 1) * size, n_windows))
+
+
+def window_batches(store: RunStore) -> list[list[int]]:
+    """Window ids grouped by encode batch (:func:`batch_windows` of every batch)."""
+    return [list(batch_windows(store, b)) for b in range(batch_count(store))]
 
 
 def batch_slice(ids: Sequence[int]) -> slice:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from geogla.classes import NODATA_CLASS
@@ -20,12 +19,13 @@ from geogla.stitching import (
 from geogla.store import RunStore
 
 
-def working_logits(store: RunStore, box: Box, text: torch.Tensor,
-                   valid_windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def working_logits(store: RunStore, box: Box, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt logits ``(P, h, w)`` and window counts ``(h, w)`` of working pixels ``box``, from the
-    features of the valid windows that overlap it (:func:`geogla.stitching.accumulate_windows`)."""
+    features of the valid windows that overlap it (:func:`geogla.stitching.accumulate_windows`);
+    only those windows' flags and features are read."""
     grid = store.grid
-    ids = [int(i) for i in grid.windows_intersecting(*box) if valid_windows[i]]
+    overlapping = grid.windows_intersecting(*box)
+    ids = overlapping[store.read_rows("windows/valid", overlapping)].tolist()
     if not ids or not len(text):
         return accumulate_windows(box, [], torch.zeros(0, 0, len(text)), store.token_grid, grid.canvas)
     token_logits = torch.from_numpy(store.read_rows("features", ids)).float() @ text.T  # cosines: unit length
@@ -44,11 +44,10 @@ def stitch_block(store_url: str, block_index: int) -> StageResult:
         return SKIPPED
     t0 = time.perf_counter()
     cfg, scene = store.config, store.scene
-    block = store.blocks()[block_index]
+    block = store.block(block_index)
     y1, x1, y2, x2 = block
     text = torch.from_numpy(store.read("text"))
-    valid_windows = store.read("windows/valid")
-    logits, covered = block_logits(lambda box: working_logits(store, box, text, valid_windows), block,
+    logits, covered = block_logits(lambda box: working_logits(store, box, text), block,
                                    scene.work_scale, scene.work_shape)
     with SceneReader(scene) as reader:
         valid = torch.from_numpy(reader.read_valid(block)) & covered
