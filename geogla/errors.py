@@ -42,3 +42,7 @@ class ConfigError(UserInputError):
 
 class StoreError(UserInputError):
     """The run store belongs to another scene or configuration, or is locked by another run."""
+
+
+class DamagedStoreError(StoreError):
+    """The run store's metadata cannot be read or contradicts itself: nothing in it can be trusted."""

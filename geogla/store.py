@@ -53,7 +53,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import zarr
 
-from geogla.errors import OutputError, StoreError
+from geogla.errors import DamagedStoreError, OutputError, StoreError
 from geogla.gla.config import ATTENTION_VERSION
 from geogla.grid import WindowGrid
 from geogla.paths import is_url
@@ -204,6 +204,8 @@ class RunStore:
             group = zarr.open_group(url, mode=mode)
         except FileNotFoundError:
             raise StoreError(f"No run store at {url}.") from None
+        except (ValueError, TypeError, KeyError):  # zarr.json unreadable: truncated, edited
+            raise damaged(url, "its metadata cannot be read") from None
         if "geogla" not in group.attrs:
             raise StoreError(f"{url} is not a geogla run store.")
         return cls(url, group)
@@ -232,6 +234,8 @@ class RunStore:
             if not overwrite:
                 try:
                     existing = cls.open(url)
+                except DamagedStoreError:
+                    raise
                 except StoreError:
                     raise StoreError(
                         f"{url} exists and is not a geogla run store; remove it or pass --overwrite."
@@ -243,6 +247,7 @@ class RunStore:
                         f"{old.get('format')}, this one writes {FORMAT}); pass --overwrite to start "
                         "afresh or choose another output folder."
                     )
+                existing.check_metadata()
                 if old.get("fingerprints", {}).get("encode") != fps["encode"] or old.get("grid", {}).get(
                         "pad_to") != pad_to:
                     raise StoreError(f"The run store {url} was made for another scene or configuration; "
@@ -406,9 +411,46 @@ class RunStore:
         return y * size, x * size, min((y + 1) * size, g.height), min((x + 1) * size, g.width)
 
     def array(self, name: str) -> zarr.Array[Any]:
-        arr = self.group[name]
-        assert isinstance(arr, zarr.Array)
+        """Array ``name``; :class:`DamagedStoreError` where its metadata is lost or unreadable."""
+        try:
+            arr = self.group[name]
+        except KeyError:
+            raise damaged(self.url, f"its array {name} is missing") from None
+        except (ValueError, TypeError):
+            raise damaged(self.url, f"the metadata of its array {name} cannot be read") from None
+        if not isinstance(arr, zarr.Array):
+            raise damaged(self.url, f"{name} is not an array")
         return arr
+
+    def check_metadata(self) -> None:
+        """Raise :class:`DamagedStoreError` unless the store's attributes agree with themselves (the
+        encode fingerprint with the stored scene and configuration, the window grid with both) and
+        the metadata of every array the attributes vouch for reads, with one row per window where
+        the array has them.  Arrays of a level being reset (empty fingerprint) or dropped by
+        :meth:`compact` are not vouched for."""
+        try:
+            meta, scene, config, grid = self.meta, self.scene, self.config, self.grid
+            stored: dict[str, str] = dict(meta["fingerprints"])
+            _ = (self.token_grid, self.value_grid, self.token_size, self.embed_dim)
+        except (KeyError, TypeError, ValueError):
+            raise damaged(self.url, "its attributes are incomplete") from None
+        if fingerprints(scene, config)["encode"] != stored.get("encode"):
+            raise damaged(self.url, "its attributes do not match their own fingerprint")
+        height, width = scene.work_shape
+        if (grid.height, grid.width, grid.crop, grid.stride) != (height, width, config.crop, config.stride):
+            raise damaged(self.url, "its window grid does not follow its scene and configuration")
+        per_window = ["windows/box", "windows/valid", "windows/encoded"]
+        if not self.compacted:
+            per_window += ["keys", "key_scale", "values"]
+        others: list[str] = []
+        if stored.get("attend"):
+            per_window += ["features", "windows/attended"]
+        if stored.get("classify"):
+            others += ["text", "classes"]
+        for name in per_window + others:
+            arr = self.array(name)
+            if name in per_window and arr.shape[0] != len(grid):
+                raise damaged(self.url, f"its array {name} has {arr.shape[0]} windows, its grid {len(grid)}")
 
     def read(self, name: str, selection: Any = slice(None)) -> np.ndarray:
         """``array(name)[selection]`` as a numpy array."""
@@ -498,6 +540,14 @@ def _raster_chunks(height: int, width: int, block: int) -> tuple[int, int]:
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
     return [(y, x, min(y + block, height), min(x + block, width))
             for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def damaged(url: str, what: str) -> DamagedStoreError:
+    """The error for a run store at ``url`` that cannot be trusted because of ``what``."""
+    return DamagedStoreError(
+        f"The run store {url} is damaged ({what}); pass --overwrite to start afresh or choose another "
+        "output folder."
+    )
 
 
 def _interrupted_creation(url: str) -> bool:

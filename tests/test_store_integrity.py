@@ -1,0 +1,114 @@
+"""A run store whose metadata is lost, unreadable or edited is refused with one sentence (exit code
+2, naming ``--overwrite``), never trusted; ``--overwrite`` then gives the clean run's outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import geogla
+from geogla.cli import main
+from geogla.errors import DamagedStoreError
+from tests.conftest import structured_rgb, write_geotiff
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TINY = ["--model", "tiny", "--weights", "random", "-q"]
+
+
+def _truncate(relative: str) -> Callable[[Path], None]:
+    def damage(store: Path) -> None:
+        path = store / relative / "zarr.json"
+        text = path.read_text()
+        path.write_text(text[: len(text) // 2])
+    return damage
+
+
+def _edit_attrs(edit: Callable[[dict[str, object]], None]) -> Callable[[Path], None]:
+    def damage(store: Path) -> None:
+        path = store / "zarr.json"
+        doc = json.loads(path.read_text())
+        edit(doc["attributes"]["geogla"])
+        path.write_text(json.dumps(doc))
+    return damage
+
+
+def _set(section: str, key: str, value: object) -> Callable[[dict[str, object]], None]:
+    def edit(meta: dict[str, object]) -> None:
+        part = meta[section]
+        assert isinstance(part, dict)
+        part[key] = value
+    return edit
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "root metadata truncated": (_truncate("."), "its metadata cannot be read"),
+    "keys metadata truncated": (_truncate("keys"), "the metadata of its array keys cannot be read"),
+    "validity metadata truncated": (_truncate("windows/valid"), "array windows/valid cannot be read"),
+    "class raster metadata truncated": (_truncate("classes"), "array classes cannot be read"),
+    "keys metadata deleted": (
+        lambda store: (store / "keys" / "zarr.json").unlink(), "its array keys is missing"
+    ),
+    "grid stride edited": (_edit_attrs(_set("grid", "stride", 56)), "window grid does not follow"),
+    "configured stride edited": (
+        _edit_attrs(_set("config", "stride", 56)), "do not match their own fingerprint"
+    ),
+    "scene removed": (_edit_attrs(lambda meta: meta.pop("scene")), "attributes are incomplete"),
+}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """A finished run of a small scene: the scene, its output folder and its class raster."""
+    work = tmp_path_factory.mktemp("clean")
+    scene = write_geotiff(work / "scene.tif", structured_rgb(300, 420))
+    out = work / "out"
+    assert main(["run", str(scene), "--classes", "building,tree", "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "scene.classes.tif") as src:
+        return scene, out, src.read(1)
+
+
+def _damaged_copy(clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, damage: str) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    DAMAGES[damage][0](out / "scene.zarr")
+    return out
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_is_refused_with_one_sentence(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _damaged_copy(clean_run, tmp_path, damage)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", str(clean_run[0]), "--classes", "building,tree", "-o", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "is damaged" in err[0] and DAMAGES[damage][1] in err[0] and "--overwrite" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing written
+
+
+def test_other_classes_on_a_damaged_store_are_refused_too(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    out = _damaged_copy(clean_run, tmp_path, "keys metadata truncated")
+    with pytest.raises(DamagedStoreError, match="array keys"):
+        geogla.segment(clean_run[0], "water,grass", out, model="tiny", weights="random")
+
+
+@pytest.mark.parametrize("damage", ["root metadata truncated", "grid stride edited"])
+def test_overwrite_after_damage_gives_the_clean_outputs(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, damage: str
+) -> None:
+    out = _damaged_copy(clean_run, tmp_path, damage)
+    args = ["run", str(clean_run[0]), "--classes", "building,tree", "-o", str(out), *TINY, "--overwrite"]
+    assert main(args) == 0
+    with rasterio.open(out / "scene.classes.tif") as src:
+        assert np.array_equal(src.read(1), clean_run[2])
