@@ -30,7 +30,7 @@ def _truncate(relative: str) -> Callable[[Path], None]:
     return damage
 
 
-def _edit_attrs(edit: Callable[[dict[str, object]], None]) -> Callable[[Path], None]:
+def _edit_attrs(edit: Callable[[dict[str, object]], object]) -> Callable[[Path], None]:
     def damage(store: Path) -> None:
         path = store / "zarr.json"
         doc = json.loads(path.read_text())
