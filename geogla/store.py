@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -59,6 +60,8 @@ from geogla.grid import WindowGrid
 from geogla.paths import is_url
 from geogla.runconfig import FINGERPRINT_LEVELS, RunConfig
 from geogla.scene import Scene
+
+log = logging.getLogger(__name__)
 
 #: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
 #: and the token grid is ``token_grid`` (rows, cols).  5: keys, values and features in float16,
@@ -169,6 +172,9 @@ def planned_bytes(scene: Scene, config: RunConfig, dims: StoreDims) -> dict[str,
 
 
 #: Arrays (and done markers) each fingerprint level owns; they are reset when its fingerprint changes.
+#: Arrays whose every chunk is written, even where it holds only the fill value.
+_RASTERS = ("classes", "probabilities")
+
 _LEVEL_ARRAYS = {"attend": ("features", "windows/attended", "summary", "done/summary"),
                  "classify": ("text", "classes", "probabilities", "blocks/stitched", "done/text")}
 
@@ -253,6 +259,8 @@ class RunStore:
                     raise StoreError(f"The run store {url} was made for another scene or configuration; "
                                      "pass --overwrite to start afresh or choose another output folder.")
                 existing._reset_changed_levels(scene, config, fps, dims)
+                for note in existing.reset_lost_chunks():
+                    log.warning("run store %s: %s.", url, note)
                 return existing, True
             _remove_store(url)
         try:
@@ -420,6 +428,9 @@ class RunStore:
             raise damaged(self.url, f"the metadata of its array {name} cannot be read") from None
         if not isinstance(arr, zarr.Array):
             raise damaged(self.url, f"{name} is not an array")
+        if name in _RASTERS:
+            # every block's chunk is written, nodata ones too: a missing chunk is then a lost one
+            return arr.with_config({"write_empty_chunks": True})
         return arr
 
     def check_metadata(self) -> None:
@@ -475,6 +486,91 @@ class RunStore:
         group = self.group[name]
         assert isinstance(group, zarr.Group)
         return {key: np.asarray(arr[...]) for key, arr in group.arrays()}
+
+    # -- lost chunks ---------------------------------------------------------------------------
+    def reset_lost_chunks(self) -> list[str]:
+        """Clear the done flags that vouch for chunks no longer in the store (a lost shard of keys,
+        values or features, a lost block of the class raster, lost text embeddings), so that the
+        stages that made them run again; return one line per kind of loss.
+
+        An encode batch is vouched for where one of its windows is valid and encoded, an attend
+        batch where one is valid and attended, a block where it is stitched.  Lost features of a
+        compacted store cannot be made again (its keys are gone): :class:`DamagedStoreError`.
+        """
+        notes: list[str] = []
+        B, L = self.config.batch_size, len(self.grid)
+        valid = self.read("windows/valid")
+        batch_of = np.arange(L) // B
+
+        def vouched(flag: str) -> np.ndarray:
+            done = np.zeros(-(-L // B), dtype=bool)
+            np.logical_or.at(done, batch_of, self.read(flag) & valid)
+            return np.nonzero(done)[0]
+
+        fps = self.meta["fingerprints"]
+        if not self.compacted:
+            stored = set.intersection(*(self._stored_batches(n) for n in ("keys", "key_scale", "values")))
+            lost = [int(b) for b in vouched("windows/encoded") if b not in stored]
+            for b in lost:
+                self.array("windows/encoded")[b * B:(b + 1) * B] = False
+            if lost:
+                notes.append(f"{_batches(len(lost), 'encoded')} lost keys or values: encoding again")
+        if fps.get("attend"):
+            stored = self._stored_batches("features")
+            lost = [int(b) for b in vouched("windows/attended") if b not in stored]
+            if lost and self.compacted:
+                raise damaged(self.url, f"features of {_batches(len(lost), 'attended')} are lost and, "
+                              "compacted, it has no keys to make them again")
+            for b in lost:
+                self.array("windows/attended")[b * B:(b + 1) * B] = False
+            if lost:
+                notes.append(f"{_batches(len(lost), 'attended')} lost features: attending again")
+        if fps.get("classify"):
+            notes += self._reset_lost_blocks()
+        return notes
+
+    def _reset_lost_blocks(self) -> list[str]:
+        notes = []
+        if self.is_done("text") and self.config.classes.prompts and not self._stored_chunks("text"):
+            del self.group["done/text"]
+            notes.append("the text embeddings were lost: embedding the prompts again")
+        g, size = self.scene.georef, self.config.block
+        per_row = -(-g.width // size)
+        stitched = self.read("blocks/stitched")
+        rasters = [n for n in _RASTERS if n in self.group]
+        stored = set.intersection(*(
+            {c[-2] * per_row + c[-1] for c in self._stored_chunks(n)} for n in rasters
+        ))
+        lost = [int(i) for i in np.nonzero(stitched)[0] if i not in stored]
+        for i in lost:
+            self.array("blocks/stitched")[i] = False
+        if lost:
+            plural = "s" if len(lost) != 1 else ""
+            notes.append(f"{len(lost)} block{plural} of the class raster lost: stitching again")
+        return notes
+
+    def _stored_batches(self, name: str) -> set[int]:
+        """Encode batches (shards along the first axis) of window array ``name`` in the store."""
+        return {c[0] for c in self._stored_chunks(name)}
+
+    def _stored_chunks(self, name: str) -> set[tuple[int, ...]]:
+        """Grid coordinates of the chunks (shards, where sharded) of array ``name`` in the store,
+        from one listing of its chunk folder (local or remote)."""
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url)
+        base = f"{root.rstrip('/')}/{name}/c"
+        fs.invalidate_cache(base)  # object stores cache listings
+        try:
+            paths = fs.find(base)
+        except FileNotFoundError:
+            return set()
+        found = set()
+        for path in paths:
+            parts = str(path)[len(base):].strip("/").split("/")
+            if all(p.isdigit() for p in parts):
+                found.add(tuple(int(p) for p in parts))
+        return found
 
     # -- compacting ----------------------------------------------------------------------------
     @property
@@ -540,6 +636,10 @@ def _raster_chunks(height: int, width: int, block: int) -> tuple[int, int]:
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
     return [(y, x, min(y + block, height), min(x + block, width))
             for y in range(0, height, block) for x in range(0, width, block)]
+
+
+def _batches(count: int, kind: str) -> str:
+    return f"{count} {kind} batch{'es' if count != 1 else ''}"
 
 
 def damaged(url: str, what: str) -> DamagedStoreError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -112,3 +113,46 @@ def test_overwrite_after_damage_gives_the_clean_outputs(
     assert main(args) == 0
     with rasterio.open(out / "scene.classes.tif") as src:
         assert np.array_equal(src.read(1), clean_run[2])
+
+
+LOSSES = {  # chunk (shard) deleted, then a rerun: classes and options of the rerun
+    "keys shard, then other attention": ("keys/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
+    "values shard, same command": ("values/c/0/0/0", "building,tree", []),
+    "features shard, then other classes": ("features/c/0/0/0", "water,grass", []),
+    "class raster block, same command": ("classes/c/0/0", "building,tree", []),
+    "text embeddings, same command": ("text/c/0/0", "building,tree", []),
+}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_lost_chunks_are_made_again_and_said(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, loss: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chunk, classes, extra = LOSSES[loss]
+    scene = str(clean_run[0])
+    reference = tmp_path / "reference"
+    assert main(["run", scene, "--classes", classes, "-o", str(reference), *TINY, *extra]) == 0
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    (out / "scene.zarr" / chunk).unlink()
+    capsys.readouterr()
+    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if re.search(r"\blost\b", line)]
+    assert len(notes) == 1 and "again" in notes[0], notes
+    with rasterio.open(out / "scene.classes.tif") as got, \
+            rasterio.open(reference / "scene.classes.tif") as want:
+        assert np.array_equal(got.read(1), want.read(1))
+    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
+    assert not re.search(r"\blost\b", capsys.readouterr().err)  # made again: nothing lost now
+
+
+def test_lost_features_of_a_compacted_store_are_refused(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    scene = clean_run[0]
+    geogla.segment(scene, "building,tree", out, model="tiny", weights="random", compact=True)
+    (out / "scene.zarr" / "features" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(DamagedStoreError, match="compacted"):
+        geogla.segment(scene, "water,grass", out, model="tiny", weights="random")
