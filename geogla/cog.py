@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,11 +68,22 @@ class ScratchFiles:
 
     def cleanup(self) -> None:
         """Remove every file in the output folder that starts with this prefix."""
-        with os.scandir(self.path.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(self.prefix)]
-        for name in names:
-            with suppress(FileNotFoundError):  # another cleanup was first
-                os.remove(self.path.parent / name)
+        _remove_matching(self.path.parent, lambda name: name.startswith(self.prefix))
+
+    @staticmethod
+    def remove_stale(path: Path) -> None:
+        """Remove the temporaries of earlier writes of ``path`` (any prefix of :class:`ScratchFiles`
+        for it): a process killed while writing ``path`` could not remove its own."""
+        pattern = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{12}(\.|$)")
+        _remove_matching(path.parent, lambda name: pattern.match(name) is not None)
+
+
+def _remove_matching(folder: Path, matches: Callable[[str], bool]) -> None:
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if matches(e.name)]
+    for name in names:
+        with suppress(FileNotFoundError):  # another cleanup was first
+            os.remove(folder / name)
 
 
 @contextmanager
@@ -81,12 +93,14 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[ScratchFiles]:
     The caller writes ``scratch.result`` (and any ``scratch.name(...)`` temporaries).  On a normal
     exit ``result`` replaces ``path`` in one :func:`os.replace` (same folder, so same file system)
     and the other temporaries are removed; on any exception, KeyboardInterrupt included, all
-    temporaries are removed and ``path`` is left as it was.  Raises :class:`OutputError` when the
-    output folder does not exist.
+    temporaries are removed and ``path`` is left as it was.  Temporaries that an earlier, killed
+    write of ``path`` left are removed first.  Raises :class:`OutputError` when the output folder
+    does not exist.
     """
     target = Path(path)
     if not target.parent.is_dir():
         raise OutputError(f"The output folder {str(target.parent)!r} does not exist.")
+    ScratchFiles.remove_stale(target)  # one writer per output: the run store's lock
     scratch = ScratchFiles(target)
     try:
         yield scratch

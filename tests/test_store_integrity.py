@@ -156,3 +156,20 @@ def test_lost_features_of_a_compacted_store_are_refused(
     (out / "scene.zarr" / "features" / "c" / "0" / "0" / "0").unlink()
     with pytest.raises(DamagedStoreError, match="compacted"):
         geogla.segment(scene, "water,grass", out, model="tiny", weights="random")
+
+
+def test_temporaries_of_a_killed_run_are_gone_after_the_next(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    # what a run killed while writing its COG and its GeoPackage leaves (their own prefixes)
+    stale = [".scene.classes.tif.0123456789ab.src.tif", ".scene.classes.tif.0123456789ab.part.tif",
+             ".scene.gpkg.a1b2c3d4e5f6.part.gpkg", ".scene.gpkg.a1b2c3d4e5f6.part.gpkg-journal"]
+    kept = [".scene.classes.tif.notours.tif", ".other.gpkg.a1b2c3d4e5f6.part.gpkg", "notes.txt"]
+    for name in stale + kept:
+        (out / name).write_text("x")
+    assert main(["run", str(clean_run[0]), "--classes", "water,grass", "-o", str(out), *TINY]) == 0
+    left = {p.name for p in out.iterdir()}
+    assert not left & set(stale) and set(kept) <= left
+    assert not [name for name in left if name.startswith(".") and name not in kept]
