@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from geogla.errors import ConfigError, GeoglaError, UserInputError
+from geogla.errors import ConfigError, UserInputError, describe_fault
 from geogla.units import format_bytes, format_duration, format_elapsed
 
 if TYPE_CHECKING:
@@ -484,8 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geogla: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
-    except GeoglaError:
-        traceback.print_exc()
+    except Exception as exc:  # a fault, not the user's input: one sentence; the stack with -v
+        print(f"geogla: error: {describe_fault(exc)}", file=sys.stderr)
+        if _flag(args, "verbose"):
+            traceback.print_exc()
         return 1
 
 

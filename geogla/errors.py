@@ -2,10 +2,13 @@
 
 Everything geogla raises on purpose derives from :class:`GeoglaError`.  Errors a user can fix
 (a bad path, a bad option, missing weights) derive from :class:`UserInputError`: the command line
-prints their message as one sentence and exits with code 2.  Anything else is a bug and exits 1.
+prints their message as one sentence and exits with code 2.  Anything else is a fault (a full
+disk, a lost store, a bug) and exits 1 with one sentence (:func:`describe_fault`).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class GeoglaError(Exception):
@@ -46,3 +49,26 @@ class StoreError(UserInputError):
 
 class DamagedStoreError(StoreError):
     """The run store's metadata cannot be read or contradicts itself: nothing in it can be trusted."""
+
+
+def describe_fault(exc: BaseException) -> str:
+    """One sentence for an error that is not the user's: what happened, that the work done is kept,
+    and that the same command resumes (a full disk is named as such, wherever it was hit)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(_is_disk_full(e) for e in chain):
+        return ("the disk is full (no space left on device); the work done so far is kept in the run "
+                "store: free some space, then run the same command again to resume.")
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    what = f"{type(exc).__name__}: {first[:300].rstrip('.')}" if first else type(exc).__name__
+    return (f"{what}; the work done so far is kept in the run store: run the same command again to "
+            "resume (-v shows the details).")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "no space left on device" in str(exc).lower()  # GDAL's errors carry only the text

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -21,6 +22,11 @@ from tests.conftest import structured_rgb, write_geotiff
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TINY = ["--model", "tiny", "--weights", "random", "-q"]
+
+
+def _errors(err: str) -> list[str]:
+    """The lines of ``err`` but the random-weights banner that every new run prints."""
+    return [line for line in err.strip().splitlines() if not line.startswith("WARNING: --weights random")]
 
 
 def _truncate(relative: str) -> Callable[[Path], None]:
@@ -173,3 +179,47 @@ def test_temporaries_of_a_killed_run_are_gone_after_the_next(
     left = {p.name for p in out.iterdir()}
     assert not left & set(stale) and set(kept) <= left
     assert not [name for name in left if name.startswith(".") and name not in kept]
+
+
+@pytest.mark.parametrize("writer", ["write_class_cog", "write_geopackage"])
+def test_a_full_disk_ends_in_one_sentence_and_the_same_command_resumes(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, writer: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geogla.stages.outputs as outputs
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "out"
+    args = ["run", str(clean_run[0]), "--classes", "building,tree", "-o", str(out), *TINY]
+    with monkeypatch.context() as patched:
+        patched.setattr(outputs, writer, full)
+        capsys.readouterr()
+        assert main(args) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "disk is full" in err[0] and "same command" in err[0]
+    assert main(args) == 0  # space freed
+    with rasterio.open(out / "scene.classes.tif") as src:
+        assert np.array_equal(src.read(1), clean_run[2])
+
+
+def test_a_fault_ends_in_one_sentence_and_verbose_shows_the_stack(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geogla.stages.outputs as outputs
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a worker lost its connection\nsecond line")
+
+    monkeypatch.setattr(outputs, "write_class_cog", broken)
+    args = ["run", str(clean_run[0]), "--classes", "building,tree", "-o", str(tmp_path / "out"), *TINY]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = _errors(capsys.readouterr().err)
+    assert err == ["geogla: error: RuntimeError: a worker lost its connection; the work done so far is kept "
+                   "in the run store: run the same command again to resume (-v shows the details)."]
+    assert main([*[a for a in args if a != "-q"], "-v"]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -204,8 +204,11 @@ class Progress:
 @contextmanager
 def embedded_client() -> Iterator[Client]:
     """A local cluster inside this process: one worker, one task at a time (torch uses the cores)."""
+    # A task's error reaches the caller with its own type (and the command's one sentence): the
+    # worker's "Compute Failed" log and its stack are shown only with -v.
+    level = logging.ERROR if logging.getLogger("geogla").isEnabledFor(logging.DEBUG) else logging.CRITICAL
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(level)
     with dask.config.set({"distributed.worker.daemon": False}):
         # Any free port: distributed serves HTTP (health, dashboard) even when asked not to, and a fixed
         # port would clash with a cluster the user already runs.
