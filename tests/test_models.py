@@ -719,8 +719,9 @@ def test_preset_attention_overrides_apply_and_explicit_options_win() -> None:
         attention_config("default", "both")
 
 
-class _Captured(Exception):
-    """Raised by a stand-in for run_scene, carrying the run configuration the command built."""
+class _Captured(BaseException):
+    """Raised by a stand-in for run_scene, carrying the run configuration the command built (a
+    BaseException, so that it passes the command's handler of faults)."""
 
     def __init__(self, config: object) -> None:
         super().__init__("captured")
