@@ -404,18 +404,22 @@ class RunStore:
         g = self.scene.georef
         return _blocks(g.height, g.width, self.config.block)
 
+    def block_grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of output blocks: the chunk grid of the class raster."""
+        g, size = self.scene.georef, self.config.block
+        return -(-g.height // size), -(-g.width // size)
+
     def block_count(self) -> int:
         """Number of output blocks (:meth:`blocks`)."""
-        g, size = self.scene.georef, self.config.block
-        return -(-g.height // size) * -(-g.width // size)
+        rows, cols = self.block_grid()
+        return rows * cols
 
     def block(self, index: int) -> tuple[int, int, int, int]:
         """Output block ``index`` of :meth:`blocks`, computed alone."""
         g, size = self.scene.georef, self.config.block
-        per_row = -(-g.width // size)
         if not 0 <= index < self.block_count():
             raise IndexError(index)
-        y, x = divmod(index, per_row)
+        y, x = divmod(index, self.block_grid()[1])
         return y * size, x * size, min((y + 1) * size, g.height), min((x + 1) * size, g.width)
 
     def array(self, name: str) -> zarr.Array[Any]:
@@ -534,8 +538,7 @@ class RunStore:
         if self.is_done("text") and self.config.classes.prompts and not self._stored_chunks("text"):
             del self.group["done/text"]
             notes.append("the text embeddings were lost: embedding the prompts again")
-        g, size = self.scene.georef, self.config.block
-        per_row = -(-g.width // size)
+        per_row = self.block_grid()[1]
         stitched = self.read("blocks/stitched")
         rasters = [n for n in _RASTERS if n in self.group]
         stored = set.intersection(*(
