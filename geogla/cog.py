@@ -73,8 +73,9 @@ class ScratchFiles:
     @staticmethod
     def remove_stale(path: Path) -> None:
         """Remove the temporaries of earlier writes of ``path`` (any prefix of :class:`ScratchFiles`
-        for it): a process killed while writing ``path`` could not remove its own."""
-        pattern = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{12}(\.|$)")
+        for it, and those of writes of those temporaries, which add a leading dot): a process killed
+        while writing ``path`` could not remove its own."""
+        pattern = re.compile(r"\.+" + re.escape(f"{path.name}.") + r"[0-9a-f]{12}(\.|$)")
         _remove_matching(path.parent, lambda name: pattern.match(name) is not None)
 
 

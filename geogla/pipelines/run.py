@@ -73,8 +73,8 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
                 encode_resources: dict[str, float] | None = None) -> list[list[Task]]:
     """The tasks of one run in waves: every task of a wave needs only the waves before it.
 
-    Encode and text, then the summary, the attend tasks, the stitch tasks, and last the outputs
-    (and, with ``labels``, a label raster of class ids, the evaluation).  ``encode_resources``
+    Encode and text, then the summary, the attend tasks, the stitch tasks, the outputs and last,
+    with ``labels`` (a label raster of class ids), the evaluation.  ``encode_resources``
     (e.g. ``{"GPU": 1}``, see :func:`encode_resources`) are the worker resources each encode task
     asks for.
     """
@@ -83,10 +83,7 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
     first = [Task("encode", f"encode-{k}", stages.encode_windows, (url, ids), len(ids), encode_resources)
              for k, ids in enumerate(batches)]
     first.append(Task("text", "text", stages.embed_text, (url,)))
-    last = [Task("outputs", "outputs", stages.write_outputs, (url, out_dir))]
-    if labels is not None:
-        last.append(Task("evaluate", "evaluate", stages.evaluate_labels, (url, labels, out_dir)))
-    return [
+    waves = [
         first,
         [Task("summary", "summary", stages.summarize_keys, (url,))],
         [
@@ -94,8 +91,11 @@ def build_waves(store: RunStore, out_dir: str, labels: str | None = None,
             for k, part in enumerate(attend_parts(store))
         ],
         [Task("stitch", f"stitch-{b}", stages.stitch_block, (url, b)) for b in range(store.block_count())],
-        last,
+        [Task("outputs", "outputs", stages.write_outputs, (url, out_dir))],
     ]
+    if labels is not None:  # after the output set, which retires the metrics of the set before it
+        waves.append([Task("evaluate", "evaluate", stages.evaluate_labels, (url, labels, out_dir))])
+    return waves
 
 
 def run_stage(fn: Callable[..., StageResult], *args: Any) -> StageResult:
@@ -469,6 +469,7 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
                                                    overwrite=overwrite)
         lock.acquire()  # takes a new store's lock, or re-takes it after --overwrite removed the old store
         log.info("run store %s (%s)", plan.store_url, "resumed" if resumed else "new")
+        stages.recover_outputs(out_dir, scene.stem)  # one whole set in the folder before the run reads it
         if on_start is not None:
             on_start(scene)
         result = timed_run(store, out_dir, resumed, client, labels, progress, planned.seconds)

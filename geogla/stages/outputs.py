@@ -1,5 +1,5 @@
-"""The outputs stage (class COG, styled GeoPackage, STAC item) and the evaluation against a label
-raster (``geogla run --labels``)."""
+"""The outputs stage (class COG, styled GeoPackage, STAC item, published as one set) and the
+evaluation against a label raster (``geogla run --labels``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rasterio.windows import Window
 from geogla.cog import atomic_output, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
+from geogla.publish import journal_path, output_set, recover
 from geogla.scene import open_raster
 from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
 from geogla.stages.result import StageResult
@@ -62,37 +63,62 @@ def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResu
     return StageResult({"evaluate": time.perf_counter() - t0}, metrics=metrics)
 
 
+def set_members(out_dir: str | os.PathLike[str], stem: str,
+                save_probabilities: bool) -> tuple[list[Path], list[Path]]:
+    """The files of a run's output set in the order they are published (the STAC item, the set's
+    commit record, last), and the files of a previous set that this one retires (see
+    :mod:`geogla.publish`): its metrics (the evaluation writes them after the set) and a
+    probability COG that is no longer asked for."""
+    paths = output_paths(out_dir, stem)
+    optional = [paths["probabilities"]] if save_probabilities else []
+    members = [paths["cog"], *optional, paths["gpkg"], paths["stac"]]
+    retired = [paths["metrics"], *([] if save_probabilities else [paths["probabilities"]])]
+    return members, retired
+
+
+def recover_outputs(out_dir: str | os.PathLike[str], stem: str) -> None:
+    """Finish publishing the output set a stopped run had committed in ``out_dir`` and remove the
+    temporaries of killed writes (:func:`geogla.publish.recover`); called when a run starts."""
+    every = list(output_paths(out_dir, stem).values())
+    recover(journal_path(out_dir, stem), every)
+
+
 def write_outputs(store_url: str, out_dir: str) -> StageResult:
-    """Write the class COG and the styled GeoPackage from the stitched class raster."""
+    """Write the class COG, the probability COG (when asked for), the styled GeoPackage and the
+    STAC item from the stitched rasters, and publish them as one set (:func:`geogla.publish.output_set`)."""
     store = RunStore.open(store_url)
     scene, cfg = store.scene, store.config
     paths = output_paths(out_dir, scene.stem)
+    members, retired = set_members(out_dir, scene.stem, cfg.save_probabilities)
     classes = store.array("classes")
-    t0 = time.perf_counter()
-    with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
-        write_class_cog(paths["cog"], classes, scene.georef, cfg.classes)
-        if cfg.save_probabilities:
-            write_float_cog(paths["probabilities"], store.array("probabilities"), scene.georef,
-                            list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
-    t1 = time.perf_counter()
-    # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
-    polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area, simplify=cfg.simplify)
-    write_geopackage(paths["gpkg"], polygons, scene.georef, cfg.classes)
-    with gdal_env(), open_raster(scene.path) as ds:
-        acquired = tiff_datetime(ds.tags())
-    properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
-                  "geogla:attention": cfg.attention.to_json(),
-                  "geogla:source": os.path.basename(scene.path)}
-    item = build_stac_item(
-        paths["stac"],
-        item_id=scene.stem,
-        cog_path=paths["cog"],
-        gpkg_path=paths["gpkg"],
-        georef=scene.georef,
-        class_list=cfg.classes,
-        datetime=acquired,
-        properties=properties,
-        probabilities_path=paths["probabilities"] if cfg.save_probabilities else None,
-    )
-    write_stac_item(paths["stac"], item)
+    with output_set(journal_path(out_dir, scene.stem), members, retired) as pending:
+        t0 = time.perf_counter()
+        with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
+            write_class_cog(pending[paths["cog"]], classes, scene.georef, cfg.classes)
+            if cfg.save_probabilities:
+                write_float_cog(pending[paths["probabilities"]], store.array("probabilities"), scene.georef,
+                                list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
+        t1 = time.perf_counter()
+        # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
+        polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area,
+                                 simplify=cfg.simplify)
+        write_geopackage(pending[paths["gpkg"]], polygons, scene.georef, cfg.classes)
+        with gdal_env(), open_raster(scene.path) as ds:
+            acquired = tiff_datetime(ds.tags())
+        properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
+                      "geogla:attention": cfg.attention.to_json(),
+                      "geogla:source": os.path.basename(scene.path)}
+        # Built for the final paths: asset hrefs name the published files, not the temporaries.
+        item = build_stac_item(
+            paths["stac"],
+            item_id=scene.stem,
+            cog_path=paths["cog"],
+            gpkg_path=paths["gpkg"],
+            georef=scene.georef,
+            class_list=cfg.classes,
+            datetime=acquired,
+            properties=properties,
+            probabilities_path=paths["probabilities"] if cfg.save_probabilities else None,
+        )
+        write_stac_item(pending[paths["stac"]], item)
     return StageResult({"cog": t1 - t0, "vectorize": time.perf_counter() - t1})
