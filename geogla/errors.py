@@ -51,6 +51,11 @@ class DamagedStoreError(StoreError):
     """The run store's metadata cannot be read or contradicts itself: nothing in it can be trusted."""
 
 
+class CorruptChunkError(GeoglaError):
+    """A chunk of the run store fails its checksum, or a far-summary array is missing, where a stage
+    reads it: the run verifies the store and makes what fails again (a fault, when it escapes)."""
+
+
 def describe_fault(exc: BaseException) -> str:
     """One sentence for an error that is not the user's: what happened, that the work done is kept,
     and that the same command resumes (a full disk is named as such, wherever it was hit)."""

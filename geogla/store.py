@@ -13,7 +13,8 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
       values            (L, Nv, Dv) float16  CLIP last-block value tokens on CLIP's own grid
                                              (``value_grid``, Nv tokens); resized to the key grid
                                              when read (:func:`geogla.models.clip.resize_token_grid`)
-      summary/<field>               scalable attention's far summary of all keys (FarSample)
+      summary/<field>               scalable attention's far summary of all keys (FarSample;
+                                             an empty group for the other algorithms)
       features          (L, N, E)   float16  projected, L2-normalised features after attention
       text              (P, E)      float32  prompt embeddings
       classes           (H, W)      uint8    stitched class ids, 255 = nodata
@@ -32,6 +33,11 @@ times a float32 scale per token (:func:`quantize_keys`), because the attention's
 and thresholds are sensitive to the keys' absolute error, which float16 makes 4 to 10 times
 larger on their typical components.
 
+Every chunk of the window arrays, the rasters and the text embeddings carries a CRC-32C (zarr's
+``crc32c`` codec; shards carry one for their index too), and each array of the far summary one of
+its bytes (``attrs["crc32"]``): a chunk damaged at rest fails its check when a stage reads it,
+and the run makes it again (:meth:`RunStore.reset_lost_chunks` with ``verify``).
+
 Three fingerprints guard what is stored (:data:`geogla.runconfig.FINGERPRINT_LEVELS`): a store
 whose *encode* fingerprint differs is refused; when only the *attend* or *classify* one differs
 (other attention settings, other classes), the encoded windows are kept and the later stages
@@ -47,14 +53,16 @@ import math
 import os
 import shutil
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from geogla.errors import DamagedStoreError, OutputError, StoreError
+from geogla.errors import CorruptChunkError, DamagedStoreError, OutputError, StoreError
 from geogla.gla.config import ATTENTION_VERSION
 from geogla.grid import WindowGrid
 from geogla.paths import is_url
@@ -66,12 +74,16 @@ log = logging.getLogger(__name__)
 #: 4: windows are encoded as canvases padded to the preset's ``pad_to`` with CLIP's mean colour,
 #: and the token grid is ``token_grid`` (rows, cols).  5: keys, values and features in float16,
 #: uncompressed, and the values on CLIP's own grid (``value_grid``).  6: keys in 16-bit integers
-#: with a float32 scale per token (``key_scale``).
-FORMAT = 6
+#: with a float32 scale per token (``key_scale``).  7: every chunk of the window arrays, the
+#: rasters and the text embeddings ends in its CRC-32C, and the far summary's arrays have theirs
+#: in the group's attributes.
+FORMAT = 7
 #: dtype of the keys in the store: integers times a scale per token (:func:`quantize_keys`).
 KEY_DTYPE = np.int16
 #: dtype of the values and features in the store.
 VECTOR_DTYPE = np.float16
+#: The codec that ends every chunk of the large arrays with its CRC-32C (4 bytes a chunk).
+CHECKSUM = Crc32cCodec()
 
 
 class StoreDims(TypedDict):
@@ -302,7 +314,7 @@ class RunStore:
         H, W = scene.georef.shape
         blk, P, C = config.block, len(config.classes.prompts), len(config.classes)
         g.create_array("text", shape=(P, E), chunks=(max(P, 1), E), dtype="float32", fill_value=0.0,
-                       overwrite=True)
+                       compressors=[CHECKSUM], overwrite=True)
         # uncompressed, so that the store's size is known beforehand: one byte per pixel, next to
         # the window vectors' 13 (tiny model) to 180 (default)
         g.create_array(
@@ -311,7 +323,7 @@ class RunStore:
             chunks=_raster_chunks(H, W, blk),
             dtype="uint8",
             fill_value=255,
-            compressors=None,
+            compressors=[CHECKSUM],
             overwrite=True,
         )
         if config.save_probabilities:
@@ -321,6 +333,7 @@ class RunStore:
                 chunks=(C, *_raster_chunks(H, W, blk)),
                 dtype="uint8",
                 fill_value=0,
+                compressors=[ZstdCodec(), CHECKSUM],
                 overwrite=True,
             )
         g.create_array("blocks/stitched", shape=(len(_blocks(H, W, blk)),), chunks=(1,), dtype=bool,
@@ -476,81 +489,128 @@ class RunStore:
         return np.asarray(self.array(name).oindex[np.asarray(rows, dtype=np.int64)])
 
     def write_tensors(self, name: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store small arrays as the group ``name`` (replacing it), one Zarr array each."""
+        """Store small arrays as the group ``name`` (replacing it), one Zarr array each, and the
+        CRC-32 of each one's bytes in the group's ``attrs["crc32"]`` (checked by :meth:`read_tensors`)."""
         if name in self.group:
             del self.group[name]
         group = self.group.create_group(name)
+        sums = {}
         for key, data in arrays.items():
+            data = np.ascontiguousarray(data)
             # uncompressed: floats barely compress, and the store's size is then known beforehand
-            group.create_array(key, data=np.ascontiguousarray(data),
-                               chunks=data.shape if data.ndim else "auto", compressors=None)
+            group.create_array(key, data=data, chunks=data.shape if data.ndim else "auto", compressors=None)
+            sums[key] = zlib.crc32(data.tobytes())
+        group.attrs["crc32"] = sums  # last: a group without it was not finished
 
     def read_tensors(self, name: str) -> dict[str, np.ndarray]:
-        """The arrays of group ``name`` written by :meth:`write_tensors`."""
-        group = self.group[name]
-        assert isinstance(group, zarr.Group)
-        return {key: np.asarray(arr[...]) for key, arr in group.arrays()}
+        """The arrays of group ``name`` written by :meth:`write_tensors`; :class:`CorruptChunkError`
+        when one is missing or its bytes fail their CRC-32 (a lost or damaged chunk reads as fill
+        values, which only the checksum tells)."""
+        try:
+            group = self.group[name]
+            raw = group.attrs["crc32"]
+            if not isinstance(raw, dict):
+                raise TypeError("attrs['crc32'] is not a mapping")
+            sums = {str(key): value for key, value in raw.items()}
+            tensors = {key: np.asarray(self.array(f"{name}/{key}")[...]) for key in sums}
+        except (KeyError, ValueError, TypeError, DamagedStoreError) as exc:
+            raise CorruptChunkError(f"{name} of the run store {self.url} cannot be read") from exc
+        for key, data in tensors.items():
+            if zlib.crc32(np.ascontiguousarray(data).tobytes()) != sums[key]:
+                raise CorruptChunkError(f"{name}/{key} of the run store {self.url} fails its checksum")
+        return tensors
 
-    # -- lost chunks ---------------------------------------------------------------------------
-    def reset_lost_chunks(self) -> list[str]:
+    # -- lost and damaged chunks --------------------------------------------------------------
+    def reset_lost_chunks(self, verify: bool = False) -> list[str]:
         """Clear the done flags that vouch for chunks no longer in the store (a lost shard of keys,
         values or features, a lost block of the class raster, lost text embeddings), so that the
         stages that made them run again; return one line per kind of loss.
 
-        An encode batch is vouched for where one of its windows is valid and encoded, an attend
-        batch where one is valid and attended, a block where it is stitched.  Lost features of a
-        compacted store cannot be made again (its keys are gone): :class:`DamagedStoreError`.
+        With ``verify``, every chunk a flag vouches for is also read, and one that fails its
+        checksum (or cannot be read at all) counts as lost; the far summary too.  This reads the
+        whole store: a run does it only once a stage has found a damaged chunk
+        (:func:`is_damaged_chunk`).  An encode batch is vouched for where one of its windows is
+        valid and encoded, an attend batch where one is valid and attended, a block where it is
+        stitched.  Lost features of a compacted store cannot be made again (its keys are gone):
+        :class:`DamagedStoreError`.
         """
         notes: list[str] = []
         B, L = self.config.batch_size, len(self.grid)
         valid = self.read("windows/valid")
         batch_of = np.arange(L) // B
+        lost_what = "lost or damaged" if verify else "lost"
 
-        def vouched(flag: str) -> np.ndarray:
+        def lost_batches(flag: str, names: Sequence[str]) -> list[int]:
             done = np.zeros(-(-L // B), dtype=bool)
             np.logical_or.at(done, batch_of, self.read(flag) & valid)
-            return np.nonzero(done)[0]
+            stored = set.intersection(*(self._stored_batches(n) for n in names))
+            return [int(b) for b in np.nonzero(done)[0]
+                    if b not in stored or (verify and not self._readable(names, np.s_[b * B:(b + 1) * B]))]
 
         fps = self.meta["fingerprints"]
         if not self.compacted:
-            stored = set.intersection(*(self._stored_batches(n) for n in ("keys", "key_scale", "values")))
-            lost = [int(b) for b in vouched("windows/encoded") if b not in stored]
+            lost = lost_batches("windows/encoded", ("keys", "key_scale", "values"))
             for b in lost:
                 self.array("windows/encoded")[b * B:(b + 1) * B] = False
             if lost:
-                notes.append(f"{_batches(len(lost), 'encoded')} lost keys or values: encoding again")
+                notes.append(f"{_batches(len(lost), 'encoded')} {lost_what} keys or values: encoding again")
+            if self.is_done("summary") and ("summary" not in self.group
+                                            or (verify and not self._readable_tensors("summary"))):
+                del self.group["done/summary"]
+                notes.append(f"the far summary was {lost_what}: summarising the keys again")
         if fps.get("attend"):
-            stored = self._stored_batches("features")
-            lost = [int(b) for b in vouched("windows/attended") if b not in stored]
+            lost = lost_batches("windows/attended", ("features",))
             if lost and self.compacted:
-                raise damaged(self.url, f"features of {_batches(len(lost), 'attended')} are lost and, "
-                              "compacted, it has no keys to make them again")
+                raise damaged(self.url, f"features of {_batches(len(lost), 'attended')} are {lost_what} "
+                              "and, compacted, it has no keys to make them again")
             for b in lost:
                 self.array("windows/attended")[b * B:(b + 1) * B] = False
             if lost:
-                notes.append(f"{_batches(len(lost), 'attended')} lost features: attending again")
+                notes.append(f"{_batches(len(lost), 'attended')} {lost_what} features: attending again")
         if fps.get("classify"):
-            notes += self._reset_lost_blocks()
+            notes += self._reset_lost_blocks(verify, lost_what)
         return notes
 
-    def _reset_lost_blocks(self) -> list[str]:
+    def _reset_lost_blocks(self, verify: bool, lost_what: str) -> list[str]:
         notes = []
-        if self.is_done("text") and self.config.classes.prompts and not self._stored_chunks("text"):
+        if (self.is_done("text") and self.config.classes.prompts
+                and (not self._stored_chunks("text") or (verify and not self._readable(["text"], ...)))):
             del self.group["done/text"]
-            notes.append("the text embeddings were lost: embedding the prompts again")
+            notes.append(f"the text embeddings were {lost_what}: embedding the prompts again")
         per_row = self.block_grid()[1]
         stitched = self.read("blocks/stitched")
         rasters = [n for n in _RASTERS if n in self.group]
         stored = set.intersection(*(
             {c[-2] * per_row + c[-1] for c in self._stored_chunks(n)} for n in rasters
         ))
-        lost = [int(i) for i in np.nonzero(stitched)[0] if i not in stored]
+        lost = []
+        for i in map(int, np.nonzero(stitched)[0]):
+            y1, x1, y2, x2 = self.block(i)
+            if i not in stored or (verify and not self._readable(rasters, np.s_[..., y1:y2, x1:x2])):
+                lost.append(i)
         for i in lost:
             self.array("blocks/stitched")[i] = False
         if lost:
             plural = "s" if len(lost) != 1 else ""
-            notes.append(f"{len(lost)} block{plural} of the class raster lost: stitching again")
+            notes.append(f"{len(lost)} block{plural} of the class raster {lost_what}: stitching again")
         return notes
+
+    def _readable(self, names: Sequence[str], selection: Any) -> bool:
+        """Whether ``selection`` of each array in ``names`` reads (its checksums hold)."""
+        try:
+            for name in names:
+                self.array(name)[selection]
+        except Exception as exc:  # any failure to read a vouched-for chunk means damage
+            log.debug("run store %s: %s fails to read: %s", self.url, names, exc)
+            return False
+        return True
+
+    def _readable_tensors(self, name: str) -> bool:
+        try:
+            self.read_tensors(name)
+        except CorruptChunkError:
+            return False
+        return True
 
     def _stored_batches(self, name: str) -> set[int]:
         """Encode batches (shards along the first axis) of window array ``name`` in the store."""
@@ -619,7 +679,7 @@ def _create_window_vectors(group: zarr.Group, name: str, n_windows: int, tokens:
         shards=(batch, tokens, dim),
         dtype=VECTOR_DTYPE if dtype is None else dtype,
         fill_value=0,
-        compressors=None,
+        compressors=[CHECKSUM],
         overwrite=True,
     )
 
@@ -628,7 +688,7 @@ def _create_key_arrays(group: zarr.Group, n_windows: int, tokens: int, dim: int,
     """``keys`` in :data:`KEY_DTYPE` and their ``key_scale`` per token, chunked as the window vectors."""
     _create_window_vectors(group, "keys", n_windows, tokens, dim, batch, KEY_DTYPE)
     group.create_array("key_scale", shape=(n_windows, tokens), chunks=(1, tokens), shards=(batch, tokens),
-                       dtype="float32", fill_value=0.0, compressors=None, overwrite=True)
+                       dtype="float32", fill_value=0.0, compressors=[CHECKSUM], overwrite=True)
 
 
 def _raster_chunks(height: int, width: int, block: int) -> tuple[int, int]:
@@ -643,6 +703,21 @@ def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, in
 
 def _batches(count: int, kind: str) -> str:
     return f"{count} {kind} batch{'es' if count != 1 else ''}"
+
+
+def is_damaged_chunk(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says a stage read a damaged chunk: zarr's
+    CRC-32C check failed, or :meth:`RunStore.read_tensors` found a far-summary array damaged."""
+    current: BaseException | None = exc
+    seen: list[BaseException] = []
+    while current is not None and current not in seen:
+        if isinstance(current, CorruptChunkError):
+            return True
+        if isinstance(current, ValueError) and "checksum do not match" in str(current):  # zarr's Crc32cCodec
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def damaged(url: str, what: str) -> DamagedStoreError:

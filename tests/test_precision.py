@@ -16,7 +16,7 @@ from geogla.errors import StoreError
 from geogla.models import RandomWeightsWarning, SegmentationModel, create_model
 from geogla.runconfig import RunConfig
 from geogla.scene import SceneReader, open_scene
-from geogla.store import FORMAT, RunStore, dequantize_keys, quantize_keys, window_bytes
+from geogla.store import CHECKSUM, FORMAT, RunStore, dequantize_keys, quantize_keys, window_bytes
 from tests.conftest import structured_rgb, write_geotiff
 
 pytestmark = [pytest.mark.filterwarnings("ignore::geogla.models.weights.RandomWeightsWarning")]
@@ -84,12 +84,14 @@ def test_the_store_keeps_16_bit_vectors_uncompressed_and_the_values_on_clips_gri
                       "features": (2, 784, 32)}
     dtypes = {name: store.array(name).dtype for name in names}
     assert dtypes == {"keys": np.int16, "key_scale": np.float32, "values": np.float16, "features": np.float16}
-    assert not any(store.array(name).compressors for name in names)
+    # uncompressed: each chunk only ends in its CRC-32C
+    assert all(store.array(name).compressors == (CHECKSUM,) for name in names)
     per_window = sum(window_bytes(store.token_grid, store.value_grid, 64, 64, 32))
     stored = sum(f.stat().st_size for name in names for f in (tmp_path / "s.zarr" / name).rglob("*")
                  if f.is_file() and f.name != "zarr.json")
-    # the shards hold the bytes and a small index (16 bytes per inner chunk)
-    assert per_window * 2 <= stored <= per_window * 2 + 16 * 2 * len(names) + 1024
+    # the shards hold the bytes, 4 bytes of checksum per inner chunk and a small index (16 bytes per
+    # inner chunk, and its own checksum)
+    assert per_window * 2 <= stored <= per_window * 2 + (16 + 4) * 2 * len(names) + 1024
     # The keys come back within half a step of their token's scale (and float32 rounding of it).
     model = stages.model_for(store)
     with SceneReader(store.scene) as reader:

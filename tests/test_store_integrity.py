@@ -152,6 +152,99 @@ def test_lost_chunks_are_made_again_and_said(
     assert not re.search(r"\blost\b", capsys.readouterr().err)  # made again: nothing lost now
 
 
+def _flip_a_byte(path: Path) -> None:
+    """Damage ``path`` at rest: one byte inside its first chunk's data (a shard's index is at its end)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {  # a byte flipped in a chunk (shard), then a rerun: classes and options of the rerun
+    "keys shard, then other attention": ("keys/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
+    "values shard, then other attention": ("values/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
+    "features shard, then other classes": ("features/c/0/0/0", "water,grass", []),
+    "class raster block, same command": ("classes/c/0/0", "building,tree", []),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_damaged_chunks_are_found_when_read_and_made_again(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, corruption: str,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    chunk, classes, extra = CORRUPTIONS[corruption]
+    scene = str(clean_run[0])
+    reference = tmp_path / "reference"
+    assert main(["run", scene, "--classes", classes, "-o", str(reference), *TINY, *extra]) == 0
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    _flip_a_byte(out / "scene.zarr" / chunk)
+    capsys.readouterr()
+    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
+    err = capsys.readouterr().err
+    assert "read a damaged chunk" in err
+    notes = [line for line in err.splitlines() if "lost or damaged" in line]
+    assert len(notes) == 1 and "again" in notes[0], err
+    for name in ("classes.tif",):
+        with rasterio.open(out / f"scene.{name}") as got, rasterio.open(reference / f"scene.{name}") as want:
+            assert np.array_equal(got.read(1), want.read(1))
+
+
+def test_chunks_that_stay_damaged_end_the_run_with_one_sentence(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geogla.store import RunStore
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    _flip_a_byte(out / "scene.zarr" / "features" / "c" / "0" / "0" / "0")
+    # a disk that damages what is written: the repairs never take
+    def never_repaired(self: RunStore, verify: bool = False) -> list[str]:
+        return ["made again"] if verify else []
+
+    monkeypatch.setattr(RunStore, "reset_lost_chunks", never_repaired)
+    capsys.readouterr()
+    assert main(["run", str(clean_run[0]), "--classes", "water,grass", "-o", str(out), *TINY]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert "Traceback" not in "".join(err) and "still fail their checksums" in err[-1], err
+    assert sum("read a damaged chunk" in line for line in err) == 2, err
+
+
+def test_a_damaged_far_summary_is_made_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scene = str(write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420)))
+    args = ["--classes", "building,tree", *TINY, "--attention-algorithm", "scalable"]
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert main(["run", scene, "-o", str(reference), *args]) == 0
+    shutil.copytree(reference, out)
+    store = out / "scene.zarr"
+    chunks = [p for p in (store / "summary").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    _flip_a_byte(max(chunks, key=lambda p: p.stat().st_size))
+    (store / "features" / "c" / "0" / "0" / "0").unlink()  # attend runs again, and reads the summary
+    capsys.readouterr()
+    assert main(["run", scene, "-o", str(out), *args]) == 0
+    err = capsys.readouterr().err
+    assert "far summary was lost or damaged" in err, err
+    with rasterio.open(out / "scene.classes.tif") as got, \
+            rasterio.open(reference / "scene.classes.tif") as want:
+        assert np.array_equal(got.read(1), want.read(1))
+
+
+def test_damaged_features_of_a_compacted_store_are_refused(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[1], out)
+    scene = str(clean_run[0])
+    assert main(["run", scene, "--classes", "building,tree", "-o", str(out), *TINY, "--compact"]) == 0
+    _flip_a_byte(out / "scene.zarr" / "features" / "c" / "0" / "0" / "0")
+    capsys.readouterr()
+    assert main(["run", scene, "--classes", "water,grass", "-o", str(out), *TINY]) == 2
+    err = _errors(capsys.readouterr().err)
+    assert "is damaged" in err[-1] and "compacted" in err[-1] and "--overwrite" in err[-1], err
+    assert "Traceback" not in "".join(err)
+
+
 def test_lost_features_of_a_compacted_store_are_refused(
     clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from dask.base import tokenize
 from distributed import Client, Future, LocalCluster, wait
 
 from geogla import stages
-from geogla.errors import ConfigError, StoreError
+from geogla.errors import ConfigError, CorruptChunkError, StoreError
 from geogla.lock import RunLock
 from geogla.paths import absolute, is_url, make_output_dir
 from geogla.pipelines.footprint import Footprint, check_disk, footprint, used_bytes
@@ -35,7 +35,7 @@ from geogla.pipelines.plan import RunPlan, plan_run
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene
 from geogla.stages import StageResult
-from geogla.store import RunStore
+from geogla.store import RunStore, is_damaged_chunk
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +416,37 @@ def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | Non
                      valid_windows=int(store.read("windows/valid").sum()))
 
 
+#: How many times one run makes damaged chunks again before it gives up (a disk that keeps
+#: damaging what is written to it).
+REPAIRS = 2
+
+
+def _run_repairing(store: RunStore, out_dir: str, resumed: bool, client: Client | None,
+                   labels: str | None, progress: Callable[[Progress], None] | None,
+                   planned: dict[str, float]) -> RunResult:
+    """:func:`timed_run`; when a stage reads a damaged chunk (:func:`geogla.store.is_damaged_chunk`),
+    the whole store is verified, the done flags of what fails are cleared (one line each) and the
+    run goes on, making those chunks again; at most :data:`REPAIRS` times."""
+    for repairs in range(REPAIRS + 1):
+        try:
+            return timed_run(store, out_dir, resumed, client, labels, progress, planned)
+        except Exception as exc:
+            if not is_damaged_chunk(exc):
+                raise
+            if repairs == REPAIRS:
+                raise CorruptChunkError(
+                    f"chunks of the run store {store.url} still fail their checksums after being made "
+                    f"again {REPAIRS} times: its disk may be failing") from exc
+            log.warning("run store %s: a stage read a damaged chunk (%s); checking the whole store",
+                        store.url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            notes = store.reset_lost_chunks(verify=True)
+            if not notes:
+                raise
+            for note in notes:
+                log.warning("run store %s: %s.", store.url, note)
+    raise AssertionError("unreachable")
+
+
 def run_scene(scene: str | os.PathLike[str] | Scene, out_dir: str | os.PathLike[str], config: RunConfig, *,
               bands: list[int] | None = None, gsd: float | None = None, resize_long_side: int | None = None,
               store_url: str | None = None, overwrite: bool = False, client: Client | None = None,
@@ -472,7 +503,7 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
         stages.recover_outputs(out_dir, scene.stem)  # one whole set in the folder before the run reads it
         if on_start is not None:
             on_start(scene)
-        result = timed_run(store, out_dir, resumed, client, labels, progress, planned.seconds)
+        result = _run_repairing(store, out_dir, resumed, client, labels, progress, planned.seconds)
         if compact:
             store.compact()
     finally:

@@ -113,12 +113,13 @@ def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.d
 
 def summarize_keys(store_url: str) -> StageResult:
     """Scalable attention's far summary of all valid windows (two passes over the keys), stored
-    under ``summary/`` with the windows numbered by their ids in the store; nothing to do with the
-    other algorithms."""
+    under ``summary/`` with the windows numbered by their ids in the store; an empty ``summary/``
+    for the other algorithms."""
     store = RunStore.open(store_url)
     if store.is_done("summary"):
         return SKIPPED
     t0 = time.perf_counter()
+    tensors: dict[str, np.ndarray] = {}  # an empty summary where there is nothing to summarise
     if store_algorithm(store) == "scalable":
         ids = np.nonzero(store.read("windows/valid"))[0]  # once per run: the summary reads every window
         if len(ids):
@@ -127,7 +128,8 @@ def summarize_keys(store_url: str) -> StageResult:
             sample = summarize(StoreWindows(store, ids), store.config.attention, cdtype, adtype,
                                torch.device(model.device))
             sample = sample.renumbered(torch.arange(len(ids)), torch.from_numpy(ids))
-            store.write_tensors("summary", {k: v.numpy() for k, v in sample.to_tensors().items()})
+            tensors = {k: v.numpy() for k, v in sample.to_tensors().items()}
+    store.write_tensors("summary", tensors)  # always: a done summary without its group was lost
     store.mark_done("summary")
     return StageResult({"summary": time.perf_counter() - t0})
 
