@@ -121,37 +121,6 @@ def test_overwrite_after_damage_gives_the_clean_outputs(
         assert np.array_equal(src.read(1), clean_run[2])
 
 
-LOSSES = {  # chunk (shard) deleted, then a rerun: classes and options of the rerun
-    "keys shard, then other attention": ("keys/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
-    "values shard, same command": ("values/c/0/0/0", "building,tree", []),
-    "features shard, then other classes": ("features/c/0/0/0", "water,grass", []),
-    "class raster block, same command": ("classes/c/0/0", "building,tree", []),
-    "text embeddings, same command": ("text/c/0/0", "building,tree", []),
-}
-
-
-@pytest.mark.parametrize("loss", list(LOSSES))
-def test_lost_chunks_are_made_again_and_said(
-    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, loss: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    chunk, classes, extra = LOSSES[loss]
-    scene = str(clean_run[0])
-    reference = tmp_path / "reference"
-    assert main(["run", scene, "--classes", classes, "-o", str(reference), *TINY, *extra]) == 0
-    out = tmp_path / "out"
-    shutil.copytree(clean_run[1], out)
-    (out / "scene.zarr" / chunk).unlink()
-    capsys.readouterr()
-    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if re.search(r"\blost\b", line)]
-    assert len(notes) == 1 and "again" in notes[0], notes
-    with rasterio.open(out / "scene.classes.tif") as got, \
-            rasterio.open(reference / "scene.classes.tif") as want:
-        assert np.array_equal(got.read(1), want.read(1))
-    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
-    assert not re.search(r"\blost\b", capsys.readouterr().err)  # made again: nothing lost now
-
-
 def _flip_a_byte(path: Path) -> None:
     """Damage ``path`` at rest: one byte inside its first chunk's data (a shard's index is at its end)."""
     data = bytearray(path.read_bytes())
@@ -159,35 +128,46 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-CORRUPTIONS = {  # a byte flipped in a chunk (shard), then a rerun: classes and options of the rerun
-    "keys shard, then other attention": ("keys/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
-    "values shard, then other attention": ("values/c/0/0/0", "building,tree", ["--attention", "proxyclip"]),
-    "features shard, then other classes": ("features/c/0/0/0", "water,grass", []),
-    "class raster block, same command": ("classes/c/0/0", "building,tree", []),
+#: A chunk (shard) deleted (found on resume) or damaged (found when a stage reads it), then a rerun:
+#: classes and options of the rerun.
+DAMAGED_CHUNKS: dict[str, tuple[str, Callable[[Path], None], str, list[str]]] = {
+    "keys shard lost, then other attention":
+        ("keys/c/0/0/0", Path.unlink, "building,tree", ["--attention", "proxyclip"]),
+    "values shard lost, same command": ("values/c/0/0/0", Path.unlink, "building,tree", []),
+    "features shard lost, then other classes": ("features/c/0/0/0", Path.unlink, "water,grass", []),
+    "class raster block lost, same command": ("classes/c/0/0", Path.unlink, "building,tree", []),
+    "text embeddings lost, same command": ("text/c/0/0", Path.unlink, "building,tree", []),
+    "keys shard damaged, then other attention":
+        ("keys/c/0/0/0", _flip_a_byte, "building,tree", ["--attention", "proxyclip"]),
+    "values shard damaged, then other attention":
+        ("values/c/0/0/0", _flip_a_byte, "building,tree", ["--attention", "proxyclip"]),
+    "features shard damaged, then other classes": ("features/c/0/0/0", _flip_a_byte, "water,grass", []),
+    "class raster block damaged, same command": ("classes/c/0/0", _flip_a_byte, "building,tree", []),
 }
 
 
-@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-def test_damaged_chunks_are_found_when_read_and_made_again(
-    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, corruption: str,
-    capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("case", list(DAMAGED_CHUNKS))
+def test_lost_and_damaged_chunks_are_made_again_and_said(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    chunk, classes, extra = CORRUPTIONS[corruption]
+    chunk, damage, classes, extra = DAMAGED_CHUNKS[case]
     scene = str(clean_run[0])
     reference = tmp_path / "reference"
     assert main(["run", scene, "--classes", classes, "-o", str(reference), *TINY, *extra]) == 0
     out = tmp_path / "out"
     shutil.copytree(clean_run[1], out)
-    _flip_a_byte(out / "scene.zarr" / chunk)
+    damage(out / "scene.zarr" / chunk)
     capsys.readouterr()
     assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
     err = capsys.readouterr().err
-    assert "read a damaged chunk" in err
-    notes = [line for line in err.splitlines() if "lost or damaged" in line]
+    notes = [line for line in err.splitlines() if re.search(r"\blost\b", line)]
     assert len(notes) == 1 and "again" in notes[0], err
-    for name in ("classes.tif",):
-        with rasterio.open(out / f"scene.{name}") as got, rasterio.open(reference / f"scene.{name}") as want:
-            assert np.array_equal(got.read(1), want.read(1))
+    assert ("read a damaged chunk" in err) == (damage is _flip_a_byte), err
+    with rasterio.open(out / "scene.classes.tif") as got, \
+            rasterio.open(reference / "scene.classes.tif") as want:
+        assert np.array_equal(got.read(1), want.read(1))
+    assert main(["run", scene, "--classes", classes, "-o", str(out), *TINY, *extra]) == 0
+    assert not re.search(r"\blost\b|damaged chunk", capsys.readouterr().err)  # made again: nothing lost now
 
 
 def test_chunks_that_stay_damaged_end_the_run_with_one_sentence(
