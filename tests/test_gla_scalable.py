@@ -436,3 +436,16 @@ def test_spherical_kmeans_finds_separated_clusters() -> None:
     )
     found = spherical_kmeans(pts, 3, torch.Generator().manual_seed(1), iterations=10)
     assert float((found @ centres.T).max(dim=0).values.min()) > 0.99
+
+
+def test_context_bias_leans_each_window_toward_its_dominant_class() -> None:
+    plain = structured_scene(3, 3, side=8, dim=16, dim_v=6, classes=4, seed=3)
+    biased = structured_scene(3, 3, side=8, dim=16, dim_v=6, classes=4, seed=3, context_bias=0.5)
+    assert torch.equal(plain.keys, biased.keys) and torch.equal(plain.labels, biased.labels)
+    dominant = [int(torch.bincount(w, minlength=4).argmax()) for w in plain.labels]
+    assert len(set(dominant)) > 1  # windows see different contexts
+    for w, cls in enumerate(dominant):
+        shift = biased.values[w] - plain.values[w]  # one vector shared by the window's tokens
+        # one float32 rounding of values below 16 in magnitude: well under 1e-5
+        want = (0.5 * plain.class_vectors[cls]).expand_as(shift)
+        torch.testing.assert_close(shift, want, rtol=0, atol=1e-5)

@@ -4,6 +4,12 @@ Real VFM keys are not random: tokens of one object are similar, regions are spat
 and the same scene position looks alike in every window that covers it.  :func:`structured_scene`
 imitates that so precision and speed can be judged on inputs whose similarity distribution
 straddles the proxy threshold the way real ones do.
+
+With ``context_bias`` it also imitates the failure GLA exists to fix: CLIP's value tokens carry,
+besides their own content, what their window sees as a whole, so that a window's labels lean
+toward its dominant class.  Two overlapping windows with different dominant classes then label
+their shared pixels differently, and seams appear at window borders; attention across all
+windows averages the windows' biases and makes them agree (the Boundary Error Rate measures it).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ def structured_scene(
     window_noise: float = 0.15,
     value_noise: float = 1.0,
     centre_cos: float = 0.3,
+    context_bias: float = 0.0,
     seed: int = 0,
 ) -> SyntheticScene:
     """A scene of ``window_rows x window_cols`` windows of ``side x side`` tokens at half-window stride.
@@ -58,7 +65,9 @@ def structured_scene(
     window covering that position) plus a per-window noise of norm about ``window_noise``, then
     L2-normalised; class centres have pairwise cosine about ``centre_cos``.  With the defaults, two
     keys of one class have cosines spread around the proxy threshold 0.6.  Values are class vectors
-    plus noise of norm about ``value_noise`` times theirs.
+    plus noise of norm about ``value_noise`` times theirs, plus, with ``context_bias``, a bias shared
+    by every token of a window: ``context_bias`` times the class vector of the window's dominant
+    class (the most frequent label among its tokens, the lowest class on a tie).
     """
     gen = torch.Generator().manual_seed(seed)
     dim_v = dim if dim_v is None else dim_v
@@ -103,6 +112,8 @@ def structured_scene(
         window_keys = scene_keys[r : r + side, c : c + side].reshape(-1, dim)
         jitter = torch.randn(side * side, dim, generator=gen) * (window_noise / dim**0.5)
         keys[w] = F.normalize(window_keys + jitter, dim=1)
-        values[w] = scene_values[r : r + side, c : c + side].reshape(-1, dim_v)
         labels[w] = scene[r : r + side, c : c + side].reshape(-1)
+        context = int(torch.bincount(labels[w], minlength=classes).argmax())
+        own = scene_values[r : r + side, c : c + side].reshape(-1, dim_v)
+        values[w] = own + context_bias * class_vectors[context]
     return SyntheticScene(keys, values, offsets, labels, class_vectors)
