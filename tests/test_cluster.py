@@ -324,3 +324,21 @@ def test_run_on_a_locked_store_is_refused_before_it_changes_anything(
         assert code == 2
         assert "is in use by another run" in err and len(err.strip().splitlines()) == 1
         assert dict(zarr.open_group(store, mode="r").attrs["geogla"]) == before  # type: ignore[arg-type]
+
+
+def _task_threads() -> tuple[int, int]:
+    """In a task: the torch threads geogla sets, and the ones torch then uses."""
+    import torch
+
+    from geogla.pipelines.run import set_task_threads
+
+    return set_task_threads(), torch.get_num_threads()
+
+
+@pytest.mark.parametrize("task_threads", [1, 2])
+def test_task_threads_times_torch_threads_fit_the_cores(task_threads: int) -> None:
+    cores = len(os.sched_getaffinity(0))
+    with LocalCluster(n_workers=1, threads_per_worker=task_threads, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as local, Client(local) as client:
+        set_threads, used = client.submit(_task_threads, pure=False).result()
+    assert set_threads == used == max(1, cores // task_threads)

@@ -105,10 +105,33 @@ def run_stage(fn: Callable[..., StageResult], *args: Any) -> StageResult:
     this, glibc keeps the freed heap and a long run's resident memory creeps up with the number of
     tasks instead of staying at one task's peak.
     """
+    set_task_threads()
     try:
         return fn(*args)
     finally:
         release_memory()
+
+
+def set_task_threads() -> int:
+    """Give torch, in this task, the cores of this process divided among the Dask worker's task
+    threads (at least one each), and return that number; outside a worker, leave torch as it is.
+
+    Each task thread runs torch's own thread pool: a worker with 4 task threads on 8 cores whose
+    tasks each used 8 torch threads would run 32 threads on 8 cores, and attention's many small
+    parallel operations slow down many times when the cores are oversubscribed.
+    """
+    import torch
+    from distributed import get_worker
+
+    try:
+        task_threads = int(get_worker().state.nthreads)
+    except ValueError:  # not inside a Dask task
+        return int(torch.get_num_threads())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(task_threads, 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def release_memory() -> None:
