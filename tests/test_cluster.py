@@ -342,3 +342,20 @@ def test_task_threads_times_torch_threads_fit_the_cores(task_threads: int) -> No
                       dashboard_address="127.0.0.1:0") as local, Client(local) as client:
         set_threads, used = client.submit(_task_threads, pure=False).result()
     assert set_threads == used == max(1, cores // task_threads)
+
+
+@pytest.mark.slow
+def test_scalable_runs_give_identical_rasters_wherever_they_run(tmp_path: Path) -> None:
+    """Above the exact threshold (49 windows): embedded (torch on every core), two one-thread
+    workers and one two-thread worker (one torch thread per task) give the same class raster."""
+    scene = write_geotiff(tmp_path / "scene.tif", structured_rgb(896, 896, seed=4))
+    embedded = run_scene(str(scene), str(tmp_path / "embedded"), CONFIG)
+    assert stages.store_algorithm(RunStore.open(embedded.store_url, mode="r")) == "scalable"
+    want = _classes(Path(embedded.outputs["cog"]))
+    for workers, threads in ((2, 1), (1, 2)):
+        out = tmp_path / f"{workers}x{threads}"
+        with dask.config.set({"distributed.worker.daemon": False}), \
+                LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                             dashboard_address="127.0.0.1:0") as local, Client(local) as client:
+            result = run_scene(str(scene), str(out), CONFIG, client=client)
+        assert np.array_equal(_classes(Path(result.outputs["cog"])), want), (workers, threads)
