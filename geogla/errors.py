@@ -51,6 +51,18 @@ class DamagedStoreError(StoreError):
     """The run store's metadata cannot be read or contradicts itself: nothing in it can be trusted."""
 
 
+class MissingStoreError(StoreError):
+    """No run store where one was asked for (:meth:`geogla.store.RunStore.open`)."""
+
+
+class RunFault(GeoglaError):
+    """A fault whose message is the whole sentence the command prints (exit code 1)."""
+
+
+class LostStoreError(RunFault):
+    """The run store disappeared while the run was using it (removed, or its storage unreachable)."""
+
+
 class CorruptChunkError(GeoglaError):
     """A chunk of the run store fails its checksum, or a far-summary array is missing, where a stage
     reads it: the run verifies the store and makes what fails again (a fault, when it escapes)."""
@@ -59,6 +71,8 @@ class CorruptChunkError(GeoglaError):
 def describe_fault(exc: BaseException) -> str:
     """One sentence for an error that is not the user's: what happened, that the work done is kept,
     and that the same command resumes (a full disk is named as such, wherever it was hit)."""
+    if isinstance(exc, RunFault):
+        return str(exc)
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:

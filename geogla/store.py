@@ -62,7 +62,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from geogla.errors import CorruptChunkError, DamagedStoreError, OutputError, StoreError
+from geogla.errors import CorruptChunkError, DamagedStoreError, MissingStoreError, OutputError, StoreError
 from geogla.gla.config import ATTENTION_VERSION
 from geogla.grid import WindowGrid
 from geogla.paths import is_url
@@ -221,7 +221,7 @@ class RunStore:
         try:
             group = zarr.open_group(url, mode=mode)
         except FileNotFoundError:
-            raise StoreError(f"No run store at {url}.") from None
+            raise MissingStoreError(f"No run store at {url}.") from None
         except (ValueError, TypeError, KeyError):  # zarr.json unreadable: truncated, edited
             raise damaged(url, "its metadata cannot be read") from None
         if "geogla" not in group.attrs:

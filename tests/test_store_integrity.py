@@ -278,6 +278,32 @@ def test_a_full_disk_ends_in_one_sentence_and_the_same_command_resumes(
         assert np.array_equal(src.read(1), clean_run[2])
 
 
+def test_a_store_lost_mid_run_ends_in_one_sentence_and_the_same_command_starts_afresh(
+    clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geogla.stages as stages
+
+    stitch = stages.stitch_block
+
+    def store_removed_first(url: str, block: int) -> object:
+        shutil.rmtree(url, ignore_errors=True)  # another process, or a lost mount
+        return stitch(url, block)
+
+    out = tmp_path / "out"
+    args = ["run", str(clean_run[0]), "--classes", "building,tree", "-o", str(out), *TINY]
+    with monkeypatch.context() as patched:
+        patched.setattr(stages, "stitch_block", store_removed_first)
+        capsys.readouterr()
+        assert main(args) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "disappeared during the run" in err[0] and "same command" in err[0], err
+    assert main(args) == 0
+    with rasterio.open(out / "scene.classes.tif") as src:
+        assert np.array_equal(src.read(1), clean_run[2])
+
+
 def test_a_fault_ends_in_one_sentence_and_verbose_shows_the_stack(
     clean_run: tuple[Path, Path, np.ndarray], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

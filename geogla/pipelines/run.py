@@ -27,7 +27,7 @@ from dask.base import tokenize
 from distributed import Client, Future, LocalCluster, wait
 
 from geogla import stages
-from geogla.errors import ConfigError, CorruptChunkError, StoreError
+from geogla.errors import ConfigError, CorruptChunkError, LostStoreError, MissingStoreError, StoreError
 from geogla.lock import RunLock
 from geogla.paths import absolute, is_url, make_output_dir
 from geogla.pipelines.footprint import Footprint, check_disk, footprint, used_bytes
@@ -453,6 +453,10 @@ def _run_repairing(store: RunStore, out_dir: str, resumed: bool, client: Client 
     for repairs in range(REPAIRS + 1):
         try:
             return timed_run(store, out_dir, resumed, client, labels, progress, planned)
+        except MissingStoreError:
+            raise LostStoreError(
+                f"the run store {store.url} disappeared during the run (removed, or its storage "
+                "unreachable): run the same command again to start it afresh.") from None
         except Exception as exc:
             if not is_damaged_chunk(exc):
                 raise
