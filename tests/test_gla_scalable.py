@@ -392,24 +392,35 @@ def test_central_representatives_are_the_keys_closest_to_the_modes() -> None:
 def test_summary_does_not_depend_on_how_the_passes_are_batched(monkeypatch: pytest.MonkeyPatch) -> None:
     sc = structured_scene(4, 4, side=8, dim=32, seed=5)
     whole = _summary(sc, 60, 5).to_tensors()
-    monkeypatch.setattr(prototypes, "_PASS_TOKENS", 3 * 64)  # three windows per step
-    batched = _summary(sc, 60, 5).to_tensors()
-    sums = {"key_mean", "rest_key_sum", "rest_value_sum", "anchor_key_sum"}
-    # Selections (tokens, strata, representatives' keys and values), counts and what is fitted on
-    # the same selected sample (prototypes, anchors) are the same whatever the batching.
-    for name in whole.keys() - sums:
-        assert torch.equal(batched[name], whole[name]), name
-    # Sums of the same n float32 terms added in another order differ by at most
-    # 2 (n - 1) u sum |x_i| (u = 2^-24; Higham, Accuracy and Stability of Numerical Algorithms, 4.2),
-    # a subset's sum |x_i| at most the scene's.
-    unit = 2.0**-24
-    n = sc.keys.shape[0] * sc.keys.shape[1]
-    for name, data in (("rest_key_sum", sc.keys), ("anchor_key_sum", sc.keys), ("rest_value_sum", sc.values),
-                       ("key_mean", sc.keys)):
-        bound = 2 * (n - 1) * unit * data.reshape(n, -1).double().abs().sum(dim=0)
-        if name == "key_mean":
-            bound = bound / n + 2 * unit * data.reshape(n, -1).double().abs().mean(dim=0)  # and the division
-        assert bool(((batched[name].double() - whole[name].double()).abs() <= bound).all()), name
+    for tokens in (3 * 64, 64):  # three windows, then one window per step
+        monkeypatch.setattr(prototypes, "_PASS_TOKENS", tokens)
+        batched = _summary(sc, 60, 5).to_tensors()
+        # Selections, counts, what is fitted on the same sample, and the sums (exact in fixed point):
+        # every bit the same whatever the batching.
+        for name in whole:
+            assert torch.equal(batched[name], whole[name]), (tokens, name)
+
+
+def test_exact_sums_are_exact_in_any_order() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 7, generator=gen)
+    weights = torch.rand(3, 5000, generator=gen) < 0.5
+    order = torch.randperm(5000, generator=gen)
+    terms = prototypes.sum_terms(x, 36)
+    want = prototypes.exact_sums(weights, terms, 36)
+    assert torch.equal(prototypes.exact_sums(weights[:, order], terms[order], 36), want)
+    halves = prototypes.exact_sums(weights[:, :2500], terms[:2500], 36) + prototypes.exact_sums(
+        weights[:, 2500:], terms[2500:], 36)
+    assert torch.equal(halves, want)
+    # within half a step per term of the float64 sum
+    reference = weights.double() @ x.double()
+    bound = 5000 * 2.0**-37
+    assert bool(((prototypes.from_exact(want, 36, torch.float64) - reference).abs() <= bound).all())
+    with pytest.raises(ValueError, match="too large"):
+        prototypes.exact_sums(None, prototypes.sum_terms(torch.full((4, 2), 2.0**50), 4), 4)
+    doubles = x.double()
+    prototypes.sum_terms(doubles, 36)
+    assert torch.equal(doubles, x.double())  # float64 inputs are not scaled in place
 
 
 def test_attention_split_into_calls_equals_one_call_and_survives_storage() -> None:

@@ -26,8 +26,9 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: The version of how attention is computed for given settings; bumped when a change alters its
 #: results, so that a run store's attention results from another version are recomputed (its
 #: encoded windows are kept).  2: scalable attention's anchor control variates; 3: their anchor
-#: choice breaks rounding-level ties by index, and far counts are weighed from exact counts.
-ATTENTION_VERSION = 3
+#: choice breaks rounding-level ties by index, and far counts are weighed from exact counts; 4: the
+#: far summary's sums are exact fixed-point sums, the same whatever the batching of its passes.
+ATTENTION_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,47 @@ _KMEANS_ITERATIONS = 10
 _CENTRAL_SHARE = 2
 # Tokens read per step of a pass over all windows.
 _PASS_TOKENS = 16384
+# Fixed-point steps (2^-bits) of the summary's sums of keys (unit vectors) and of values: each
+# term is rounded to an integer multiple of its step, so that the sums are exact integers,
+# whatever the order of their terms (batching of the passes, threads, BLAS blocking).
+_KEY_BITS = 36
+_VALUE_BITS = 20
+
+
+def sum_bits(bits: int, dtype: torch.dtype) -> int | None:
+    """The fixed-point step (``2^-bits``) of the summary's sums for inputs accumulated in
+    ``dtype``: None (plain float64 sums) for float64, whose sums are far finer than float32's and
+    serve the tests of the exact limits."""
+    return None if dtype == torch.float64 else bits
+
+
+def sum_terms(x: Tensor, bits: int | None) -> Tensor:
+    """``x`` as terms of :func:`exact_sums`: float64 integers, ``x`` rounded to multiples of
+    ``2^-bits`` in those units (``bits`` None: ``x`` in float64)."""
+    if bits is None:
+        return x.to(torch.float64)
+    return x.to(torch.float64, copy=True).mul_(2.0**bits).round_()
+
+
+def exact_sums(weights: Tensor | None, terms: Tensor, bits: int | None) -> Tensor:
+    """``weights @ terms`` (``weights`` 0/1 ``(M, n)``; None: the column sums) of
+    :func:`sum_terms`, as int64 multiples of ``2^-bits``: the same integers whatever the order in
+    which the terms are added (batching, threads, BLAS blocking), because every partial sum is an
+    integer below ``2^53`` that float64 holds exactly.  Raises ValueError where the terms are too
+    large for that.  ``bits`` None: plain float64 sums."""
+    if bits is not None and terms.shape[0]:
+        low, high = torch.aminmax(terms)
+        largest = max(-float(low), float(high))
+        if largest * terms.shape[0] >= 2.0**53:
+            raise ValueError(f"{terms.shape[0]} terms up to {largest:.3g} steps are too large for exact sums")
+    total = terms.sum(dim=0) if weights is None else weights.to(torch.float64) @ terms
+    return total if bits is None else total.to(torch.int64)
+
+
+def from_exact(total: Tensor, bits: int | None, dtype: torch.dtype) -> Tensor:
+    """The sums of :func:`exact_sums` as ``dtype``."""
+    scaled = total.to(torch.float64) if bits is None else total.to(torch.float64) * 2.0**-bits
+    return scaled.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -269,13 +310,14 @@ def summarize(
 
     # Pass 1 (keys): the mean key and the k-means fit sample (the lowest-priority tokens).
     fit_size = min(total, _FIT_PER_PROTOTYPE * n_proto)
+    key_bits, value_bits = sum_bits(_KEY_BITS, adtype), sum_bits(_VALUE_BITS, adtype)
     key_sum: Tensor | None = None
     fit_prio = torch.empty(0, dtype=torch.float64, device=device)
     fit_keys: Tensor | None = None
     for ids in passes:
         keys = source.keys(ids).to(device=device, dtype=adtype)
         flat = keys.reshape(-1, keys.shape[2])
-        part = flat.sum(dim=0)
+        part = exact_sums(None, sum_terms(flat, key_bits), key_bits)
         key_sum = part if key_sum is None else key_sum + part
         prio = priorities(seed, ids, n_tokens).to(device).reshape(-1)
         if fit_keys is not None and fit_prio.numel() >= fit_size:
@@ -287,7 +329,7 @@ def summarize(
             keep = torch.topk(fit_prio, fit_size, largest=False).indices
             fit_prio, fit_keys = fit_prio[keep], fit_keys[keep]
     assert key_sum is not None and fit_keys is not None
-    key_mean = key_sum / total
+    key_mean = (from_exact(key_sum, key_bits, torch.float64) / total).to(adtype)
     fit = F.normalize(fit_keys[torch.argsort(fit_prio)], dim=1)
     gen = torch.Generator().manual_seed(seed)
     centres = spherical_kmeans(fit, n_proto, gen, _KMEANS_ITERATIONS)
@@ -311,7 +353,7 @@ def summarize(
     # Pass 2 (keys and values): strata sizes and sums, each mode's most similar keys, and each
     # stratum's lowest-priority tokens.
     size = torch.zeros(n_strata, dtype=torch.int64, device=device)
-    sum_k = torch.zeros(n_strata, centres.shape[1], dtype=adtype, device=device)
+    sum_k: Tensor | None = None
     sum_v: Tensor | None = None
     top_score = torch.full((modes.shape[0], per_mode), -math.inf, dtype=adtype, device=device)
     top_token = torch.full((modes.shape[0], per_mode), -1, dtype=torch.int64, device=device)
@@ -319,7 +361,7 @@ def summarize(
     res_token = torch.empty(0, dtype=torch.int64, device=device)
     res_stratum = torch.empty(0, dtype=torch.int64, device=device)
     anchor_count = torch.zeros(anchors.shape[0], dtype=torch.int64, device=device)
-    anchor_sum = torch.zeros_like(anchors)
+    anchor_sum: Tensor | None = None
     # Keys, values and strata of the current candidates (top and sample tokens), so that no
     # third pass is needed to fetch the chosen ones.
     kept = _Candidates(device, adtype)
@@ -328,17 +370,20 @@ def summarize(
         values = source.values(ids).to(device=device, dtype=adtype)
         member = _strata(keys, centres).reshape(-1)
         flat_k = keys.reshape(-1, keys.shape[2])
-        onehot_t = F.one_hot(member, n_strata).to(adtype).T
+        onehot_t = F.one_hot(member, n_strata).T
         size += torch.bincount(member, minlength=n_strata)
-        sum_k += onehot_t @ flat_k
-        part_v = onehot_t @ values.reshape(flat_k.shape[0], -1)
+        terms_k = sum_terms(flat_k, key_bits)
+        part_k = exact_sums(onehot_t, terms_k, key_bits)
+        sum_k = part_k if sum_k is None else sum_k + part_k
+        part_v = exact_sums(onehot_t, sum_terms(values.reshape(flat_k.shape[0], -1), value_bits), value_bits)
         sum_v = part_v if sum_v is None else sum_v + part_v
         tokens = _tokens_of(ids, n_tokens, device)
         mode_score = modes @ flat_k.T  # one product for the anchors (= modes) and the top keys
         if rho is not None:
             positive = mode_score > rho  # anchor_positives(anchors, flat_k, rho)
             anchor_count += positive.sum(dim=1)
-            anchor_sum += positive.to(adtype) @ flat_k
+            part_a = exact_sums(positive, terms_k, key_bits)
+            anchor_sum = part_a if anchor_sum is None else anchor_sum + part_a
         if per_mode:
             score = torch.cat([top_score, mode_score], dim=1)
             token = torch.cat([top_token, tokens.expand(len(modes), -1)], dim=1)
@@ -353,7 +398,10 @@ def summarize(
         kept.update(
             wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member
         )
-    assert sum_v is not None
+    assert sum_k is not None and sum_v is not None
+    sum_k, sum_v = from_exact(sum_k, key_bits, adtype), from_exact(sum_v, value_bits, adtype)
+    anchor_sum = (torch.zeros_like(anchors) if anchor_sum is None
+                  else from_exact(anchor_sum, key_bits, adtype))
 
     # The representatives: every mode's top keys with certainty, then the strata samples.
     central_tokens = torch.unique(top_token[top_token >= 0])
