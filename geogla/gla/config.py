@@ -60,7 +60,8 @@ class GLAConfig:
             of keys a query sees and ``bytes`` per similarity entry 5 in float32 (similarity +
             mask byte), 7 in bfloat16 (float32 similarity, bfloat16 weights, mask byte), 9 in
             float64.  Copies of keys, values and queries (a few ``T * D``) come on top.  Speed
-            is flat from about 32 MB per block up.
+            is flat from about 32 MB per block up.  Scalable attention on a CPU works on one
+            block per torch thread at once (each with its own work memory).
         precision: dtype of the large matrix products.  ``"float32"``; ``"bfloat16"``: the
             two proxy similarities and the three aggregations (``P K`` twice, ``A V``) take
             bfloat16 operands, while the final similarity (mask and softmax exponents), counts,

@@ -42,8 +42,10 @@ How it is computed.
 
 Cost: ``O(T (n_near + far_samples) D)``, ``n_near`` about 4 windows of tokens at half-window
 stride and radius 0, plus ``O(T prototypes D)`` for the summary: linear in ``T``.  Work memory:
-``far_samples + n_near`` keys and values, one budgeted block, ``O(T)`` integers; independent of
-the scene's size otherwise (inputs and output are ``O(T D)``).  With ``far_samples >= T`` every
+``far_samples + n_near`` keys and values, one budgeted block, ``O(T)`` integers, once per torch
+thread on a CPU (groups run on threads of their own, one torch thread each: thin products spread
+over torch's threads would wait on each other at every operation); independent of the scene's
+size otherwise (inputs and output are ``O(T D)``).  With ``far_samples >= T`` every
 key represents itself with weight 1 and the result is exact; so is it when the near windows of
 every query are all windows.  Deterministic: the same inputs and ``seed`` give the same output.
 
@@ -59,7 +61,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -269,7 +272,7 @@ class ScalableAttention:
         # control variates of the proxy sums; none without proxy rounds.
         anchors = sample.anchors if config.proxy else sample.anchors[:0]
         self.anchor_positive = anchor_positives(anchors, sample.keys, config.rho).to(adtype)  # (M, R)
-        self._workspace: _Workspace | None = None
+        self._workspaces: list[_Workspace] = []
 
     def near_windows(self, source: WindowSource, windows: Sequence[int]) -> NearWindows:
         """Windows ``windows`` of ``source`` with what the far estimate leaves out of them."""
@@ -289,17 +292,21 @@ class ScalableAttention:
         groups = near_groups(self.offsets, self.grid, config.near_radius, query)
         near = self.near_windows(source, sorted({int(w) for g in groups for w in g.windows.tolist()}))
         max_near = max((int(g.windows.numel()) for g in groups), default=1) * n_tokens
-        if self._workspace is None or self._workspace.max_near < max_near:
-            self._workspace = _Workspace(
+        threads = torch.get_num_threads() if config.mean == "row" and self.device.type == "cpu" else 1
+        threads = max(1, min(threads, len(groups)))
+        if not self._workspaces or self._workspaces[0].max_near < max_near:
+            self._workspaces = []
+        while len(self._workspaces) < threads:
+            self._workspaces.append(_Workspace(
                 self.sample, self.offsets, max_near, config, self.cdtype, self.adtype, self.grid
-            )
-        work = self._workspace
+            ))
         key_mean = self.sample.key_mean
         total = len(query) * n_tokens
         out = torch.empty(total, near.values.shape[2], dtype=self.adtype, device=self.device)
 
         window_mean: Tensor | None = None
         if config.mean == "window":
+            work = self._workspaces[0]
             # One mean per window needs every proxy of the window first: a pass that keeps only the
             # scalar q_i . mean(k) per token (proxies are recomputed below).
             row_dot = torch.empty(total, dtype=self.adtype, device=self.device)
@@ -311,15 +318,51 @@ class ScalableAttention:
                     row_dot[queries[r0:r1]] = q[0] @ key_mean
             window_mean = row_dot.view(len(query), n_tokens).mean(dim=1)
 
-        for group in groups:
-            queries = group.queries.to(self.device)
-            state = work.load(group, near, self.far_estimator(group, near))
-            for r0, r1 in work.blocks(state):
-                q, counts = work.proxies(state, r0, r1)
-                mean = q[0] @ key_mean if window_mean is None else window_mean[queries[r0:r1] // n_tokens]
-                shift = (mean.clamp_min(0.0) * self.u)[None]
-                out[queries[r0:r1]] = work.attention(state, q, shift, counts)[0]
+        def attend_groups(part: Sequence[NearGroup], work: _Workspace) -> None:
+            for group in part:
+                queries = group.queries.to(self.device)
+                state = work.load(group, near, self.far_estimator(group, near))
+                for r0, r1 in work.blocks(state):
+                    q, counts = work.proxies(state, r0, r1)
+                    mean = q[0] @ key_mean if window_mean is None else window_mean[queries[r0:r1] // n_tokens]
+                    shift = (mean.clamp_min(0.0) * self.u)[None]
+                    out[queries[r0:r1]] = work.attention(state, q, shift, counts)[0]
+
+        if threads == 1:
+            attend_groups(groups, self._workspaces[0])
+        else:
+            _in_parallel(attend_groups, _balanced(groups, threads), self._workspaces[:threads])
         return out.view(len(query), n_tokens, -1)
+
+
+def _balanced(groups: Sequence[NearGroup], parts: int) -> list[list[NearGroup]]:
+    """``groups`` dealt into ``parts`` lists of about equal query counts (largest first)."""
+    dealt: list[list[NearGroup]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for group in sorted(groups, key=lambda g: -int(g.queries.numel())):
+        lightest = load.index(min(load))
+        dealt[lightest].append(group)
+        load[lightest] += int(group.queries.numel())
+    return dealt
+
+
+def _in_parallel(work: Callable[[Sequence[NearGroup], _Workspace], None], parts: list[list[NearGroup]],
+                 workspaces: list[_Workspace]) -> None:
+    """Run ``work(part, workspace)`` for every part on its own thread, each with one torch thread.
+
+    Scalable attention is many thin products: spread over torch's threads they wait on each other
+    at every operation, and many times longer when other processes share the cores; independent
+    groups on independent threads do not.  Every group is computed as it would be alone, so the
+    result is the same (torch's CPU kernels give the same bits with any thread count).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the threads started below take this setting
+    try:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for done in [pool.submit(work, part, ws) for part, ws in zip(parts, workspaces, strict=True)]:
+                done.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -602,7 +645,8 @@ class _GroupState:
 
 
 class _Workspace:
-    """Work memory of scalable attention, allocated once and reused by every group and call.
+    """Work memory of scalable attention (one per thread), allocated once and reused by every
+    group and call.
 
     Key rows ``0 .. R - 1`` hold the far representatives, rows ``R ..`` the current group's near
     keys (:meth:`load` writes them); ``R + max_near`` keys and values and one block of work memory,
