@@ -225,18 +225,19 @@ EXACT: FarTerms = _ExactTerms()
 
 
 def proxy_rounds(q: Tensor, mat: Tensor, dim: int, self_keys: Tensor, config: GLAConfig, z: Tensor,
-                 terms: FarTerms) -> tuple[Tensor, Tensor]:
+                 terms: FarTerms, steps: int | None = None) -> tuple[Tensor, Tensor]:
     """Proxy anchors of one block: normalised proxies ``(g, r, D)`` and float64 counts ``(g, r)``.
 
     ``q`` are the normalised starting queries, ``mat`` the key matrix of their groups'
     ``Tk`` keys, ``self_keys`` ``(g, r, D)`` each query's own key (its positive set when empty), ``z``
-    a ``(g, r, Tk)`` compute-dtype buffer.  Counts are those of the last round.
+    a ``(g, r, Tk)`` compute-dtype buffer.  ``steps`` rounds (``config.steps`` when None); counts
+    are those of the last round, and ``z`` holds its positives (far columns weighed by ``terms``).
     """
     g, r, _ = q.shape
     # float64 so that rounding rho to the compute dtype below is exact in every dtype
     rho = torch.full((g, r), config.rho, dtype=torch.float64, device=q.device)
     counts = torch.zeros(g, r, dtype=torch.float64, device=q.device)
-    for _ in range(config.steps):
+    for _ in range(config.steps if steps is None else steps):
         rest = similarity(q, mat, dim, rho, z)
         # S > rho  <=>  z > rest; rounding rest down to z's dtype keeps that exact.
         torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1, in place

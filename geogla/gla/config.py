@@ -27,8 +27,9 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: results, so that a run store's attention results from another version are recomputed (its
 #: encoded windows are kept).  2: scalable attention's anchor control variates; 3: their anchor
 #: choice breaks rounding-level ties by index, and far counts are weighed from exact counts; 4: the
-#: far summary's sums are exact fixed-point sums, the same whatever the batching of its passes.
-ATTENTION_VERSION = 4
+#: far summary's sums are exact fixed-point sums, the same whatever the batching of its passes; 5:
+#: isolated queries' first proxy round from the summary's wide sample.
+ATTENTION_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class GLAConfig:
             many tokens on every side, contains the query's scene position (0: the windows that
             cover it, which hold its overlap duplicates and spatial neighbours).
         far_samples: scalable mode: number of representatives of the far keys; when it is at
-            least ``T`` every key represents itself and the result is exact.
+            least ``T`` every key represents itself and the result is exact.  The summary also
+            keeps a uniform sample of ``8 far_samples`` keys (the wide sample) for the queries
+            whose few similar keys the representatives miss.
         prototypes: scalable mode: number of spherical k-means prototypes that stratify the
             sample and start the proxy modes.
         seed: scalable mode: seed of the k-means initialisation and of the sample; the same

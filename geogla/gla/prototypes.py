@@ -18,9 +18,10 @@ single most similar key of the whole scene; a random sample would miss it.  The 
 key and value sums (non-central tokens) serve the control variates of geogla/gla/scalable.py.
 
 Randomness without ``O(T)`` state: every token gets a priority, a uniform draw that depends only
-on ``(seed, window)`` (:func:`priorities`).  The k-means fit sample is the tokens of lowest
-priority in the scene, and a stratum's sample its tokens of lowest priority (a bottom-k sample is
-a uniform random sample); both are kept in running bounded buffers during a pass.  The same
+on ``(seed, window)`` (:func:`priorities`).  The wide sample is the tokens of lowest priority in
+the scene (the k-means fit sample its first ones), and a stratum's sample its tokens of lowest
+priority (a bottom-k sample is a uniform random sample); both are kept in running bounded buffers
+during a pass.  The same
 inputs and seed give the same summary, however the passes are batched.
 """
 
@@ -42,6 +43,11 @@ from geogla.gla.source import WindowSource
 # stable partition, small next to T.
 _FIT_PER_PROTOTYPE = 256
 _KMEANS_ITERATIONS = 10
+# The wide sample (isolated queries' first proxy round, geogla/gla/scalable.py) holds this many
+# tokens per representative: it finds a query's rare far positives that many times more often
+# than the sampled representatives (on the context-bias scenes at 64 windows, labels changed
+# against exact attention: 0.23% without it, 0.12% with 4 per representative, 0.07% with 8).
+_WIDE_PER_REPRESENTATIVE = 8
 # Up to one representative in this many is central (taken with certainty); on the hard
 # synthetic scene (benchmarks/bench_scalable.py) a half changed fewer labels than a quarter.
 _CENTRAL_SHARE = 2
@@ -114,6 +120,11 @@ class FarSample:
         anchor_count: ``(M,)`` int64 number of every anchor's non-central positives.
         anchor_key_sum: ``(M, Dk)`` sums of their keys, accumulate dtype (exact totals for the
             anchor control variates of :class:`geogla.gla.scalable._Work`).
+        wide_window: ``(S,)`` int64 window of each token of the *wide sample*: a uniform random
+            sample of ``S = min(T, 8 R)`` tokens (``R = far_samples``), for the first proxy
+            round of isolated queries (geogla/gla/scalable.py); empty when every token is a
+            representative.
+        wide_keys: ``(S, Dk)`` their keys, accumulate dtype.
         n_tokens: tokens per window ``N``.
         n_windows: windows ``L`` of the source summarised (the ``L`` of the shift ``u``).
 
@@ -135,6 +146,8 @@ class FarSample:
     anchors: Tensor
     anchor_count: Tensor
     anchor_key_sum: Tensor
+    wide_window: Tensor
+    wide_keys: Tensor
     n_tokens: int
     n_windows: int
 
@@ -185,13 +198,16 @@ class FarSample:
         ascending too, attention from the renumbered sample and a source numbered by ``new`` is
         the same as from this one."""
         old, new = old.to(self.window.device), new.to(self.window.device)
-        if old.numel() == 0:
-            window = torch.full_like(self.window, -1)
-        else:
-            at = torch.searchsorted(old, self.window).clamp_max(old.numel() - 1)
-            window = torch.where(old[at] == self.window, new[at], -1)
+
+        def renamed(window: Tensor) -> Tensor:
+            if old.numel() == 0:
+                return torch.full_like(window, -1)
+            at = torch.searchsorted(old, window).clamp_max(old.numel() - 1)
+            return torch.where(old[at] == window, new[at], -1)
+
+        window = renamed(self.window)
         token = torch.where(window >= 0, window * self.n_tokens + self.token % self.n_tokens, -1)
-        return dataclasses.replace(self, window=window, token=token)
+        return dataclasses.replace(self, window=window, token=token, wide_window=renamed(self.wide_window))
 
     def far_weights(self, near_windows: Tensor, near_count: Tensor) -> Tensor:
         """``(R,)`` weights of the representatives for queries whose near windows are given.
@@ -247,13 +263,15 @@ def summary_bytes(total_tokens: int, key_dim: int, value_dim: int, config: GLACo
     """Bytes of :meth:`FarSample.to_tensors` for a scene of ``total_tokens`` keys, before it is
     computed: ``R = min(far_samples, T)`` representatives (their keys and values in float32, ids,
     stratum and flag), and ``K = prototypes`` strata and at most as many anchors.  ``R`` can
-    exceed ``far_samples`` by up to ``K`` when the central keys leave some strata unsampled."""
+    exceed ``far_samples`` by up to ``K`` when the central keys leave some strata unsampled; the
+    wide sample holds ``min(T, 8 R)`` keys."""
     reps = min(config.far_samples, total_tokens)
     strata = config.prototypes
     per_rep = 4 * (key_dim + value_dim) + 3 * 8 + 1
     per_stratum = 4 * (2 * key_dim + value_dim) + 8
     per_anchor = 4 * 2 * key_dim + 8
-    return reps * per_rep + strata * (per_stratum + per_anchor) + 4 * key_dim + 16
+    wide = min(_WIDE_PER_REPRESENTATIVE * config.far_samples, total_tokens) * (4 * key_dim + 8)
+    return reps * per_rep + strata * (per_stratum + per_anchor) + wide + 4 * key_dim + 16
 
 
 def anchor_positives(anchors: Tensor, keys: Tensor, rho: float) -> Tensor:
@@ -301,18 +319,23 @@ def summarize(
     ``config.far_samples`` representatives ``R`` (every token when ``R >= T``),
     ``config.prototypes`` strata ``K``, seeded by ``config.seed``; the proxy modes follow
     ``config.rho`` and ``config.steps`` when ``config.proxy`` (else the prototypes are the
-    modes).  Memory: ``O((R + fit sample + K + one pass step) D)``, independent of ``T``.
+    modes).  Memory: ``O((9 R + fit sample + K + one pass step) D)`` (the representatives and the
+    wide sample), independent of ``T``.
     """
     n_windows, n_tokens = source.n_windows, source.n_tokens
     total = n_windows * n_tokens
     samples, n_proto, seed = config.far_samples, config.prototypes, config.seed
     passes = _passes(n_windows, n_tokens)
 
-    # Pass 1 (keys): the mean key and the k-means fit sample (the lowest-priority tokens).
+    # Pass 1 (keys): the mean key and the wide sample (the lowest-priority tokens), whose first
+    # tokens are the k-means fit sample.
     fit_size = min(total, _FIT_PER_PROTOTYPE * n_proto)
+    wide_size = min(total, _WIDE_PER_REPRESENTATIVE * samples)
+    kept_size = max(fit_size, wide_size)
     key_bits, value_bits = sum_bits(_KEY_BITS, adtype), sum_bits(_VALUE_BITS, adtype)
     key_sum: Tensor | None = None
     fit_prio = torch.empty(0, dtype=torch.float64, device=device)
+    fit_token = torch.empty(0, dtype=torch.int64, device=device)
     fit_keys: Tensor | None = None
     for ids in passes:
         keys = source.keys(ids).to(device=device, dtype=adtype)
@@ -320,17 +343,22 @@ def summarize(
         part = exact_sums(None, sum_terms(flat, key_bits), key_bits)
         key_sum = part if key_sum is None else key_sum + part
         prio = priorities(seed, ids, n_tokens).to(device).reshape(-1)
-        if fit_keys is not None and fit_prio.numel() >= fit_size:
-            low = prio < fit_prio.max()  # the others cannot enter the fit sample
-            prio, flat = prio[low], flat[low]
+        tokens = _tokens_of(ids, n_tokens, device)
+        if fit_keys is not None and fit_prio.numel() >= kept_size:
+            low = prio < fit_prio.max()  # the others cannot enter the sample
+            prio, flat, tokens = prio[low], flat[low], tokens[low]
         fit_prio = torch.cat([fit_prio, prio])
+        fit_token = torch.cat([fit_token, tokens])
         fit_keys = flat if fit_keys is None else torch.cat([fit_keys, flat])
-        if fit_prio.numel() > fit_size:
-            keep = torch.topk(fit_prio, fit_size, largest=False).indices
-            fit_prio, fit_keys = fit_prio[keep], fit_keys[keep]
+        if fit_prio.numel() > kept_size:
+            keep = torch.topk(fit_prio, kept_size, largest=False).indices
+            fit_prio, fit_token, fit_keys = fit_prio[keep], fit_token[keep], fit_keys[keep]
     assert key_sum is not None and fit_keys is not None
     key_mean = (from_exact(key_sum, key_bits, torch.float64) / total).to(adtype)
-    fit = F.normalize(fit_keys[torch.argsort(fit_prio)], dim=1)
+    by_priority = torch.argsort(fit_prio)
+    fit_keys, fit_token = fit_keys[by_priority], fit_token[by_priority]
+    wide_keys, wide_window = fit_keys[:wide_size], fit_token[:wide_size] // n_tokens
+    fit = F.normalize(fit_keys[:fit_size], dim=1)
     gen = torch.Generator().manual_seed(seed)
     centres = spherical_kmeans(fit, n_proto, gen, _KMEANS_ITERATIONS)
     n_strata = centres.shape[0]
@@ -434,6 +462,8 @@ def summarize(
         anchors=anchors,
         anchor_count=anchor_count,
         anchor_key_sum=anchor_sum,
+        wide_window=wide_window,
+        wide_keys=wide_keys,
         n_tokens=n_tokens,
         n_windows=source.n_windows,
     )
@@ -518,6 +548,8 @@ def _every_token(
         anchors=anchors,
         anchor_count=torch.zeros(anchors.shape[0], dtype=torch.int64, device=device),
         anchor_key_sum=torch.zeros_like(anchors),
+        wide_window=torch.zeros(0, dtype=torch.int64, device=device),
+        wide_keys=keys[:0],
         n_tokens=n_tokens,
         n_windows=source.n_windows,
     )
