@@ -68,17 +68,23 @@ class CorruptChunkError(GeoglaError):
     reads it: the run verifies the store and makes what fails again (a fault, when it escapes)."""
 
 
-def describe_fault(exc: BaseException) -> str:
-    """One sentence for an error that is not the user's: what happened, that the work done is kept,
-    and that the same command resumes (a full disk is named as such, wherever it was hit)."""
-    if isinstance(exc, RunFault):
-        return str(exc)
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from or while handling (``__cause__``, else
+    ``__context__``), outermost first, each once."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    if any(_is_disk_full(e) for e in chain):
+    return chain
+
+
+def describe_fault(exc: BaseException) -> str:
+    """One sentence for an error that is not the user's: what happened, that the work done is kept,
+    and that the same command resumes (a full disk is named as such, wherever it was hit)."""
+    if isinstance(exc, RunFault):
+        return str(exc)
+    if any(_is_disk_full(e) for e in exception_chain(exc)):
         return ("the disk is full (no space left on device); the work done so far is kept in the run "
                 "store: free some space, then run the same command again to resume.")
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

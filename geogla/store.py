@@ -62,7 +62,14 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from geogla.errors import CorruptChunkError, DamagedStoreError, MissingStoreError, OutputError, StoreError
+from geogla.errors import (
+    CorruptChunkError,
+    DamagedStoreError,
+    MissingStoreError,
+    OutputError,
+    StoreError,
+    exception_chain,
+)
 from geogla.gla.config import ATTENTION_VERSION
 from geogla.grid import WindowGrid
 from geogla.paths import is_url
@@ -619,11 +626,7 @@ class RunStore:
     def _stored_chunks(self, name: str) -> set[tuple[int, ...]]:
         """Grid coordinates of the chunks (shards, where sharded) of array ``name`` in the store,
         from one listing of its chunk folder (local or remote)."""
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.url)
-        base = f"{root.rstrip('/')}/{name}/c"
-        fs.invalidate_cache(base)  # object stores cache listings
+        fs, base = _listed(self.url, f"{name}/c")
         try:
             paths = fs.find(base)
         except FileNotFoundError:
@@ -708,16 +711,11 @@ def _batches(count: int, kind: str) -> str:
 def is_damaged_chunk(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it was raised from) says a stage read a damaged chunk: zarr's
     CRC-32C check failed, or :meth:`RunStore.read_tensors` found a far-summary array damaged."""
-    current: BaseException | None = exc
-    seen: list[BaseException] = []
-    while current is not None and current not in seen:
-        if isinstance(current, CorruptChunkError):
-            return True
-        if isinstance(current, ValueError) and "checksum do not match" in str(current):  # zarr's Crc32cCodec
-            return True
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        isinstance(e, CorruptChunkError)
+        or (isinstance(e, ValueError) and "checksum do not match" in str(e))  # zarr's Crc32cCodec
+        for e in exception_chain(exc)
+    )
 
 
 def damaged(url: str, what: str) -> DamagedStoreError:
@@ -759,11 +757,20 @@ def _store_exists(url: str) -> bool:
     if _is_local(url):
         path = url.removeprefix("file://")
         return os.path.exists(path)
+    fs, path = _listed(url)
+    return bool(fs.exists(path))
+
+
+def _listed(url: str, sub: str = "") -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path of ``sub`` inside it, with the filesystem's
+    cached listings of that path dropped (object stores cache listings; the store may have changed
+    since)."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache(path)  # object stores cache listings; the store may have changed since
-    return bool(fs.exists(path))
+    fs, root = fsspec.core.url_to_fs(url)
+    path = f"{root.rstrip('/')}/{sub}" if sub else root
+    fs.invalidate_cache(path)
+    return fs, path
 
 
 def _remove_store(url: str) -> None:
