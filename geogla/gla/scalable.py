@@ -78,6 +78,7 @@ from torch import Tensor
 
 from geogla.gla._kernels import (
     Buffers,
+    aggregate,
     attention_rows,
     key_matrix,
     proxy_rounds,
@@ -698,18 +699,14 @@ def wide_round(start: Tensor, near_keys: Tensor, near_positive: Tensor, wide: Wi
     :func:`geogla.gla._kernels.proxy_rounds`.
     """
     n_rows, dim = start.shape
-    sim = torch.empty(1, n_rows, wide.mat.shape[0], dtype=wide.mat.dtype, device=start.device)
-    rest = similarity(start[None], wide.mat, dim, torch.full((1, n_rows), rho, dtype=torch.float64,
-                                                             device=start.device), sim)
-    found = sim[0] > round_down(rest, sim.dtype)[0, :, None]
-    found &= wide.far
-    # few positives: a sum over the found ones rather than a product over the whole sample
-    row, col = found.nonzero(as_tuple=True)
-    far_sum = torch.zeros_like(start).index_add_(0, row, wide.keys[col])
-    far_count = torch.bincount(row, minlength=n_rows).to(torch.float64)
+    z = torch.empty(1, n_rows, wide.mat.shape[0], dtype=wide.mat.dtype, device=start.device)
+    rho_rows = torch.full((1, n_rows), rho, dtype=torch.float64, device=start.device)
+    rest = similarity(start[None], wide.mat, dim, rho_rows, z)
+    torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1, in place
+    z.mul_(wide.far.to(z.dtype))
     near = near_positive.to(near_keys.dtype)
-    summed = near @ near_keys + far_sum * wide.weight
-    count = near.sum(dim=1, dtype=torch.float64) + far_count * wide.weight
+    summed = near @ near_keys + aggregate(z, wide.mat, dim, start.dtype)[0] * wide.weight
+    count = near.sum(dim=1, dtype=torch.float64) + row_sum(z, torch.float64)[0] * wide.weight
     empty = count == 0
     summed[empty] = self_keys[empty]
     return F.normalize(summed, dim=-1), count.masked_fill(empty, 1.0)
