@@ -496,16 +496,17 @@ class FarEstimator:
             the same in the compute dtype (it scales masks and numerators).
         cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
         share_c: ``(R, K)`` compute dtype: ``z_far @ share_c = zbar``.
-        slot_onehot, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
-            stratum's sampled representatives or the central ones, at most ``_SLOT`` each) in a
-            compute-dtype product, exact whatever its shape because every count fits the dtype's
-            integers, then weighed in a small accumulate-dtype one; columns: the far count,
-            ``zbar`` per stratum, the weighted size on the sampled ones.
+        counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
+            stratum's sampled representatives or the central ones, at most ``_SLOT`` each) in one
+            compute-dtype product ``z_far @ counting`` (its first ``slot_weigh.shape[0]``
+            columns, one-hot: exact whatever its shape because every count fits the dtype's
+            integers), then weighed in a small accumulate-dtype one; ``slot_weigh``'s columns: the
+            far count, ``zbar`` per stratum, the weighted size on the sampled ones.  The same
+            product gives each anchor's weighted overlap with ``z`` in its last ``M`` columns
+            (``anchor_positive * weight`` in the compute dtype: it only chooses the anchor).
         anchor_key_fix, anchor_count_fix: ``(M + 1, D)``, ``(M + 1,)`` the estimator's error on
             each anchor's positives (row ``M``: no anchor, 0).
         anchor_size: ``(M,)`` estimated far positives of each anchor; ``anchor_scale`` their largest.
-        anchor_overlap: ``(R, M)`` ``z_far @ anchor_overlap`` is each anchor's weighted overlap
-            with ``z`` (None without anchors).
     """
 
     n_far: int
@@ -514,25 +515,26 @@ class FarEstimator:
     cv_keys: Tensor
     cv_values: Tensor
     share_c: Tensor
-    slot_onehot: Tensor
+    counting: Tensor
     slot_weigh: Tensor
     anchor_key_fix: Tensor
     anchor_count_fix: Tensor
     anchor_size: Tensor
     anchor_scale: Tensor | float
-    anchor_overlap: Tensor | None
 
     def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Weighted far counts ``(g, r)`` (float64), ``zbar`` ``(g, r, K)`` of 0/1 ``z`` (its
         first ``R`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
         far_z = z[..., : self.n_far].to(self.weight_c.dtype)  # a bool mask without proxy rounds
         adtype = self.weight.dtype
-        far = (far_z @ self.slot_onehot).to(adtype) @ self.slot_weigh
+        counted = (far_z @ self.counting).to(adtype)
+        n_slots = self.slot_weigh.shape[0]
+        far = counted[..., :n_slots] @ self.slot_weigh
         size = far[..., -1:]
-        if self.anchor_overlap is None:
+        if counted.shape[-1] == n_slots:  # no anchors
             anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
         else:
-            overlap = far_z.to(adtype) @ self.anchor_overlap
+            overlap = counted[..., n_slots:]
             differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
             anchor = first_near_minimum(differ, size + self.anchor_scale)
         return far[..., 0].to(torch.float64), far[..., 1:-1], anchor
@@ -599,7 +601,6 @@ def far_estimator(
             empty.to(torch.float64),
             empty,
             0.0,
-            None,
         )
     n_strata = sample.rest_size.numel()
 
@@ -621,8 +622,8 @@ def far_estimator(
     group_sorted = group[order]
     n_slots = int(slot[-1]) + 1 if slot.numel() else 0
     rows = far[order]
-    slot_onehot = torch.zeros(n_far, n_slots, dtype=cdtype, device=device)
-    slot_onehot[rows, slot] = 1.0
+    counting = torch.zeros(n_far, n_slots + anchor_positive.shape[0], dtype=cdtype, device=device)
+    counting[rows, slot] = 1.0
     weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=device)
     weigh[slot, 0] = weight[rows]
     sampled_rows = group_sorted < n_strata
@@ -639,6 +640,8 @@ def far_estimator(
     far_sum = sample.anchor_key_sum - rest.anchor_key_sum
     zero = torch.zeros(1, cv_keys.shape[1], dtype=adtype, device=device)
     anchor_size = per_stratum.sum(dim=1)
+    # not from the slot counts: whether a representative is an anchor's positive varies within a slot
+    counting[:, n_slots:] = (y * sampled_weight).T
     return FarEstimator(
         n_far=n_far,
         weight=weight,
@@ -646,7 +649,7 @@ def far_estimator(
         cv_keys=cv_keys,
         cv_values=cv_values,
         share_c=share.to(cdtype),
-        slot_onehot=slot_onehot,
+        counting=counting,
         slot_weigh=weigh,
         anchor_key_fix=torch.cat([far_sum - (y * sampled_weight) @ sample.keys - ybar @ cv_keys, zero]),
         anchor_count_fix=torch.cat(
@@ -654,8 +657,6 @@ def far_estimator(
         ),
         anchor_size=anchor_size,
         anchor_scale=anchor_size.amax() if anchor_size.numel() else 0.0,
-        # not from the slot counts: whether a representative is an anchor's positive varies within a slot
-        anchor_overlap=(y * sampled_weight).T if y.shape[0] else None,
     )
 
 
