@@ -402,6 +402,25 @@ def test_summary_does_not_depend_on_how_the_passes_are_batched(monkeypatch: pyte
             assert torch.equal(batched[name], whole[name]), (tokens, name)
 
 
+def test_summary_does_not_depend_on_the_torch_threads() -> None:
+    # 36 windows of 784 tokens, about 2000 central keys: large enough that a float32 product over
+    # the central keys splits its sums between two threads (the anchors' key sums differed so).
+    sc = structured_scene(6, 6, side=28, dim=64, classes=5, regions=36, objects=72, context_bias=1.5,
+                          value_noise=3.0, key_noise=1.15, seed=2)
+    cfg = GLAConfig(algorithm="scalable")
+    threads = torch.get_num_threads()  # 1 here (the module's fixture)
+    one = summarize(TensorWindows(sc.keys, sc.values), cfg, torch.bfloat16, torch.float32,
+                    torch.device("cpu")).to_tensors()
+    try:
+        torch.set_num_threads(2)
+        two = summarize(TensorWindows(sc.keys, sc.values), cfg, torch.bfloat16, torch.float32,
+                        torch.device("cpu")).to_tensors()
+    finally:
+        torch.set_num_threads(threads)
+    for name in one:
+        assert torch.equal(one[name], two[name]), name
+
+
 def test_exact_sums_are_exact_in_any_order() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5000, 7, generator=gen)

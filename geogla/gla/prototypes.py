@@ -427,9 +427,6 @@ def summarize(
             wanted, tokens, keys.reshape(tokens.numel(), -1), values.reshape(tokens.numel(), -1), member
         )
     assert sum_k is not None and sum_v is not None
-    sum_k, sum_v = from_exact(sum_k, key_bits, adtype), from_exact(sum_v, value_bits, adtype)
-    anchor_sum = (torch.zeros_like(anchors) if anchor_sum is None
-                  else from_exact(anchor_sum, key_bits, adtype))
 
     # The representatives: every mode's top keys with certainty, then the strata samples.
     central_tokens = torch.unique(top_token[top_token >= 0])
@@ -442,11 +439,19 @@ def summarize(
     chosen = torch.sort(torch.cat([central_tokens, sampled])).values
     is_central = torch.isin(chosen, central_tokens)
     rep_keys, rep_values, rep_stratum = kept.rows(chosen)
-    central_onehot_t = F.one_hot(rep_stratum[is_central], n_strata).to(adtype).T
-    central_positive = anchor_positives(anchors, rep_keys[is_central], rho) if rho is not None else None
-    if central_positive is not None:  # the anchors' totals, like the strata's, leave the central keys out
+    # The totals leave the central keys out, subtracted in the same fixed point (exact, whatever
+    # the threads of the product).
+    central_keys = sum_terms(rep_keys[is_central], key_bits)
+    central_onehot_t = F.one_hot(rep_stratum[is_central], n_strata).T
+    sum_k = sum_k - exact_sums(central_onehot_t, central_keys, key_bits)
+    sum_v = sum_v - exact_sums(central_onehot_t, sum_terms(rep_values[is_central], value_bits), value_bits)
+    if rho is not None:
+        central_positive = anchor_positives(anchors, rep_keys[is_central], rho)
         anchor_count -= central_positive.sum(dim=1)
-        anchor_sum -= central_positive.to(adtype) @ rep_keys[is_central]
+        if anchor_sum is not None:
+            anchor_sum = anchor_sum - exact_sums(central_positive, central_keys, key_bits)
+    anchor_sum = (torch.zeros_like(anchors) if anchor_sum is None
+                  else from_exact(anchor_sum, key_bits, adtype))
     return FarSample(
         token=chosen,
         window=chosen // n_tokens,
@@ -455,9 +460,9 @@ def summarize(
         keys=rep_keys,
         values=rep_values.to(cdtype),
         centres=centres,
-        rest_size=size - central_onehot_t.sum(dim=1).round().to(torch.int64),
-        rest_key_sum=sum_k - central_onehot_t @ rep_keys[is_central],
-        rest_value_sum=sum_v - central_onehot_t @ rep_values[is_central],
+        rest_size=size - central_onehot_t.sum(dim=1),
+        rest_key_sum=from_exact(sum_k, key_bits, adtype),
+        rest_value_sum=from_exact(sum_v, value_bits, adtype),
         key_mean=key_mean,
         anchors=anchors,
         anchor_count=anchor_count,
