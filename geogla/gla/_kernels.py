@@ -224,6 +224,18 @@ class _ExactTerms:
 EXACT: FarTerms = _ExactTerms()
 
 
+def mark_positives(q: Tensor, mat: Tensor, dim: int, rho: float, z: Tensor) -> None:
+    """Write into the compute-dtype ``z`` ``(g, r, Tk)`` 1 where ``S = q K^T > rho`` and 0
+    elsewhere, for queries ``q`` ``(g, r, D)`` and key matrix ``mat`` (:func:`key_matrix`): a proxy
+    round's positives, exact at the threshold in every compute dtype."""
+    g, r, _ = q.shape
+    # float64 so that rounding rho to the compute dtype below is exact in every dtype
+    threshold = torch.full((g, r), rho, dtype=torch.float64, device=q.device)
+    rest = similarity(q, mat, dim, threshold, z)
+    # S > rho  <=>  z > rest; rounding rest down to z's dtype keeps that exact.
+    torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)
+
+
 def proxy_rounds(q: Tensor, mat: Tensor, dim: int, self_keys: Tensor, config: GLAConfig, z: Tensor,
                  terms: FarTerms, steps: int | None = None) -> tuple[Tensor, Tensor]:
     """Proxy anchors of one block: normalised proxies ``(g, r, D)`` and float64 counts ``(g, r)``.
@@ -234,13 +246,9 @@ def proxy_rounds(q: Tensor, mat: Tensor, dim: int, self_keys: Tensor, config: GL
     are those of the last round, and ``z`` holds its positives (far columns weighed by ``terms``).
     """
     g, r, _ = q.shape
-    # float64 so that rounding rho to the compute dtype below is exact in every dtype
-    rho = torch.full((g, r), config.rho, dtype=torch.float64, device=q.device)
     counts = torch.zeros(g, r, dtype=torch.float64, device=q.device)
     for _ in range(config.steps if steps is None else steps):
-        rest = similarity(q, mat, dim, rho, z)
-        # S > rho  <=>  z > rest; rounding rest down to z's dtype keeps that exact.
-        torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1, in place
+        mark_positives(q, mat, dim, config.rho, z)
         counts, correction = terms.positives(z)
         summed = aggregate(z, mat, dim, self_keys.dtype)
         if correction is not None:

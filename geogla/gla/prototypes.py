@@ -264,13 +264,16 @@ def summary_bytes(total_tokens: int, key_dim: int, value_dim: int, config: GLACo
     computed: ``R = min(far_samples, T)`` representatives (their keys and values in float32, ids,
     stratum and flag), and ``K = prototypes`` strata and at most as many anchors.  ``R`` can
     exceed ``far_samples`` by up to ``K`` when the central keys leave some strata unsampled; the
-    wide sample holds ``min(T, 8 R)`` keys."""
+    wide sample holds ``min(T, 8 R)`` keys (none when every token is a representative)."""
     reps = min(config.far_samples, total_tokens)
     strata = config.prototypes
     per_rep = 4 * (key_dim + value_dim) + 3 * 8 + 1
     per_stratum = 4 * (2 * key_dim + value_dim) + 8
     per_anchor = 4 * 2 * key_dim + 8
-    wide = min(_WIDE_PER_REPRESENTATIVE * config.far_samples, total_tokens) * (4 * key_dim + 8)
+    wide_keys = min(_WIDE_PER_REPRESENTATIVE * config.far_samples, total_tokens)
+    if config.far_samples >= total_tokens:  # every token a representative: no wide sample
+        wide_keys = 0
+    wide = wide_keys * (4 * key_dim + 8)
     return reps * per_rep + strata * (per_stratum + per_anchor) + wide + 4 * key_dim + 16
 
 
@@ -334,9 +337,9 @@ def summarize(
     kept_size = max(fit_size, wide_size)
     key_bits, value_bits = sum_bits(_KEY_BITS, adtype), sum_bits(_VALUE_BITS, adtype)
     key_sum: Tensor | None = None
-    fit_prio = torch.empty(0, dtype=torch.float64, device=device)
-    fit_token = torch.empty(0, dtype=torch.int64, device=device)
-    fit_keys: Tensor | None = None
+    lowest_prio = torch.empty(0, dtype=torch.float64, device=device)
+    lowest_token = torch.empty(0, dtype=torch.int64, device=device)
+    lowest_keys: Tensor | None = None
     for ids in passes:
         keys = source.keys(ids).to(device=device, dtype=adtype)
         flat = keys.reshape(-1, keys.shape[2])
@@ -344,21 +347,21 @@ def summarize(
         key_sum = part if key_sum is None else key_sum + part
         prio = priorities(seed, ids, n_tokens).to(device).reshape(-1)
         tokens = _tokens_of(ids, n_tokens, device)
-        if fit_keys is not None and fit_prio.numel() >= kept_size:
-            low = prio < fit_prio.max()  # the others cannot enter the sample
+        if lowest_keys is not None and lowest_prio.numel() >= kept_size:
+            low = prio < lowest_prio.max()  # the others cannot enter the sample
             prio, flat, tokens = prio[low], flat[low], tokens[low]
-        fit_prio = torch.cat([fit_prio, prio])
-        fit_token = torch.cat([fit_token, tokens])
-        fit_keys = flat if fit_keys is None else torch.cat([fit_keys, flat])
-        if fit_prio.numel() > kept_size:
-            keep = torch.topk(fit_prio, kept_size, largest=False).indices
-            fit_prio, fit_token, fit_keys = fit_prio[keep], fit_token[keep], fit_keys[keep]
-    assert key_sum is not None and fit_keys is not None
+        lowest_prio = torch.cat([lowest_prio, prio])
+        lowest_token = torch.cat([lowest_token, tokens])
+        lowest_keys = flat if lowest_keys is None else torch.cat([lowest_keys, flat])
+        if lowest_prio.numel() > kept_size:
+            keep = torch.topk(lowest_prio, kept_size, largest=False).indices
+            lowest_prio, lowest_token, lowest_keys = lowest_prio[keep], lowest_token[keep], lowest_keys[keep]
+    assert key_sum is not None and lowest_keys is not None
     key_mean = (from_exact(key_sum, key_bits, torch.float64) / total).to(adtype)
-    by_priority = torch.argsort(fit_prio)
-    fit_keys, fit_token = fit_keys[by_priority], fit_token[by_priority]
-    wide_keys, wide_window = fit_keys[:wide_size], fit_token[:wide_size] // n_tokens
-    fit = F.normalize(fit_keys[:fit_size], dim=1)
+    by_priority = torch.argsort(lowest_prio)
+    lowest_keys, lowest_token = lowest_keys[by_priority], lowest_token[by_priority]
+    wide_keys, wide_window = lowest_keys[:wide_size], lowest_token[:wide_size] // n_tokens
+    fit = F.normalize(lowest_keys[:fit_size], dim=1)
     gen = torch.Generator().manual_seed(seed)
     centres = spherical_kmeans(fit, n_proto, gen, _KMEANS_ITERATIONS)
     n_strata = centres.shape[0]

@@ -81,12 +81,11 @@ from geogla.gla._kernels import (
     aggregate,
     attention_rows,
     key_matrix,
+    mark_positives,
     proxy_rounds,
-    round_down,
     row_sum,
     rows_per_block,
     shift_factor,
-    similarity,
 )
 from geogla.gla.config import GLAConfig
 from geogla.gla.precision import compute_dtypes
@@ -378,8 +377,10 @@ def _in_parallel(work: Callable[[Sequence[NearGroup], _Workspace], None], parts:
 
     Scalable attention is many thin products: spread over torch's threads they wait on each other
     at every operation, and many times longer when other processes share the cores; independent
-    groups on independent threads do not.  Every group is computed as it would be alone, so the
-    result is the same (torch's CPU kernels give the same bits with any thread count).
+    groups on independent threads do not.  Every group is computed as it would be alone, on one
+    torch thread; a call whose groups run on the caller's thread uses the caller's torch threads,
+    which on this project's CPU gave the same bits with 1 to 8 threads (a product can split its sums
+    by thread: the far summary's sums are exact fixed-point sums for that reason).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the threads started below take this setting
@@ -694,16 +695,14 @@ def wide_round(start: Tensor, near_keys: Tensor, near_positive: Tensor, wide: Wi
 
     ``near_positive`` ``(r, n)`` 0/1 marks their positives among ``near_keys`` ``(n, D)`` (as the
     round over the near keys found them); a far wide key is a positive where its similarity,
-    computed as a proxy round computes it (:func:`geogla.gla._kernels.similarity` on
+    computed as a proxy round computes it (:func:`geogla.gla._kernels.mark_positives` on
     :attr:`WideFar.mat`), is above ``rho``, and counts :attr:`WideFar.weight` times.  A query
     without positives keeps its own key ``self_keys`` ``(r, D)``, with count 1, as in
     :func:`geogla.gla._kernels.proxy_rounds`.
     """
     n_rows, dim = start.shape
     z = torch.empty(1, n_rows, wide.mat.shape[0], dtype=wide.mat.dtype, device=start.device)
-    rho_rows = torch.full((1, n_rows), rho, dtype=torch.float64, device=start.device)
-    rest = similarity(start[None], wide.mat, dim, rho_rows, z)
-    torch.gt(z, round_down(rest, z.dtype)[..., None], out=z)  # positives as 0/1, in place
+    mark_positives(start[None], wide.mat, dim, rho, z)
     z.mul_(wide.far.to(z.dtype))
     near = near_positive.to(near_keys.dtype)
     summed = near @ near_keys + aggregate(z, wide.mat, dim, start.dtype)[0] * wide.weight
