@@ -11,6 +11,7 @@ from torch import Tensor
 
 from geogla.errors import ConfigError
 from geogla.gla import GLAConfig, attend, smooth_queries
+from geogla.gla._kernels import Buffers, product_into
 from geogla.gla.exact import BlockPlan
 from geogla.gla.synthetic import structured_scene
 
@@ -437,3 +438,24 @@ def test_bad_input_shapes_are_rejected() -> None:
         attend(keys, torch.zeros(2, 5, 3))
     with pytest.raises(ValueError):
         attend(keys[0], torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("key_matrix_is_batched", [False, True])
+def test_products_write_into_padded_block_rows_in_place(key_matrix_is_batched: bool) -> None:
+    # 37 keys: each block row of the buffers takes 48 entries (64-byte rows), and the product
+    # must land in the first 37 of each, in place (a copy from a temporary would cost as much as
+    # the product), leaving the padding alone.
+    gen = torch.Generator().manual_seed(0)
+    buffers = Buffers(2 * 5, 37, torch.float32, torch.float32, torch.device("cpu"))
+    out = buffers.sim(2, 5, 37)
+    assert out.stride() == (5 * 48, 48, 1)
+    whole = out.as_strided((2, 5, 48), out.stride())
+    whole.fill_(7.0)
+    a = torch.randn(2, 5, 8, generator=gen)
+    b = torch.randn(2, 8, 37, generator=gen) if key_matrix_is_batched else torch.randn(8, 37, generator=gen)
+    pointer = out.data_ptr()
+    product_into(a, b, out)
+    assert out.data_ptr() == pointer
+    # float32 sums of 8 products of unit normals, in whatever order the kernel takes them
+    torch.testing.assert_close(out, a @ b, rtol=0, atol=1e-5)
+    assert bool((whole[..., 37:] == 7.0).all())

@@ -495,23 +495,23 @@ def test_wide_round_over_every_far_key_is_the_exact_round() -> None:
     near_keys = keys[:100]
     near_positive = (start @ near_keys.T > rho).to(torch.float32)  # as a compute-dtype buffer holds it
     far = torch.arange(300) >= 100
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys, keys, far, 1.0), 0.999, start)
+    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[far], 1.0), 0.999, start)
     # rho 0.999 above: only the near positives (given) and far keys almost equal to a query count
     want_near = near_positive.double()
     torch.testing.assert_close(count, want_near.sum(dim=1) + ((start @ keys[100:].T) > 0.999).sum(dim=1))
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys, keys, far, 1.0), rho, start)
+    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[far], 1.0), rho, start)
     positive = (start @ keys.T > rho).double()
     assert bool((positive.sum(dim=1) > 0).all())
     torch.testing.assert_close(count, positive.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(positive @ keys, dim=1))
     # every other far key in the sample, each standing for two
     half = far & (torch.arange(300) % 2 == 0)
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys, keys, half, 2.0), rho, start)
+    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[half], 2.0), rho, start)
     weighted = positive * torch.where(half, 2.0, torch.where(far, 0.0, 1.0)).double()
     torch.testing.assert_close(count, weighted.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(weighted @ keys, dim=1))
     # no positive at all: the query keeps its own key, counted once
-    nowhere = WideFar(keys, keys, torch.zeros(300, dtype=torch.bool), 1.0)
+    nowhere = WideFar(keys[:0], 1.0)
     q, count = wide_round(lonely, near_keys, torch.zeros(1, 100), nowhere, rho, lonely)
     assert float(count) == 1.0 and torch.equal(q, lonely)
 

@@ -28,8 +28,9 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: encoded windows are kept).  2: scalable attention's anchor control variates; 3: their anchor
 #: choice breaks rounding-level ties by index, and far counts are weighed from exact counts; 4: the
 #: far summary's sums are exact fixed-point sums, the same whatever the batching of its passes; 5:
-#: isolated queries' first proxy round from the summary's wide sample.
-ATTENTION_VERSION = 5
+#: isolated queries' first proxy round from the summary's wide sample; 6: block rows aligned to
+#: 64 bytes (other float32 products), isolated queries' round over the far wide keys only.
+ATTENTION_VERSION = 6
 
 
 @dataclass(frozen=True)

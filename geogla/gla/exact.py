@@ -56,7 +56,7 @@ def attend_exact(keys: Tensor, values: Tensor, config: GLAConfig, offsets: Tenso
     mat = key_matrix(k_acc_g, cdtype)
     v_c_g = values.reshape(groups, per_group, dim_v).to(cdtype).contiguous()
     q_g = q0.view(groups, per_group, dim_k)
-    buffers = Buffers(plan.block_entries, cdtype, adtype, keys.device)
+    buffers = Buffers(plan.block_groups * plan.block_rows, per_group, cdtype, adtype, keys.device)
 
     # Phase 1: proxy anchors and exact counts |P_i| of the last round.
     counts: Tensor | None = None
@@ -121,10 +121,6 @@ class BlockPlan:
         if self.block_rows < self.per_group:
             return 1
         return max(1, min(self.groups, self.rows_fit // self.per_group))
-
-    @property
-    def block_entries(self) -> int:
-        return self.block_groups * self.block_rows * self.per_group
 
     def blocks(self) -> Iterator[tuple[int, int, int, int]]:
         """``(g0, g1, r0, r1)``: groups ``g0:g1``, rows ``r0:r1`` of each."""

@@ -299,9 +299,9 @@ class ScalableAttention:
         sample = self.sample
         if not self.config.proxy or not sample.wide_window.numel():
             return None
-        far = ~torch.isin(sample.wide_window, group.windows.to(self.device))
+        far = (~torch.isin(sample.wide_window, group.windows.to(self.device))).nonzero().flatten()
         far_tokens = (sample.n_windows - int(group.windows.numel())) * sample.n_tokens
-        return WideFar(sample.wide_keys, self.wide_mat, far, far_tokens / max(int(far.sum()), 1))
+        return WideFar(self.wide_mat[far], far_tokens / max(int(far.numel()), 1))
 
     def far_estimator(self, group: NearGroup, near: NearWindows) -> FarEstimator:
         """The far representatives' weights and corrections for the queries of ``group``
@@ -495,6 +495,8 @@ class FarEstimator:
         n_far: ``R``, the representatives (key columns ``0 .. R - 1``).
         weight: ``(R,)`` far keys each representative stands for, accumulate dtype; ``weight_c``
             the same in the compute dtype (it scales masks and numerators).
+        unweigh_c: ``(R, 1)`` compute dtype, ``1 / weight_c`` (0 in a near window): the far
+            positives that :meth:`positives` weighed, times it, count the far representatives.
         cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
         share_c: ``(R, K)`` compute dtype: ``z_far @ share_c = zbar``.
         counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
@@ -513,6 +515,7 @@ class FarEstimator:
     n_far: int
     weight: Tensor
     weight_c: Tensor
+    unweigh_c: Tensor
     cv_keys: Tensor
     cv_values: Tensor
     share_c: Tensor
@@ -561,6 +564,12 @@ class FarEstimator:
         z[..., : self.n_far].mul_(self.weight_c)
         return counts, share @ self.cv_keys + self.anchor_key_fix[anchor]
 
+    def far_found(self, weighed: Tensor) -> Tensor:
+        """Far representatives among the positives ``weighed`` ``(r, Tk)`` (as :meth:`positives`
+        left them), per row, float32: each counts 1 to within the compute dtype's rounding (1 part
+        in 256 in bfloat16), so compare the result with an integer minus a half."""
+        return (weighed[:, : self.n_far] @ self.unweigh_c)[:, 0].float()
+
     def numerators(self, e: Tensor) -> Tensor | None:
         """Weigh the far columns of the softmax numerators ``e`` in place; return the
         correction to add to ``e @ V`` (the strata's; numerators are not 0/1, so their strata
@@ -593,6 +602,7 @@ def far_estimator(
             0,
             weight,
             weight.to(cdtype),
+            empty.to(cdtype)[:, None],
             empty,
             empty,
             empty.to(cdtype),
@@ -643,10 +653,12 @@ def far_estimator(
     anchor_size = per_stratum.sum(dim=1)
     # not from the slot counts: whether a representative is an anchor's positive varies within a slot
     counting[:, n_slots:] = (y * sampled_weight).T
+    weight_c = weight.to(cdtype)
     return FarEstimator(
         n_far=n_far,
         weight=weight,
-        weight_c=weight.to(cdtype),
+        weight_c=weight_c,
+        unweigh_c=torch.where(weight_c > 0, 1.0 / weight_c.to(adtype), 0.0).to(cdtype)[:, None],
         cv_keys=cv_keys,
         cv_values=cv_values,
         share_c=share.to(cdtype),
@@ -675,16 +687,12 @@ class WideFar:
     its keys outside the near windows each stand for :attr:`weight` far keys.
 
     Attributes:
-        keys: ``(S, Dk)`` the wide sample's keys, accumulate dtype; ``mat`` the same as a
-            compute-dtype key matrix (:func:`geogla.gla._kernels.key_matrix`); both shared by every
-            group.
-        far: ``(S,)`` bool, outside the group's near windows.
+        mat: ``(S_far, W)`` the wide sample's keys outside the group's near windows, as a
+            compute-dtype key matrix (:func:`geogla.gla._kernels.key_matrix`).
         weight: far tokens per far wide key.
     """
 
-    keys: Tensor
     mat: Tensor
-    far: Tensor
     weight: float
 
 
@@ -703,7 +711,6 @@ def wide_round(start: Tensor, near_keys: Tensor, near_positive: Tensor, wide: Wi
     n_rows, dim = start.shape
     z = torch.empty(1, n_rows, wide.mat.shape[0], dtype=wide.mat.dtype, device=start.device)
     mark_positives(start[None], wide.mat, dim, rho, z)
-    z.mul_(wide.far.to(z.dtype))
     near = near_positive.to(near_keys.dtype)
     summed = near @ near_keys + aggregate(z, wide.mat, dim, start.dtype)[0] * wide.weight
     count = near.sum(dim=1, dtype=torch.float64) + row_sum(z, torch.float64)[0] * wide.weight
@@ -752,7 +759,7 @@ class _Workspace:
         self.vals = torch.empty(rows, sample.values.shape[1], dtype=cdtype, device=device)
         self.vals[: self.n_far] = sample.values
         self.rows = rows_per_block(config.memory_budget_mb, rows, cdtype, adtype)
-        self.buffers = Buffers(min(self.rows, max_near) * rows, cdtype, adtype, device)
+        self.buffers = Buffers(min(self.rows, max_near), rows, cdtype, adtype, device)
 
     def load(self, group: NearGroup, near: NearWindows, terms: FarEstimator,
              wide: WideFar | None) -> _GroupState:
@@ -801,19 +808,19 @@ class _Workspace:
         # The first round alone, redone for isolated queries (later rounds start from proxies
         # that have found their neighbourhood, or stay isolated in exact attention too).
         first, counts = proxy_rounds(q, mat, self.dim, self_keys, self.config, z, state.terms, steps=1)
-        self._redo_isolated(state.tk, state.wide, q[0], self_keys[0], z[0], first[0], counts[0])
+        self._redo_isolated(state, state.wide, q[0], self_keys[0], z[0], first[0], counts[0])
         if self.config.steps == 1:
             return first, counts
         return proxy_rounds(first, mat, self.dim, self_keys, self.config, z, state.terms,
                             steps=self.config.steps - 1)
 
-    def _redo_isolated(self, tk: int, wide: WideFar, start: Tensor, self_keys: Tensor, z: Tensor, q: Tensor,
-                       counts: Tensor) -> None:
-        """Redo the proxy round just taken from rows ``start`` ``(r, D)`` for its isolated queries
-        (:class:`WideFar`), whose positives it left in ``z`` ``(r, tk)``; writes their proxies and
-        counts into ``q`` and ``counts``."""
-        far_found = (z[:, : self.n_far] > 0).sum(dim=1)  # far columns are weighed: > 0 where positive
-        rows = (far_found < _FEW_FAR_POSITIVES).nonzero().flatten()
+    def _redo_isolated(self, state: _GroupState, wide: WideFar, start: Tensor, self_keys: Tensor,
+                       z: Tensor, q: Tensor, counts: Tensor) -> None:
+        """Redo the proxy round just taken from rows ``start`` ``(r, D)`` of ``state`` for its
+        isolated queries (:class:`WideFar`), whose positives it left in ``z`` ``(r, tk)``; writes
+        their proxies and counts into ``q`` and ``counts``."""
+        tk = state.tk
+        rows = (state.terms.far_found(z) < _FEW_FAR_POSITIVES - 0.5).nonzero().flatten()
         if rows.numel():
             near_keys = self.acc[self.n_far : tk]
             q[rows], counts[rows] = wide_round(start[rows], near_keys, z[rows, self.n_far : tk], wide,
