@@ -43,6 +43,7 @@ def segment(
     stride: int | None = None,
     attention: Literal["gla", "proxyclip"] = "gla",
     algorithm: Literal["auto", "exact", "scalable"] | None = None,
+    context_radius: int | None = None,
     smoothing: bool | None = None,
     precision: Literal["auto", "float32", "bfloat16", "float16"] | None = None,
     background: str | None = None,
@@ -76,6 +77,11 @@ def segment(
         attention: ``"gla"`` (across all windows) or ``"proxyclip"`` (each window alone).
         algorithm, smoothing: GLA's algorithm (:func:`geogla.gla.choose_algorithm`) and query
             smoothing; None keeps the preset's or the method's default.
+        context_radius: bound GLA's context to the windows within this many window strides of a
+            pixel (its covering windows and ``context_radius`` rings around them): a pixel's label
+            then depends on those windows only, so pieces of a large area give the labels of the
+            whole more than the radius inside their edges (``GLAConfig.context_radius``, in
+            tokens: this times the stride over the model's token size).  None: the whole scene.
         precision: the encoders' and attention's dtype (``"auto"``: 16-bit where the device
             computes it natively, :func:`geogla.precision.encoder_dtype`); None: ``"auto"`` for the
             encoders and GLA, float32 for ProxyCLIP's attention.
@@ -110,7 +116,10 @@ def segment(
         prob_threshold=prob_threshold,
     )
     preset = get_preset(model)
-    gla = attention_config(preset, attention, smoothing=smoothing, algorithm=algorithm, precision=precision)
+    window_stride = preset.stride if stride is None else stride
+    gla = attention_config(preset, attention, smoothing=smoothing, algorithm=algorithm, precision=precision,
+                           context_radius=_context_tokens(context_radius, attention, window_stride,
+                                                          preset.key_patch))
     config = RunConfig(
         classes=class_list,
         model=model,
@@ -119,7 +128,7 @@ def segment(
         vfm_weights=None if vfm_weights is None else str(vfm_weights),
         precision="auto" if precision is None else precision,
         crop=preset.crop if crop is None else crop,
-        stride=preset.stride if stride is None else stride,
+        stride=window_stride,
         attention=gla,
         logit_scale=logit_scale,
         device=device,
@@ -231,3 +240,17 @@ def evaluate(
     report = evaluate_dataset(spec, chosen, options, out_dir, root=str(root), split=chosen_split,
                               available=len(samples), progress=progress)
     return report, write_report(report, out_dir)
+
+
+def _context_tokens(windows: int | None, attention: str, stride: int, token_size: int) -> int | None:
+    """A context radius of ``windows`` window strides in tokens (rounded up), checked."""
+    if windows is None:
+        return None
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 0:
+        raise ConfigError(
+            f"The context radius must be a whole number of windows, at least 0, got {windows!r}."
+        )
+    if attention != "gla":
+        raise ConfigError("A context radius bounds GLA's attention across windows; ProxyCLIP attends "
+                          "to each window alone already.")
+    return -(-windows * stride // token_size)

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attention-algorithm", choices=("auto", "exact", "scalable"), default=None,
                      help="GLA across windows: exact (cost grows with the square of the scene), scalable "
                           "(linear cost, far windows sampled) or auto (default: exact up to 32,768 tokens)")
+    run.add_argument("--context-radius", type=int, default=None, metavar="WINDOWS",
+                     help="bound each pixel's context to the windows within this many window strides "
+                          "(exact attention over them): pieces of a large area then give the labels of "
+                          "the whole inside them (default: the whole scene)")
     run.add_argument(
         "--smoothing",
         action=argparse.BooleanOptionalAction,
@@ -235,6 +239,7 @@ def _run(args: argparse.Namespace) -> int:
         stride=args.stride,
         attention=args.attention,
         algorithm=args.attention_algorithm,
+        context_radius=args.context_radius,
         smoothing=args.smoothing,
         precision=args.precision,
         background=args.background,

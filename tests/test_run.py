@@ -166,6 +166,51 @@ def test_attention_algorithm_option_picks_the_streamed_scalable_attention(
         assert set(np.unique(ds.read(1))) <= {0, 1, 2}
 
 
+def test_context_radius_option_bounds_gla_to_the_windows_around_each_pixel(
+    scene_tif: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--context-radius 0``: each pixel attends to the windows that cover it only; the stored
+    features are that attention over the stored keys and values, projected, and differ from GLA's
+    over all windows."""
+    import torch
+    import torch.nn.functional as F
+
+    from geogla import stages
+    from geogla.gla import attend
+
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "building,tree,road", "-o", str(out),
+                 "--context-radius", "0", "--precision", "float32", *TINY]) == 0
+    store = RunStore.open(str(out / "scene.zarr"), mode="r")
+    config = store.config.attention
+    assert config == GLAConfig(precision="float32", context_radius=0)
+    assert stages.store_algorithm(store) == "local" and not store.read_tensors("summary")
+    every = list(range(len(store.grid)))
+    source = stages.StoreWindows(store, np.arange(len(store.grid)))
+    keys, values = source.keys(every), source.values(every)
+    offsets = torch.from_numpy(store.grid.token_offsets(store.token_size))
+    model = stages.model_for(store)
+    features = torch.from_numpy(store.read("features")).float()
+    with torch.inference_mode():
+        local = F.normalize(model.project(attend(keys, values, config, offsets)), dim=-1)
+        whole = attend(keys, values, GLAConfig(precision="float32"), offsets)
+        gla = F.normalize(model.project(whole), dim=-1)
+    # stored in float16: within one float16 step of unit-vector components (2^-11)
+    torch.testing.assert_close(features, local, rtol=0, atol=2**-11)
+    assert float((features - gla).abs().max()) > 0.01
+
+    # a radius of one window stride, in tokens of the preset's key grid
+    wide = tmp_path / "wide"
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(wide), "--context-radius", "1",
+                 "--dry-run", *TINY]) == 0
+    assert "attention  local" in capsys.readouterr().out
+    for bad, says in ((["--context-radius", "-1"], "whole number of windows"),
+                      (["--context-radius", "1", "--attention", "proxyclip"], "ProxyCLIP")):
+        bad_out = tmp_path / "bad"
+        assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(bad_out), *bad, *TINY]) == 2
+        assert says in capsys.readouterr().err and not bad_out.exists()
+
+
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # With a threshold of 1.0 no pixel is confident enough: everything becomes background.

@@ -15,7 +15,7 @@ Mean = Literal["row", "window"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 AlgorithmChoice = Literal["exact", "scalable", "auto"]
 #: How attention is computed for a config and a scene (:func:`choose_algorithm`).
-Algorithm = Literal["window", "exact", "scalable"]
+Algorithm = Literal["window", "exact", "scalable", "local"]
 
 _NORMS = ("dynamic", "fixed")
 _MEANS = ("row", "window")
@@ -101,6 +101,15 @@ class GLAConfig:
             sample and start the proxy modes.
         seed: scalable mode: seed of the k-means initialisation and of the sample; the same
             inputs and seed give the same outputs.
+        context_radius: bound on a query's context, in tokens (None: the whole scene, GLA as
+            published).  Set, a query attends exactly to the keys of the windows whose extent,
+            grown by this many tokens on every side, contains its scene position, and to no
+            other (row means ``m_i`` and the ``L`` of ``u`` from those windows too): its result
+            depends on those windows only, so a scene processed in pieces gives the labels of the
+            whole inside every piece, more than the radius away from the piece's edges
+            (:func:`choose_algorithm` gives ``"local"``, geogla/gla/local.py; ``algorithm``,
+            ``exact_max_tokens`` and the scalable options are then unused).  Cost
+            ``O(T n_context D)``.  Needs ``mean="row"``.
     """
 
     kv_extension: bool = True
@@ -123,6 +132,7 @@ class GLAConfig:
     far_samples: int = 4096
     prototypes: int = 64
     seed: int = 0
+    context_radius: int | None = None
 
     def __post_init__(self) -> None:
         _check_fields(self, ("kv_extension", "proxy", "smoothing"), _is_bool, "true or false")
@@ -140,6 +150,12 @@ class GLAConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"GLA option {name} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}.")
+        if self.context_radius is not None:
+            _check_fields(self, ("context_radius",), lambda v: _is_int(v) and v >= 0,
+                          "a whole number of at least 0 (or null)")
+            if self.kv_extension and self.mean != "row":
+                raise ConfigError("GLA option context_radius needs mean 'row' (one mean per window "
+                                  "would reach beyond the radius).")
 
     @classmethod
     def proxyclip(cls, **overrides: Any) -> GLAConfig:
@@ -205,12 +221,15 @@ def choose_algorithm(config: GLAConfig, total_tokens: int) -> Algorithm:
     the one rule that :func:`geogla.gla.attend` and a run's stages follow.
 
     ``"window"``: each window alone (no key-value extension; exact and already linear);
-    ``"exact"``: every query against all ``T`` keys, for ``algorithm="exact"``, and for
-    ``algorithm="auto"`` while ``total_tokens <= exact_max_tokens``; ``"scalable"`` otherwise
-    (geogla/gla/scalable.py).
+    ``"local"``: every query against the keys within ``context_radius`` (when set), exactly
+    (geogla/gla/local.py); ``"exact"``: every query against all ``T`` keys, for
+    ``algorithm="exact"``, and for ``algorithm="auto"`` while ``total_tokens <= exact_max_tokens``;
+    ``"scalable"`` otherwise (geogla/gla/scalable.py).
     """
     if not config.kv_extension:
         return "window"
+    if config.context_radius is not None:
+        return "local"
     if config.algorithm == "exact" or (
         config.algorithm == "auto" and total_tokens <= config.exact_max_tokens
     ):

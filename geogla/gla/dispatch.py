@@ -11,6 +11,7 @@ from torch import Tensor
 from geogla.errors import ConfigError
 from geogla.gla.config import GLAConfig, choose_algorithm
 from geogla.gla.exact import attend_exact
+from geogla.gla.local import attend_local
 from geogla.gla.scalable import attend_scalable
 
 _DEFAULT_CONFIG = GLAConfig()
@@ -31,24 +32,28 @@ def attend(
         values: ``(L, N, Dv)`` float, CLIP value tokens on the same grid.
         config: the method's switches and constants; ``choose_algorithm(config, L * N)`` picks
             exact attention (:func:`geogla.gla.exact.attend_exact`, each window alone without
-            key-value extension) or scalable attention (:func:`geogla.gla.scalable.attend_scalable`).
+            key-value extension), scalable attention (:func:`geogla.gla.scalable.attend_scalable`)
+            or attention bounded to a context radius (:func:`geogla.gla.local.attend_local`).
         offsets: ``(L, 2)`` int, each window's top-left ``(row, col)`` on the scene's token grid;
-            needed by query smoothing and by scalable attention.
+            needed by query smoothing, scalable and local attention.
         grid: ``(rows, cols)`` of each window's tokens, ``rows * cols = N``; None: square windows.
-            Used by query smoothing and by scalable attention.
+            Used by query smoothing, scalable and local attention.
 
     Returns:
         ``(L, N, Dv)`` tensor ``A V`` in ``values.dtype`` on ``values.device``; one attention map
         serves every head, so heads need not be split.
 
     Raises:
-        ConfigError: ``config.smoothing`` is set, or scalable attention is chosen, but
+        ConfigError: ``config.smoothing`` is set, or scalable or local attention is chosen, but
             ``offsets`` is missing.
         ValueError: shapes, dtypes or devices of the inputs do not fit together.
     """
     _check_inputs(keys, values, offsets, config)
-    if choose_algorithm(config, keys.shape[0] * keys.shape[1]) == "scalable":
+    algorithm = choose_algorithm(config, keys.shape[0] * keys.shape[1])
+    if algorithm in ("scalable", "local"):
         assert offsets is not None  # checked above
+        if algorithm == "local":
+            return attend_local(keys, values, config, offsets, grid)
         return attend_scalable(keys, values, config, offsets, grid)
     return attend_exact(keys, values, config, offsets, grid)
 
@@ -69,7 +74,11 @@ def _check_inputs(keys: Tensor, values: Tensor, offsets: Tensor | None, config: 
     if config.smoothing and offsets is None:
         raise ConfigError("query smoothing needs the windows' token offsets; pass offsets=(L, 2).")
     total = keys.shape[0] * keys.shape[1]
-    if offsets is None and choose_algorithm(config, total) == "scalable":
+    algorithm = choose_algorithm(config, total)
+    if offsets is None and algorithm == "local":
+        raise ConfigError("attention bounded to a context radius needs the windows' token offsets; "
+                          "pass offsets=(L, 2).")
+    if offsets is None and algorithm == "scalable":
         raise ConfigError(
             f"scalable attention (algorithm={config.algorithm!r}, {total} tokens, exact_max_tokens="
             f"{config.exact_max_tokens}) needs the windows' token offsets; pass offsets=(L, 2)."

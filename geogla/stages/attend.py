@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from geogla.gla import GLAConfig, attend, choose_algorithm, compute_dtypes
 from geogla.gla.config import Algorithm
 from geogla.gla.exact import attend_exact
+from geogla.gla.local import LocalAttention
 from geogla.gla.prototypes import FarSample, summarize
 from geogla.gla.scalable import ScalableAttention
 from geogla.models import SegmentationModel
@@ -106,7 +107,7 @@ def store_algorithm(store: RunStore) -> Algorithm:
     return choose_algorithm(store.config.attention, len(store.grid) * store.tokens_per_window)
 
 
-def _scalable_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.dtype, torch.dtype]:
+def _attention_dtypes(store: RunStore, model: SegmentationModel) -> tuple[torch.dtype, torch.dtype]:
     like = torch.empty(0, dtype=torch.float32, device=model.device)
     return compute_dtypes(store.config.attention.precision, like)
 
@@ -124,7 +125,7 @@ def summarize_keys(store_url: str) -> StageResult:
         ids = np.nonzero(store.read("windows/valid"))[0]  # once per run: the summary reads every window
         if len(ids):
             model = model_for(store)
-            cdtype, adtype = _scalable_dtypes(store, model)
+            cdtype, adtype = _attention_dtypes(store, model)
             sample = summarize(StoreWindows(store, ids), store.config.attention, cdtype, adtype,
                                torch.device(model.device))
             sample = sample.renumbered(torch.arange(len(ids)), torch.from_numpy(ids))
@@ -138,7 +139,8 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
     """Attention, then CLIP's projection, for the given encode batches (:func:`batch_windows`):
     L2-normalised features per token, written batch by batch.
 
-    Scalable attention reads only the windows near the batches' windows (and the stored summary);
+    Scalable attention reads only the windows near the batches' windows (and the stored summary),
+    attention bounded to a context radius only those within the radius;
     attention inside each window reads the batches and, for query smoothing, the windows
     overlapping them; what they read of the run store does not grow with the scene.  Exact
     attention needs every window: its graph has one task over all batches.
@@ -155,22 +157,25 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
     device = torch.device(model.device)
     source = StoreWindows(store, rows, cache_mb=ATTEND_CACHE_MB)
     offsets = torch.from_numpy(store.grid.token_offsets(store.token_size, rows))
+    n = store.tokens_per_window
     exact: torch.Tensor | None = None
-    scalable: ScalableAttention | None = None
+    streamed: ScalableAttention | LocalAttention | None = None  # reads its windows from source
     if algorithm == "exact" and len(rows):
         every = list(range(len(rows)))
         exact = attend_exact(source.keys(every).to(device), source.values(every).to(device), cfg,
                              offsets=offsets.to(device), grid=store.token_grid)
     elif algorithm == "scalable" and len(rows):
-        cdtype, adtype = _scalable_dtypes(store, model)
+        cdtype, adtype = _attention_dtypes(store, model)
         tensors = {k: torch.from_numpy(v) for k, v in store.read_tensors("summary").items()}
         sample = FarSample.from_tensors(tensors, cdtype, adtype, device)
         # numbered as this task's source: its windows and their neighbours only
         sample = sample.renumbered(torch.from_numpy(rows), torch.arange(len(rows)))
-        scalable = ScalableAttention(sample, offsets, cfg, cdtype, adtype, store.token_grid)
+        streamed = ScalableAttention(sample, offsets, cfg, cdtype, adtype, store.token_grid)
+    elif algorithm == "local" and len(rows):
+        cdtype, adtype = _attention_dtypes(store, model)
+        streamed = LocalAttention(offsets.to(device), n, cfg, cdtype, adtype, store.token_grid)
     t_att = t_proj = 0.0
     feature_dtype = store.array("features").dtype
-    n = store.tokens_per_window
     for ids in todo:
         sl = slice(ids.start, ids.stop)
         valid = store.read("windows/valid", sl)
@@ -180,8 +185,8 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
             t1 = time.perf_counter()
             if exact is not None:
                 attended = exact[torch.from_numpy(local).to(exact.device)]
-            elif scalable is not None:
-                attended = scalable(source, local.tolist())
+            elif streamed is not None:
+                attended = streamed(source, local.tolist())
             else:
                 attended = _attend_each_window(source, local, offsets, cfg, store, device)
             t2 = time.perf_counter()
@@ -200,16 +205,20 @@ def attend_batches(store_url: str, batches: Sequence[int]) -> StageResult:
 def _context_windows(store: RunStore, algorithm: Algorithm, batches: list[range]) -> np.ndarray:
     """Ids (ascending) of the valid windows an attend task reads: every window for exact
     attention; else the batches' windows and those that can enter their attention (near them for
-    scalable attention, overlapping them for query smoothing), found from the grid's arithmetic
+    scalable attention, within the context radius for local attention, overlapping them for query
+    smoothing), found from the grid's arithmetic
     and read in their own slices of ``windows/valid``."""
     if algorithm == "exact":
         return np.nonzero(store.read("windows/valid"))[0]
     grid, cfg = store.grid, store.config.attention
     own = np.concatenate([np.arange(r.start, r.stop) for r in batches])
     margin = -1  # pixels around a window whose windows join: none
-    if algorithm == "scalable":
-        # near: within near_radius tokens; one token more, as offsets are rounded down to tokens
-        margin = (cfg.near_radius + 1) * store.token_size
+    if algorithm in ("scalable", "local"):
+        # near (context): within near_radius (context_radius) tokens; one token more, as offsets
+        # are rounded down to tokens
+        radius = cfg.near_radius if algorithm == "scalable" else cfg.context_radius
+        assert radius is not None  # local attention has a context radius
+        margin = (radius + 1) * store.token_size
     elif cfg.smoothing:
         margin = 0  # the windows that overlap it
     ids = own
