@@ -8,6 +8,7 @@ the maximum over its synonyms' probabilities (docs/method.md section 2).
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass, field
 
 from geogla.errors import ClassSpecError
@@ -81,19 +82,27 @@ def parse_classes(spec: str, background: str | None = None, prob_threshold: floa
     A class is named by its first synonym.  ``background`` names the class given to pixels whose
     top probability is below ``prob_threshold``: one of the listed classes, or a new class appended
     at the end with no prompt of its own.  A threshold above 0 without a background appends a class
-    named ``background``.  Raises :class:`ClassSpecError` for an empty list, an empty name or a
-    class (or synonym) given twice.
+    named ``background``.  Raises :class:`ClassSpecError` for an empty list, an empty name, a
+    class (or synonym) given twice, a control character (or an unpaired surrogate) in a name, or a
+    backslash before a comma (a comma always separates classes; there is no escape).
     """
     if not 0.0 <= prob_threshold <= 1.0:
         raise ClassSpecError(f"--prob-threshold must lie between 0 and 1, got {prob_threshold}.")
     if not spec or not spec.strip():
         raise ClassSpecError("The class list is empty: give classes such as --classes building,tree,road.")
+    if "\\," in spec:
+        raise ClassSpecError(f"The class list {spec!r} has a backslash before a comma: commas always "
+                             "separate classes and cannot be escaped, so name the class without one.")
     synonyms: list[tuple[str, ...]] = []
     seen: set[str] = set()
     for item in spec.split(","):
         syns = tuple(s.strip() for s in item.split("|"))
         if any(not s for s in syns):
             raise ClassSpecError(f"The class list {spec!r} has an empty class name.")
+        unwritable = [s for s in syns if any(unicodedata.category(c) in ("Cc", "Cs") for c in s)]
+        if unwritable:
+            raise ClassSpecError(f"The class name {unwritable[0]!r} holds a control character; "
+                                 "name it with printable characters.")
         for s in syns:
             if s.lower() in seen:
                 raise ClassSpecError(f"The class {s!r} is given twice in the class list.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import sqlite3
 import warnings
 import xml.etree.ElementTree as ET
@@ -407,21 +408,50 @@ def polygonize(
 # GeoPackage and QGIS styles
 
 _RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
+#: Creation options of every GeoPackage written: version 1.2, which every GDAL since 2.2 reads
+#: without a warning (GDAL 3.6, in the QGIS of Debian 12, warns on each open of a 1.4 file, the
+#: default of current GDAL); nothing written needs a later version.
+GPKG_CREATION = {"VERSION": "1.2"}
+# Characters a layer name keeps besides Unicode letters and digits: GDAL refuses a name that
+# starts with punctuation ("(tree)", "'x", "-x", ...), and quotes, semicolons or brackets inside
+# one trip older readers and hand-written SQL; a run of anything else becomes one "_".
+_LAYER_PUNCTUATION = " _-."
 
 
 def layer_names(class_list: ClassList) -> dict[int, str]:
-    """Return the GeoPackage layer name of each class: its name, unless that is reserved.
+    """Return the GeoPackage layer name of each class: its name, made safe and unique.
 
-    Names beginning ``gpkg_``, ``rtree_`` or ``sqlite_`` (forbidden or used by GeoPackage and
-    SQLite) and ``layer_styles`` get a ``class_`` prefix; names are compared case-insensitively,
-    as SQLite does.
+    Every character but letters, digits, spaces, ``_``, ``-`` and ``.`` becomes ``_`` (a run of
+    them one ``_``), and leading and trailing ones other than letters and digits go; a name that
+    is then empty or starts with a digit, or begins ``gpkg_``, ``rtree_`` or ``sqlite_`` (forbidden
+    or used by GeoPackage and SQLite) or is ``layer_styles``, gets a ``class_`` prefix.  Names are
+    compared case-insensitively, as SQLite compares table names: a name already taken gets
+    ``_2``, ``_3``, ..., so that every class keeps a layer of its own.  The class's own name
+    stays in its features' ``class_name`` and in the layer's description.
     """
     names: dict[int, str] = {}
+    taken: set[str] = set()
     for i, name in enumerate(class_list.names):
-        low = name.lower()
-        reserved = low.startswith(_RESERVED_PREFIXES) or low == STYLE_TABLE
-        names[i] = f"class_{name}" if reserved else name
+        base = _safe_layer_name(name)
+        candidate, k = base, 1
+        while candidate.casefold() in taken:
+            k += 1
+            candidate = f"{base}_{k}"
+        taken.add(candidate.casefold())
+        names[i] = candidate
     return names
+
+
+def _safe_layer_name(name: str) -> str:
+    """``name`` with only letters, digits and :data:`_LAYER_PUNCTUATION`, starting with a letter or
+    ``_``, and not reserved (see :func:`layer_names`)."""
+    kept = "".join(c if c.isalnum() or c in _LAYER_PUNCTUATION else "\0" for c in name)
+    safe = re.sub("\0+", "_", kept)
+    safe = re.sub(r"^[\W_]+|[\W_]+$", "", safe)  # no leading or trailing punctuation
+    low = safe.casefold()
+    if not safe or safe[0].isdigit() or low.startswith(_RESERVED_PREFIXES) or low == STYLE_TABLE:
+        safe = f"class_{safe}" if safe else "class"
+    return safe
 
 
 def _rgba(colour: tuple[int, int, int], alpha: int) -> str:
@@ -557,7 +587,7 @@ def _create_empty_geopackage(path: str | os.PathLike[str]) -> None:
     """
     placeholder = "geogla_placeholder"
     pyogrio.write_dataframe(pd.DataFrame({"x": pd.Series([], dtype="int32")}), path,
-                            layer=placeholder, driver="GPKG")
+                            layer=placeholder, driver="GPKG", dataset_options=GPKG_CREATION)
     with sqlite3.connect(path) as conn:
         conn.execute(f'DROP TABLE "{placeholder}"')
         conn.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (placeholder,))
@@ -630,6 +660,7 @@ def write_geopackage(
                 pyogrio.write_dataframe(
                     frame, target, layer=names[class_id], driver="GPKG", geometry_type="Polygon",
                     append=not first, layer_options={"DESCRIPTION": description} if first else None,
+                    dataset_options=None if written else GPKG_CREATION,
                 )
             if first:
                 written.append(class_id)

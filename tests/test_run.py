@@ -211,6 +211,22 @@ def test_context_radius_option_bounds_gla_to_the_windows_around_each_pixel(
         assert says in capsys.readouterr().err and not bad_out.exists()
 
 
+def test_class_names_that_are_no_safe_layer_names_run_to_the_end(scene_tif: Path, tmp_path: Path) -> None:
+    from geogla.vectorize import layer_names
+
+    spec = "(tree),'); DROP TABLE x;--,say \"hi\",\U0001f333 tree,gpkg_a,class_gpkg_a"
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", spec, "-o", str(out), *TINY]) == 0
+    layers = layer_names(parse_classes(spec))
+    found = {str(n) for n, _ in pyogrio.list_layers(out / "scene.gpkg")} - {"layer_styles"}
+    assert found and found <= set(layers.values())
+    names = parse_classes(spec).names
+    for class_id, layer in layers.items():
+        if layer in found:
+            frame = pyogrio.read_dataframe(out / "scene.gpkg", layer=layer)
+            assert set(frame["class_name"]) == {names[class_id]}
+
+
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # With a threshold of 1.0 no pixel is confident enough: everything becomes background.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pyogrio
 import pytest
 import shapely
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.features import rasterize, shapes
@@ -21,8 +24,10 @@ from rasterio.transform import from_origin
 from shapely.geometry import Polygon
 
 from geogla.classes import NODATA_CLASS, ClassList, parse_classes
+from geogla.errors import ClassSpecError
 from geogla.georef import GeoRef
 from geogla.vectorize import (
+    STYLE_TABLE,
     area_model,
     iter_polygons,
     layer_names,
@@ -438,6 +443,62 @@ def test_reserved_class_names_get_a_prefix(tmp_path: Path) -> None:
     write_geopackage(tmp_path / "r.gpkg", polygonize(arr, georef, classes), georef, classes)
     names = sorted(str(n) for n, _ in pyogrio.list_layers(tmp_path / "r.gpkg"))
     assert names == ["class_gpkg_thing", "class_layer_styles", "layer_styles", "tree"]
+
+
+# Class names as the class-list syntax accepts them: no comma or "|" (separators), not blank,
+# distinct case-insensitively; any other Unicode, SQL-looking ones and ones that collide once
+# made safe included.
+_CLASS_NAME = st.one_of(
+    st.text(min_size=1, max_size=12).map(str.strip),
+    st.sampled_from(["(tree)", "'); DROP TABLE x;--", 'say "hi"', "\U0001f333 tree", "gpkg_a", "class_gpkg_a",
+                     "layer_styles", "tree", "Tree ", "tree_2", "-x", ".x", "#1", "\u00e9t\u00e9", "a b"]),
+).filter(lambda n: n and "," not in n and "|" not in n
+         and not any(unicodedata.category(c) in ("Cc", "Cs") for c in n))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_CLASS_NAME, min_size=1, max_size=6, unique_by=lambda n: n.strip().lower()))
+def test_every_class_keeps_a_layer_of_its_own_whatever_its_name(tmp_path: Path, names: list[str]) -> None:
+    classes = parse_classes(",".join(names))
+    layers = layer_names(classes)
+    assert len({n.casefold() for n in layers.values()}) == len(classes)  # SQLite: case-insensitive
+    width = 4 * len(classes)
+    arr = np.repeat(np.arange(len(classes), dtype=np.uint8), 4)[None].repeat(6, axis=0)
+    georef = utm_georef(6, width)
+    out = tmp_path / f"n{abs(hash(tuple(names)))}.gpkg"
+    write_geopackage(out, polygonize(arr, georef, classes), georef, classes)
+    written = {str(n) for n, _ in pyogrio.list_layers(out)} - {STYLE_TABLE}
+    assert written == set(layers.values())
+    for class_id, layer in layers.items():
+        frame = pyogrio.read_dataframe(out, layer=layer)
+        assert set(frame["class_name"]) == {classes.names[class_id]}
+        assert set(frame["class_id"]) == {class_id}
+    with sqlite3.connect(out) as conn:
+        styled = [row[0] for row in conn.execute(f"SELECT f_table_name FROM {STYLE_TABLE}")]
+    assert sorted(styled) == sorted(layers.values())
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_geopackages_are_version_1_2(tmp_path: Path, empty: bool) -> None:
+    # GDAL 3.6 (the QGIS of Debian 12) warns on every open of a GeoPackage 1.4, current GDAL's
+    # default; 1.2 is read everywhere
+    arr = np.full((6, 8), NODATA_CLASS if empty else 1, dtype=np.uint8)
+    georef = utm_georef(6, 8)
+    out = tmp_path / "v.gpkg"
+    write_geopackage(out, polygonize(arr, georef, CLASSES), georef, CLASSES)
+    with sqlite3.connect(out) as conn:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+    assert application_id.to_bytes(4, "big") == b"GPKG" and user_version == 10200
+
+
+def test_a_backslash_before_a_comma_or_a_control_character_is_refused() -> None:
+    with pytest.raises(ClassSpecError, match="backslash before a comma"):
+        parse_classes("tr\\,ee,road")
+    for name in ("tr\x00ee", "tree\tcover", "\ud800"):
+        with pytest.raises(ClassSpecError, match="control character"):
+            parse_classes(f"road,{name}")
 
 
 def test_qml_is_a_single_symbol_fill() -> None:
