@@ -22,6 +22,10 @@ Layout (``L`` windows, ``N = rows * cols`` tokens per window (``token_grid``), `
       blocks/stitched   (B,)        bool     per-block done flags of the stitch stage
       done/<stage>                  empty groups marking finished stages (text, summary)
 
+Every array names its dimensions (:data:`ARRAY_DIMS`: ``window``, ``token``, ``y``, ``x``, ...)
+and says what it holds (:data:`ARRAY_ATTRS`), so that ``xarray.open_zarr`` opens the root's
+arrays (and, with ``group=``, a subgroup's): the run's intermediate data, for inspection.
+
 Window arrays are chunked (keys and values: sharded) by encode batch and the rasters by output
 block, so that every task writes whole chunks (shards) that no other task touches.  Keys and
 values hold one window per inner chunk, so attention reads single windows cheaply.  Done flags
@@ -89,6 +93,45 @@ FORMAT = 7
 KEY_DTYPE = np.int16
 #: dtype of the values and features in the store.
 VECTOR_DTYPE = np.float16
+
+#: Dimension names and short attributes of the run store's arrays, so that xarray opens it
+#: (``xarray.open_zarr(url)``: the root's arrays; ``group="windows"``: the per-window flags): the
+#: run's intermediate data, not a product.  Dimensions of one name have one size in a store.
+ARRAY_DIMS: dict[str, tuple[str, ...]] = {
+    "windows/box": ("window", "box_edge"),
+    "windows/valid": ("window",),
+    "windows/encoded": ("window",),
+    "windows/attended": ("window",),
+    "keys": ("window", "token", "key_channel"),
+    "key_scale": ("window", "token"),
+    "values": ("window", "value_token", "value_channel"),
+    "features": ("window", "token", "embed_channel"),
+    "text": ("prompt", "embed_channel"),
+    "classes": ("y", "x"),
+    "probabilities": ("class", "y", "x"),
+    "blocks/stitched": ("block",),
+}
+ARRAY_ATTRS: dict[str, dict[str, Any]] = {
+    "windows/box": {"long_name": "window (y1, x1, y2, x2) on the working grid", "units": "pixel"},
+    "windows/valid": {"long_name": "window holds data (False: all nodata, not encoded)"},
+    "windows/encoded": {"long_name": "encode stage done"},
+    "windows/attended": {"long_name": "attend stage done"},
+    "keys": {"long_name": "VFM keys, L2-normalised, in units of key_scale", "units": "1"},
+    "key_scale": {"long_name": "per token: its largest key magnitude / 32767", "units": "1"},
+    "values": {"long_name": "CLIP last-block value tokens on CLIP's own grid"},
+    "features": {"long_name": "projected, L2-normalised features after attention", "units": "1"},
+    "text": {"long_name": "prompt embeddings", "units": "1"},
+    "classes": {"long_name": "class id on the scene's grid (255: nodata)", "units": "1"},
+    # CF packing: xarray decodes the stored x 255 to 0..1
+    "probabilities": {"long_name": "class probability", "units": "1", "scale_factor": 1 / 255},
+    "blocks/stitched": {"long_name": "stitch stage done, per output block"},
+}
+
+
+def _described(name: str) -> dict[str, Any]:
+    """``create_array`` keywords naming array ``name``'s dimensions and what it holds."""
+    return {"dimension_names": ARRAY_DIMS[name], "attributes": ARRAY_ATTRS[name]}
+
 #: The codec that ends every chunk of the large arrays with its CRC-32C (4 bytes a chunk).
 CHECKSUM = Crc32cCodec()
 
@@ -289,10 +332,12 @@ class RunStore:
         L, B = len(grid), config.batch_size
         # The boxes follow from the grid arithmetically; the array is for other tools, in large chunks.
         group.create_array(
-            "windows/box", data=grid.boxes().astype(np.int32), chunks=(min(max(L, 1), 65536), 4)
+            "windows/box", data=grid.boxes().astype(np.int32), chunks=(min(max(L, 1), 65536), 4),
+            **_described("windows/box"),
         )
-        group.create_array("windows/valid", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
-        group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False)
+        for flags in ("windows/valid", "windows/encoded"):
+            group.create_array(flags, shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
+                               **_described(flags))
         _create_key_arrays(group, L, math.prod(dims["token_grid"]), key_dim, B)
         _create_window_vectors(group, "values", L, math.prod(dims["value_grid"]), value_dim, B)
         store = cls(url, group)
@@ -316,12 +361,12 @@ class RunStore:
         if level == "attend":
             _create_window_vectors(g, "features", L, N, E, B)
             g.create_array("windows/attended", shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
-                           overwrite=True)
+                           overwrite=True, **_described("windows/attended"))
             return
         H, W = scene.georef.shape
         blk, P, C = config.block, len(config.classes.prompts), len(config.classes)
         g.create_array("text", shape=(P, E), chunks=(max(P, 1), E), dtype="float32", fill_value=0.0,
-                       compressors=[CHECKSUM], overwrite=True)
+                       compressors=[CHECKSUM], overwrite=True, **_described("text"))
         # uncompressed, so that the store's size is known beforehand: one byte per pixel, next to
         # the window vectors' 13 (tiny model) to 180 (default)
         g.create_array(
@@ -332,6 +377,7 @@ class RunStore:
             fill_value=255,
             compressors=[CHECKSUM],
             overwrite=True,
+            **_described("classes"),
         )
         if config.save_probabilities:
             g.create_array(
@@ -342,9 +388,10 @@ class RunStore:
                 fill_value=0,
                 compressors=[ZstdCodec(), CHECKSUM],
                 overwrite=True,
+                **_described("probabilities"),
             )
         g.create_array("blocks/stitched", shape=(len(_blocks(H, W, blk)),), chunks=(1,), dtype=bool,
-                       fill_value=False, overwrite=True)
+                       fill_value=False, overwrite=True, **_described("blocks/stitched"))
 
     def _reset_changed_levels(self, scene: Scene, config: RunConfig, fps: dict[str, str],
                               dims: dict[str, Any]) -> None:
@@ -367,7 +414,7 @@ class RunStore:
             _create_key_arrays(g, L, math.prod(dims["token_grid"]), dims["key_dim"], B)
             _create_window_vectors(g, "values", L, math.prod(dims["value_grid"]), dims["value_dim"], B)
             self.group.create_array("windows/encoded", shape=(L,), chunks=(B,), dtype=bool, fill_value=False,
-                                    overwrite=True)
+                                    overwrite=True, **_described("windows/encoded"))
             compacted = False
         for level in changed:
             for name in _LEVEL_ARRAYS[level]:
@@ -505,7 +552,8 @@ class RunStore:
         for key, data in arrays.items():
             data = np.ascontiguousarray(data)
             # uncompressed: floats barely compress, and the store's size is then known beforehand
-            group.create_array(key, data=data, chunks=data.shape if data.ndim else "auto", compressors=None)
+            group.create_array(key, data=data, chunks=data.shape if data.ndim else "auto", compressors=None,
+                               dimension_names=tuple(f"{key}_{axis}" for axis in range(data.ndim)))
             sums[key] = zlib.crc32(data.tobytes())
         group.attrs["crc32"] = sums  # last: a group without it was not finished
 
@@ -684,6 +732,7 @@ def _create_window_vectors(group: zarr.Group, name: str, n_windows: int, tokens:
         fill_value=0,
         compressors=[CHECKSUM],
         overwrite=True,
+        **_described(name),
     )
 
 
@@ -691,7 +740,8 @@ def _create_key_arrays(group: zarr.Group, n_windows: int, tokens: int, dim: int,
     """``keys`` in :data:`KEY_DTYPE` and their ``key_scale`` per token, chunked as the window vectors."""
     _create_window_vectors(group, "keys", n_windows, tokens, dim, batch, KEY_DTYPE)
     group.create_array("key_scale", shape=(n_windows, tokens), chunks=(1, tokens), shards=(batch, tokens),
-                       dtype="float32", fill_value=0.0, compressors=[CHECKSUM], overwrite=True)
+                       dtype="float32", fill_value=0.0, compressors=[CHECKSUM], overwrite=True,
+                       **_described("key_scale"))
 
 
 def _raster_chunks(height: int, width: int, block: int) -> tuple[int, int]:

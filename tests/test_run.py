@@ -227,6 +227,28 @@ def test_class_names_that_are_no_safe_layer_names_run_to_the_end(scene_tif: Path
             assert set(frame["class_name"]) == {names[class_id]}
 
 
+def test_xarray_opens_the_run_store(scene_tif: Path, tmp_path: Path) -> None:
+    import xarray as xr
+
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "a,b,c,d", "-o", str(out), "--save-probabilities",
+                 *TINY]) == 0
+    store = RunStore.open(str(out / "scene.zarr"), mode="r")
+    ds = xr.open_zarr(out / "scene.zarr", consolidated=False)
+    L, N = len(store.grid), store.tokens_per_window
+    assert ds["keys"].dims == ("window", "token", "key_channel") and ds.sizes["window"] == L
+    assert ds["features"].dims == ("window", "token", "embed_channel") and ds.sizes["token"] == N
+    assert ds["classes"].dims == ("y", "x") and ds.sizes["y"] == 300 and ds.sizes["x"] == 420
+    # stored as probability x 255; xarray decodes the packing to 0..1
+    probabilities = ds["probabilities"].values
+    assert ds["probabilities"].dims == ("class", "y", "x") and probabilities.dtype.kind == "f"
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    np.testing.assert_allclose(probabilities, store.read("probabilities") / 255.0)
+    assert all(ds[name].attrs.get("long_name") for name in ds.data_vars)
+    windows = xr.open_zarr(out / "scene.zarr", group="windows", consolidated=False)
+    assert set(windows.data_vars) == {"box", "valid", "encoded", "attended"} and windows.sizes["window"] == L
+
+
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # With a threshold of 1.0 no pixel is confident enough: everything becomes background.
