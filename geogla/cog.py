@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -132,12 +133,17 @@ def _write_cog(
     tags: Mapping[str, str],
     band_descriptions: Sequence[str],
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    valid: Callable[[int, int, int, int], np.ndarray] | None = None,
+    scale: float | None = None,
 ) -> None:
     """Stream ``read(r0, r1, c0, c1) -> (count, h, w)`` into a COG at ``path``, atomically.
 
     The one place where geogla writes COGs: a tiled temporary GeoTIFF gets the pixels block by
     block plus the colour map, tags and band descriptions; GDAL's COG driver then copies it
-    (metadata included) with ``overview_resampling`` for the overviews.
+    (metadata included) with ``overview_resampling`` for the overviews.  Without a colour map the
+    bands are grey, never RGB or alpha, whatever their number.  ``valid(r0, r1, c0, c1) -> (h, w)``
+    bool, when given, is written as the internal mask (what ``dataset_mask()`` and GIS clients
+    read); ``scale`` is every band's scale (offset 0), so that readers show ``value * scale``.
     """
     if block <= 0 or block % 16:
         raise ValueError(f"block must be a positive multiple of 16, got {block}")
@@ -146,6 +152,8 @@ def _write_cog(
     height, width = georef.height, georef.width
     # Predictors help DEFLATE on continuous values; class ids are categorical, so none there.
     predictor = "YES" if colormap is None else "NO"
+    # GDAL calls 3 or 4 uint8 bands RGB(A) unless told otherwise: a fourth class became alpha.
+    photometric = {} if colormap is not None else {"photometric": "MINISBLACK", "alpha": "NO"}
     with atomic_output(path) as scratch, warnings.catch_warnings():
         # A scene without CRS is legal (pixel coordinates); rasterio would warn on every open.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -155,14 +163,22 @@ def _write_cog(
             dtype=dtype.name, crs=georef.crs, transform=georef.affine, nodata=nodata,
             tiled=True, blockxsize=block, blockysize=block, bigtiff="IF_SAFER",
             # Written once and read once: fast compression just to keep the temporary small.
-            compress=COMPRESS, zlevel=1,
+            compress=COMPRESS, zlevel=1, **photometric,
         ) as dst:
             for r0, r1, c0, c1 in _block_windows(height, width, block):
                 data = read(r0, r1, c0, c1)
                 if data.shape != (count, r1 - r0, c1 - c0):
                     raise ValueError(f"block [{r0}:{r1}, {c0}:{c1}] has shape {data.shape}, "
                                      f"expected {(count, r1 - r0, c1 - c0)}")
-                dst.write(data, window=Window(c0, r0, c1 - c0, r1 - r0))
+                window = Window(c0, r0, c1 - c0, r1 - r0)
+                dst.write(data, window=window)
+                if valid is not None:
+                    dst.write_mask(np.where(valid(r0, r1, c0, c1), 255, 0).astype(np.uint8), window=window)
+            if colormap is None:
+                dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (count - 1)
+            if scale is not None:
+                dst.scales = [scale] * count
+                dst.offsets = [0.0] * count
             if colormap is not None:
                 dst.write_colormap(1, dict(colormap))
             dst.update_tags(**tags)
@@ -235,13 +251,18 @@ def write_float_cog(
     block: int = COG_BLOCK,
     overview_resampling: str = "AVERAGE",
     tags: Mapping[str, str] | None = None,
+    valid: ArrayLike | None = None,
+    scale: float | None = None,
 ) -> None:
     """Write a ``(bands, H, W)`` float32 or uint8 array (per-class probabilities, say) as a COG.
 
     Band ``i`` is described ``band_names[i]``; the tag ``GEOGLA_BANDS`` holds the names as JSON
-    and ``tags`` are added.  ``nodata`` is stored as given (e.g. NaN for float32).  Overviews use
-    ``overview_resampling`` (AVERAGE suits probabilities); tiles, compression (with a predictor),
-    streaming and atomicity are as in :func:`write_class_cog`.
+    and ``tags`` are added.  Bands are grey (never RGB or alpha).  ``nodata`` is stored as given
+    (e.g. NaN for float32); ``valid``, a ``(H, W)`` boolean array (numpy, zarr or any array read
+    by slices), becomes the internal mask, which clients honour as nodata; ``scale`` is each
+    band's scale (offset 0: uint8 probabilities x 255 read as 0..1 with ``1 / 255``).  Overviews
+    use ``overview_resampling`` (AVERAGE suits probabilities); tiles, compression (with a
+    predictor), streaming and atomicity are as in :func:`write_class_cog`.
     """
     dtype = np.dtype(array.dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.uint8)):
@@ -254,11 +275,18 @@ def write_float_cog(
     def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return np.asarray(array[:, r0:r1, c0:c1]).astype(dtype, copy=False)
 
+    read_valid = None
+    if valid is not None:
+        _check_shape(valid.shape, georef.shape, "the valid-pixel array")
+
+        def read_valid(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            return np.asarray(valid[r0:r1, c0:c1]).astype(bool, copy=False)
+
     all_tags = {"GEOGLA_BANDS": json.dumps(list(band_names))}
     all_tags.update(tags or {})
     _write_cog(path, read, georef, count=count, dtype=dtype, nodata=nodata, block=block,
                overview_resampling=overview_resampling, tags=all_tags,
-               band_descriptions=list(band_names))
+               band_descriptions=list(band_names), valid=read_valid, scale=scale)
 
 
 def cog_info(path: str | os.PathLike[str]) -> dict[str, Any]:

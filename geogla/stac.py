@@ -252,7 +252,8 @@ def build_stac_item(
     * assets, hrefs relative to ``path``'s folder: ``classes`` (the class COG, with
       ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
       ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
-      when ``probabilities_path`` is given, ``probabilities`` (a COG); all with roles ``["data"]``.
+      when ``probabilities_path`` is given, ``probabilities`` (a COG, with ``raster:bands``: one
+      per class, uint8, scale 1/255, named after the class); all with roles ``["data"]``.
     * properties: ``geogla:classes`` (the class names), ``geogla:version`` (the installed
       package's, unless ``properties`` gives one), ``created`` (now, UTC) and ``properties``
       as given (they override all but ``geogla:classes``).
@@ -306,11 +307,24 @@ def build_stac_item(
         description="one polygon layer per class: class_id, class_name, area (m2 where the CRS allows)",
     ))
     if probabilities_path is not None:
-        item.add_asset("probabilities", pystac.Asset(
+        probabilities_asset = pystac.Asset(
             href=_relative_href(probabilities_path, folder), media_type=COG_MEDIA_TYPE, roles=["data"],
-            title="Class probabilities", description="one band per class, in class order",
-        ))
+            title="Class probabilities",
+            description="one band per class, in class order: probability x 255 (scale 1/255), masked "
+                        "where the class raster is no data",
+        )
+        item.add_asset("probabilities", probabilities_asset)
+        RasterExtension.ext(probabilities_asset, add_if_missing=True).apply(
+            bands=[_probability_band(name) for name in class_list.names])
     return item
+
+
+def _probability_band(class_name: str) -> RasterBand:
+    """The ``raster:bands`` entry of one class's probability band: uint8, read as 0..1 through its
+    scale; named after the class (``name`` and ``description``, as STAC 1.1's bands name them)."""
+    band = RasterBand.create(data_type=DataType.UINT8, scale=1 / 255, offset=0.0, unit="1")
+    band.properties.update({"name": class_name, "description": f"probability of {class_name!r}"})
+    return band
 
 
 def write_stac_item(path: str | os.PathLike[str], item: pystac.Item) -> None:

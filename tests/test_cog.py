@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import zarr
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
@@ -216,3 +217,26 @@ def test_uint8_band_cog_and_dtype_check(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="band descriptions"):
         write_float_cog(tmp_path / "names.tif", data, georef, ["a"])
     assert sorted(os.listdir(tmp_path)) == ["u8.tif"]
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_probability_cog_bands_are_grey_masked_and_scaled(tmp_path: Path, count: int) -> None:
+    # GDAL makes 3 or 4 uint8 bands RGB(A) by default: the fourth class was an alpha band that
+    # dataset_mask() returned and QGIS drew as transparency
+    georef = make_georef(600, 700)
+    probs = np.random.default_rng(0).integers(0, 256, (count, 600, 700)).astype(np.uint8)
+    valid = np.ones((600, 700), dtype=bool)
+    valid[:100] = False
+    valid[300:320, 650:] = False
+    names = ["building", "tree", "road", "water"][:count]
+    out = tmp_path / "p.tif"
+    write_float_cog(out, probs, georef, names, valid=valid, scale=1 / 255)
+    with rasterio.open(out) as src:
+        assert src.colorinterp[0] == ColorInterp.gray
+        assert set(src.colorinterp[1:]) <= {ColorInterp.undefined}
+        assert src.descriptions == tuple(names)
+        assert src.scales == (1 / 255,) * count and src.offsets == (0.0,) * count
+        np.testing.assert_array_equal(src.dataset_mask() > 0, valid)
+        np.testing.assert_array_equal(src.read(), probs)
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert sorted(os.listdir(tmp_path)) == ["p.tif"]  # the mask is internal: no sidecar

@@ -249,6 +249,25 @@ def test_xarray_opens_the_run_store(scene_tif: Path, tmp_path: Path) -> None:
     assert set(windows.data_vars) == {"box", "valid", "encoded", "attended"} and windows.sizes["window"] == L
 
 
+def test_probability_cog_is_masked_where_the_class_raster_is_nodata(tmp_path: Path) -> None:
+    data = structured_rgb(260, 300)
+    data[:, :, :120] = 0  # a nodata collar
+    scene = write_geotiff(tmp_path / "collar.tif", data, nodata=0)
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--classes", "building,tree,road,water", "--save-probabilities",
+                 "-o", str(out), *TINY]) == 0
+    with rasterio.open(out / "collar.classes.tif") as cls:
+        valid = cls.read(1) != 255
+    with rasterio.open(out / "collar.probabilities.tif") as prob:
+        assert 0 < valid.sum() < valid.size
+        np.testing.assert_array_equal(prob.dataset_mask() > 0, valid)
+        assert prob.count == 4 and prob.descriptions == ("building", "tree", "road", "water")
+        assert prob.scales == (1 / 255,) * 4
+        # read through the scale, each valid pixel's probabilities sum to 1 (rounded to 1/255 each)
+        total = (prob.read().astype(np.float64) * prob.scales[0]).sum(axis=0)[valid]
+        assert np.abs(total - 1.0).max() <= 4 * 0.5 / 255
+
+
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # With a threshold of 1.0 no pixel is confident enough: everything becomes background.

@@ -147,6 +147,9 @@ def test_probabilities_asset_and_outputs_in_another_folder(tmp_path: Path) -> No
     item = pystac.Item.from_file(str(path))
     asset = item.assets["probabilities"]
     assert asset.media_type == COG_MEDIA_TYPE and asset.roles == ["data"]
+    bands = raw["assets"]["probabilities"]["raster:bands"]
+    assert [b["name"] for b in bands] == list(CLASSES.names)
+    assert all(b["data_type"] == "uint8" and b["scale"] == 1 / 255 and b["offset"] == 0.0 for b in bands)
     for a in item.assets.values():
         assert Path(a.get_absolute_href() or "").resolve().is_file()
 

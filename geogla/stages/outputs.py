@@ -7,10 +7,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
+from geogla.classes import NODATA_CLASS
 from geogla.cog import atomic_output, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
@@ -83,6 +85,19 @@ def recover_outputs(out_dir: str | os.PathLike[str], stem: str) -> None:
     recover(journal_path(out_dir, stem), every)
 
 
+class ValidPixels:
+    """The pixels of a class raster (numpy or zarr) that hold data, read by slices."""
+
+    dtype = np.dtype(bool)
+
+    def __init__(self, classes: Any) -> None:
+        self.classes, self.shape = classes, classes.shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        valid: np.ndarray = np.asarray(self.classes[key]) != NODATA_CLASS
+        return valid
+
+
 def write_outputs(store_url: str, out_dir: str) -> StageResult:
     """Write the class COG, the probability COG (when asked for), the styled GeoPackage and the
     STAC item from the stitched rasters, and publish them as one set (:func:`geogla.publish.output_set`)."""
@@ -96,8 +111,10 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
         with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
             write_class_cog(pending[paths["cog"]], classes, scene.georef, cfg.classes)
             if cfg.save_probabilities:
+                # masked where the class raster is nodata; read as 0..1 through the band scale
                 write_float_cog(pending[paths["probabilities"]], store.array("probabilities"), scene.georef,
-                                list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"})
+                                list(cfg.classes.names), tags={"GEOGLA_PROBABILITY_SCALE": "1/255"},
+                                valid=ValidPixels(classes), scale=1 / 255)
         t1 = time.perf_counter()
         # Streamed: polygons go to the GeoPackage chunk row by chunk row, never all in memory.
         polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area,
