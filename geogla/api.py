@@ -54,6 +54,7 @@ def segment(
     save_probabilities: bool = False,
     min_area: float | None = None,
     simplify: float | None = None,
+    stac_hrefs: Literal["relative", "absolute"] = "relative",
     labels: PathLike | None = None,
     device: str = "auto",
     store: str | None = None,
@@ -91,6 +92,8 @@ def segment(
         bands: the bands fed to the models as R, G, B (1-based; one band is repeated).
         gsd: the working resolution in metres per pixel (the outputs stay on the input's grid).
         save_probabilities, min_area, simplify: extra outputs and polygon filtering.
+        stac_hrefs: the STAC item's asset hrefs: ``"relative"`` to its folder (move the outputs
+            together) or ``"absolute"`` with a ``self`` link (for a STAC API that keeps the item).
         labels: a label raster of class ids the size of the scene: mIoU and BER are measured.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         store: the run store's URL (default ``out/<stem>.zarr``); scheduler: a Dask scheduler's
@@ -135,6 +138,7 @@ def segment(
         save_probabilities=save_probabilities,
         min_area=min_area,
         simplify=simplify,
+        stac_hrefs=stac_hrefs,
     )
     plan = plan_run(
         scene,

@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--simplify", type=float, metavar="METRES",
                      help="simplify polygons by this tolerance, keeping neighbours edge-matched")
+    run.add_argument("--stac-hrefs", choices=("relative", "absolute"), default="relative",
+                     help="the STAC item's asset hrefs: relative to its folder (default; move the outputs "
+                          "together) or absolute with a self link (for a STAC API that keeps the item)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     run.add_argument("--labels", metavar="PATH",
                      help="label raster of class ids (in --classes order, 255 = unlabelled) the size of the "
@@ -250,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities,
         min_area=args.min_area,
         simplify=args.simplify,
+        stac_hrefs=args.stac_hrefs,
         labels=args.labels,
         device=args.device,
         store=args.store,

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 
 #: Attention modes a run can ask for, and the GLAConfig each starts from.
 ATTENTION_MODES = ("gla", "proxyclip")
+#: How the STAC item names its assets (``RunConfig.stac_hrefs``).
+STAC_HREFS = ("relative", "absolute")
 
 #: Which settings each stored stage result depends on (cumulatively: attend also depends on
 #: everything encode depends on, classify on everything attend depends on).  Settings in none of
-#: them (device, min_area, simplify) change how fast a run goes or only its final files.
+#: them (device, min_area, simplify, stac_hrefs) change how fast a run goes or only its final files.
 FINGERPRINT_LEVELS: dict[str, tuple[str, ...]] = {
     "encode": ("model", "weights", "clip_weights", "vfm_weights", "precision", "crop", "stride",
                "batch_size"),
@@ -37,7 +39,9 @@ class RunConfig:
     ``batch_size`` windows are encoded per task and ``block`` is the side of the output blocks the
     class raster is stitched and written in.  ``save_probabilities``
     also writes a per-class probability COG; ``min_area`` (square metres) drops smaller polygons and
-    ``simplify`` (metres) simplifies them edge-matched.
+    ``simplify`` (metres) simplifies them edge-matched.  ``stac_hrefs``: the STAC item's asset
+    hrefs, ``"relative"`` to its folder or ``"absolute"`` with a ``self`` link
+    (:func:`geogla.stac.build_stac_item`).
     """
 
     classes: ClassList
@@ -56,6 +60,7 @@ class RunConfig:
     save_probabilities: bool = False
     min_area: float | None = None
     simplify: float | None = None
+    stac_hrefs: str = "relative"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -80,6 +85,10 @@ class RunConfig:
             )
         if not self.logit_scale > 0:
             raise ConfigError(f"--logit-scale must be positive, got {self.logit_scale}.")
+        if self.stac_hrefs not in STAC_HREFS:
+            raise ConfigError(
+                f"--stac-hrefs must be one of {', '.join(STAC_HREFS)}, got {self.stac_hrefs!r}."
+            )
 
     def with_(self, **changes: Any) -> RunConfig:
         return replace(self, **changes)
@@ -91,7 +100,7 @@ class RunConfig:
                 "stride": self.stride, "attention": self.attention.to_json(), "logit_scale": self.logit_scale,
                 "device": self.device, "batch_size": self.batch_size, "block": self.block,
                 "save_probabilities": self.save_probabilities, "min_area": self.min_area,
-                "simplify": self.simplify}
+                "simplify": self.simplify, "stac_hrefs": self.stac_hrefs}
 
     def level_json(self, level: str) -> dict[str, Any]:
         """The settings that stage results up to ``level`` depend on (see :data:`FINGERPRINT_LEVELS`)."""
@@ -109,7 +118,7 @@ class RunConfig:
                    logit_scale=float(d["logit_scale"]), device=d.get("device", "auto"),
                    batch_size=int(d["batch_size"]), block=int(d["block"]),
                    save_probabilities=bool(d.get("save_probabilities", False)), min_area=d.get("min_area"),
-                   simplify=d.get("simplify"))
+                   simplify=d.get("simplify"), stac_hrefs=str(d.get("stac_hrefs", "relative")))
 
 
 def attention_config(model: str | ModelPreset, mode: str = "gla", **explicit: Any) -> GLAConfig:

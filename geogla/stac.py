@@ -7,7 +7,9 @@ their footprint, grid and class legend without opening them.
 Extensions used (the versions are pystac's own): *projection* (the grid of the rasters, on the
 Item), *classification* (the class legend of the class COG) and *raster* (its band: uint8,
 nodata 255).  Asset hrefs are relative to the Item's folder and the Item carries no ``self``
-link, so the outputs and the Item can be moved or uploaded together.
+link, so the outputs and the Item can be moved or uploaded together; or, for an Item to be
+ingested into a STAC API (which keeps the JSON, not the folder), absolute, with a ``self`` link
+(``absolute_hrefs``, ``geogla run --stac-hrefs absolute``).
 """
 
 from __future__ import annotations
@@ -221,6 +223,11 @@ def _relative_href(target: str | os.PathLike[str], folder: Path) -> str:
     return rel if rel.startswith("../") else f"./{rel}"
 
 
+def _absolute_href(target: str | os.PathLike[str]) -> str:
+    """``target`` as an absolute POSIX path."""
+    return Path(target).resolve().as_posix()
+
+
 def build_stac_item(
     path: str | os.PathLike[str],
     *,
@@ -232,6 +239,7 @@ def build_stac_item(
     datetime: Datetime | None = None,
     properties: Mapping[str, Any] | None = None,
     probabilities_path: str | os.PathLike[str] | None = None,
+    absolute_hrefs: bool = False,
 ) -> pystac.Item:
     """The STAC Item describing a run's outputs, for :func:`write_stac_item` to write at ``path``.
 
@@ -249,7 +257,8 @@ def build_stac_item(
       ``proj:wkt2``; null and no ``proj:bbox`` without a CRS), ``proj:shape`` ``[height,
       width]``, ``proj:transform`` (the georef's six coefficients, rasterio order) and
       ``proj:bbox`` (the corners in the scene's CRS).
-    * assets, hrefs relative to ``path``'s folder: ``classes`` (the class COG, with
+    * assets, hrefs relative to ``path``'s folder (``absolute_hrefs``: absolute paths, and the Item
+      gets a ``self`` link to ``path``): ``classes`` (the class COG, with
       ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
       ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
       when ``probabilities_path`` is given, ``probabilities`` (a COG, with ``raster:bands``: one
@@ -261,6 +270,10 @@ def build_stac_item(
     Raises ValueError for a datetime that cannot be parsed or a footprint that cannot be transformed.
     """
     folder = Path(path).resolve().parent
+
+    def href(target: str | os.PathLike[str]) -> str:
+        return _absolute_href(target) if absolute_hrefs else _relative_href(target, folder)
+
     props: dict[str, Any] = {"geogla:version": _geogla_version()}
     props.update(properties or {})
     given = props.pop("datetime", None)
@@ -293,7 +306,7 @@ def build_stac_item(
                bbox=native_bbox(georef) if georef.crs_wkt is not None else None)
 
     classes_asset = pystac.Asset(
-        href=_relative_href(cog_path, folder), media_type=COG_MEDIA_TYPE, roles=["data"],
+        href=href(cog_path), media_type=COG_MEDIA_TYPE, roles=["data"],
         title="Class raster", description="uint8 class ids (see classification:classes); 255 = no data",
     )
     item.add_asset("classes", classes_asset)
@@ -302,13 +315,13 @@ def build_stac_item(
         bands=[RasterBand.create(nodata=NODATA_CLASS, data_type=DataType.UINT8)])
 
     item.add_asset("polygons", pystac.Asset(
-        href=_relative_href(gpkg_path, folder), media_type=GPKG_MEDIA_TYPE, roles=["data"],
+        href=href(gpkg_path), media_type=GPKG_MEDIA_TYPE, roles=["data"],
         title="Class polygons",
         description="one polygon layer per class: class_id, class_name, area (m2 where the CRS allows)",
     ))
     if probabilities_path is not None:
         probabilities_asset = pystac.Asset(
-            href=_relative_href(probabilities_path, folder), media_type=COG_MEDIA_TYPE, roles=["data"],
+            href=href(probabilities_path), media_type=COG_MEDIA_TYPE, roles=["data"],
             title="Class probabilities",
             description="one band per class, in class order: probability x 255 (scale 1/255), masked "
                         "where the class raster is no data",
@@ -316,6 +329,8 @@ def build_stac_item(
         item.add_asset("probabilities", probabilities_asset)
         RasterExtension.ext(probabilities_asset, add_if_missing=True).apply(
             bands=[_probability_band(name) for name in class_list.names])
+    if absolute_hrefs:
+        item.set_self_href(_absolute_href(path))
     return item
 
 
@@ -331,7 +346,7 @@ def write_stac_item(path: str | os.PathLike[str], item: pystac.Item) -> None:
     """Write ``item`` (from :func:`build_stac_item`, built for the same ``path``) as JSON at
     ``path``, atomically (:func:`geogla.cog.atomic_output`): on any error (a property that is
     not JSON-serialisable, say) ``path`` is left as it was and no temporary remains."""
-    document = item.to_dict(include_self_link=False, transform_hrefs=False)
+    document = item.to_dict(include_self_link=item.get_self_href() is not None, transform_hrefs=False)
     with atomic_output(path) as scratch, open(scratch.result, "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")

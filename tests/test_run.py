@@ -268,6 +268,18 @@ def test_probability_cog_is_masked_where_the_class_raster_is_nodata(tmp_path: Pa
         assert np.abs(total - 1.0).max() <= 4 * 0.5 / 255
 
 
+def test_stac_hrefs_option_writes_absolute_hrefs_and_a_self_link(scene_tif: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(out), "--stac-hrefs", "absolute",
+                 *TINY]) == 0
+    raw = json.loads((out / "scene.stac.json").read_text())
+    selves = [x["href"] for x in raw["links"] if x["rel"] == "self"]
+    assert selves == [(out / "scene.stac.json").resolve().as_posix()]
+    assert raw["assets"]["classes"]["href"] == (out / "scene.classes.tif").resolve().as_posix()
+    assert main(["run", str(scene_tif), "--classes", "a,b", "-o", str(tmp_path / "bad"),
+                 "--stac-hrefs", "url", *TINY]) == 2
+
+
 def test_background_threshold_assigns_background(scene_tif: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # With a threshold of 1.0 no pixel is confident enough: everything becomes background.

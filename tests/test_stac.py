@@ -154,6 +154,24 @@ def test_probabilities_asset_and_outputs_in_another_folder(tmp_path: Path) -> No
         assert Path(a.get_absolute_href() or "").resolve().is_file()
 
 
+def test_absolute_hrefs_and_a_self_link_for_a_stac_api(tmp_path: Path) -> None:
+    # A STAC API keeps the item's JSON, not its folder: relative hrefs would lose the files.
+    cog, gpkg = _outputs(tmp_path / "out")
+    path = tmp_path / "out" / "scene.json"
+    write_stac_item(path, build_stac_item(path, item_id="scene", cog_path=cog, gpkg_path=gpkg, georef=UTM,
+                                          class_list=CLASSES, absolute_hrefs=True))
+    raw = json.loads(path.read_text())
+    assert [link["href"] for link in raw["links"] if link["rel"] == "self"] == [path.resolve().as_posix()]
+    for name, target in (("classes", cog), ("polygons", gpkg)):
+        assert raw["assets"][name]["href"] == target.resolve().as_posix()
+    # moved elsewhere, the item still finds its files
+    moved = tmp_path / "elsewhere.json"
+    moved.write_text(path.read_text())
+    item = pystac.Item.from_file(str(moved))
+    for asset in item.assets.values():
+        assert Path(asset.get_absolute_href() or "").is_file()
+
+
 def test_wgs84_item_bbox_is_the_grid_extent(tmp_path: Path) -> None:
     item = pystac.Item.from_file(str(_write(tmp_path, WGS84)))
     left, top = -115.2338, 36.1423

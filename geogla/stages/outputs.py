@@ -136,6 +136,7 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
             datetime=acquired,
             properties=properties,
             probabilities_path=paths["probabilities"] if cfg.save_probabilities else None,
+            absolute_hrefs=cfg.stac_hrefs == "absolute",
         )
         write_stac_item(pending[paths["stac"]], item)
     return StageResult({"cog": t1 - t0, "vectorize": time.perf_counter() - t1})
