@@ -17,6 +17,7 @@ import os
 import re
 import uuid
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -211,6 +212,33 @@ def class_tags(class_list: ClassList) -> dict[str, str]:
     tags = {"GEOGLA_CLASSES": json.dumps(list(class_list.names))}
     tags.update({f"CLASS_{i}": name for i, name in enumerate(class_list.names)})
     return tags
+
+
+def class_raster_qml(class_list: ClassList) -> str:
+    """A QGIS style (QML) of the class raster: the paletted renderer of band 1 with one entry per
+    class, its colour and its name (nodata 255 left out, so it shows transparent).
+
+    Written beside the COG as ``<stem>.classes.qml``, which QGIS loads as the layer's default
+    style: its legend then lists the class names (QGIS 3.22 reads no raster attribute table, and
+    the colour table alone lists 256 unnamed entries).
+    """
+    entries = [
+        ET.Element("paletteEntry", {"value": str(i), "color": "#{:02x}{:02x}{:02x}".format(*colour),
+                                    "alpha": "255", "label": name})
+        for i, (name, colour) in enumerate(zip(class_list.names, class_list.colours, strict=True))
+    ]
+    qgis = ET.Element("qgis", {"version": "3.22.0", "styleCategories": "Symbology"})
+    pipe = ET.SubElement(qgis, "pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", {"type": "paletted", "band": "1", "opacity": "1",
+                                                        "alphaBand": "-1", "nodataColor": ""})
+    ET.SubElement(renderer, "rasterTransparency")
+    ET.SubElement(renderer, "colorPalette").extend(entries)
+    ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
+    ET.SubElement(pipe, "rasterresampler", {"maxOversampling": "2"})
+    ET.SubElement(qgis, "blendMode").text = "0"
+    ET.indent(qgis)
+    doctype = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
+    return f"{doctype}\n{ET.tostring(qgis, encoding='unicode')}\n"
 
 
 def write_class_cog(

@@ -42,7 +42,7 @@ def test_segment_writes_what_the_command_writes(scene_tif: Path, tmp_path: Path)
     result = geogla.segment(
         scene_tif, "building,tree|forest", tmp_path / "api", model="tiny", weights="random"
     )
-    assert set(result.outputs) == {"cog", "gpkg", "stac"} and result.valid_windows == 6
+    assert set(result.outputs) == {"cog", "legend", "gpkg", "stac"} and result.valid_windows == 6
     for name in ("scene.classes.tif", "scene.gpkg"):
         assert (tmp_path / "api" / name).is_file()
     with (

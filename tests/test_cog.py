@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from geogla.classes import NODATA_CLASS, parse_classes
-from geogla.cog import cog_info, write_class_cog, write_float_cog
+from geogla.cog import class_raster_qml, cog_info, write_class_cog, write_float_cog
 from geogla.georef import GeoRef
 
 
@@ -240,3 +241,16 @@ def test_probability_cog_bands_are_grey_masked_and_scaled(tmp_path: Path, count:
         np.testing.assert_array_equal(src.read(), probs)
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     assert sorted(os.listdir(tmp_path)) == ["p.tif"]  # the mask is internal: no sidecar
+
+
+def test_class_raster_style_names_every_class_in_its_colour() -> None:
+    classes = parse_classes("building,(tree),say \"hi\" & <co>")
+    qml = class_raster_qml(classes)
+    assert qml.startswith("<!DOCTYPE qgis")
+    root = ET.fromstring(qml.split("\n", 1)[1])
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted" and renderer.get("band") == "1"
+    entries = root.findall("pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert [e.get("label") for e in entries] == list(classes.names)
+    assert [e.get("value") for e in entries] == ["0", "1", "2"]  # nodata 255 has no entry: transparent
+    assert [e.get("color") for e in entries] == ["#{:02x}{:02x}{:02x}".format(*c) for c in classes.colours]

@@ -13,7 +13,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geogla.classes import NODATA_CLASS
-from geogla.cog import atomic_output, write_class_cog, write_float_cog
+from geogla.cog import atomic_output, class_raster_qml, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.publish import journal_path, output_set, recover
@@ -25,12 +25,12 @@ from geogla.vectorize import iter_polygons, write_geopackage
 
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
-    """Where a run's outputs go: the class COG, the GeoPackage, the probability COG (when asked
-    for) and the metrics (with labels)."""
+    """Where a run's outputs go: the class COG and its QGIS style (the legend's class names), the
+    GeoPackage, the probability COG (when asked for) and the metrics (with labels)."""
     out = Path(out_dir)
-    return {"cog": out / f"{stem}.classes.tif", "gpkg": out / f"{stem}.gpkg",
-            "probabilities": out / f"{stem}.probabilities.tif", "stac": out / f"{stem}.stac.json",
-            "metrics": out / f"{stem}.metrics.json"}
+    return {"cog": out / f"{stem}.classes.tif", "legend": out / f"{stem}.classes.qml",
+            "gpkg": out / f"{stem}.gpkg", "probabilities": out / f"{stem}.probabilities.tif",
+            "stac": out / f"{stem}.stac.json", "metrics": out / f"{stem}.metrics.json"}
 
 
 def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResult:
@@ -73,7 +73,7 @@ def set_members(out_dir: str | os.PathLike[str], stem: str,
     probability COG that is no longer asked for."""
     paths = output_paths(out_dir, stem)
     optional = [paths["probabilities"]] if save_probabilities else []
-    members = [paths["cog"], *optional, paths["gpkg"], paths["stac"]]
+    members = [paths["cog"], paths["legend"], *optional, paths["gpkg"], paths["stac"]]
     retired = [paths["metrics"], *([] if save_probabilities else [paths["probabilities"]])]
     return members, retired
 
@@ -110,6 +110,7 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
         t0 = time.perf_counter()
         with gdal_env():  # geogla's GDAL settings (threads for the overviews) on whichever worker runs this
             write_class_cog(pending[paths["cog"]], classes, scene.georef, cfg.classes)
+            Path(pending[paths["legend"]]).write_text(class_raster_qml(cfg.classes), encoding="utf-8")
             if cfg.save_probabilities:
                 # masked where the class raster is nodata; read as 0..1 through the band scale
                 write_float_cog(pending[paths["probabilities"]], store.array("probabilities"), scene.georef,
