@@ -19,6 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geogla.env import gdal_env
@@ -115,11 +116,54 @@ def open_raster(path: str, what: str = "scene") -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            return _georeferenced(rasterio.open(path))
     except RasterioIOError as exc:
         if "not recognized as" in str(exc) and "supported" in str(exc):
             raise SceneError(f"The {what} {path} is not a raster that GDAL can read.") from None
         raise SceneError(f"The {what} {path} cannot be opened: {_first_line(exc)}.") from None
+
+
+class _WarpedByGCPs:
+    """A raster georeferenced by ground control points only, seen through GDAL's GCP transformer:
+    a north-up grid in the GCPs' CRS (:func:`_georeferenced`).  Reads like the dataset; closing
+    it closes the file too."""
+
+    def __init__(self, source: Any) -> None:
+        crs = source.gcps[1]
+        self._source = source
+        # nearest: the pixels are the file's, moved, never blended (nodata stays nodata); outside
+        # the file's footprint the grid is nodata: its nodata value, its alpha, or an added alpha
+        alpha = source.nodata is None and ColorInterp.alpha not in source.colorinterp
+        self._vrt = WarpedVRT(source, src_crs=crs, crs=crs, resampling=Resampling.nearest, add_alpha=alpha)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._vrt, name)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._vrt.close()
+        self._source.close()
+
+
+def _georeferenced(ds: Any) -> Any:
+    """``ds``, or, where it is georeferenced by ground control points alone (no geotransform, no
+    CRS of its own), the same raster warped by GDAL's GCP transformer onto a north-up grid in the
+    GCPs' CRS: the grid every output is then made on, so that the outputs carry an ordinary
+    transform (which COGs, STAC's projection and GeoPackage coordinates need) and overlay the
+    input where GIS clients show it, as they warp it with the same transformer."""
+    gcps, crs = ds.gcps
+    if not gcps or crs is None or ds.crs is not None or not ds.transform.is_identity:
+        return ds
+    try:
+        return _WarpedByGCPs(ds)
+    except Exception:
+        ds.close()
+        raise
 
 
 def _first_line(exc: Exception) -> str:

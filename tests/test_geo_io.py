@@ -11,6 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 from PIL import Image
+from rasterio.crs import CRS
 
 from geogla.cli import main
 from geogla.scene import open_scene
@@ -166,3 +167,37 @@ def test_simplify_keeps_neighbours_edge_matched(scene_tif: Path, tmp_path: Path)
     assert shapely.coverage_is_valid(geoms)
     with rasterio.open(out / "scene.classes.tif") as dst:
         assert (rasterize_gpkg(gpkg, dst) == dst.read(1)).mean() >= 0.9
+
+
+def test_a_scene_georeferenced_by_gcps_gives_outputs_in_their_crs(tmp_path: Path) -> None:
+    """GCPs and their CRS, no geotransform: the outputs are on the grid GDAL's GCP transformer
+    warps the scene to (the transformer GIS clients display it with), in the GCPs' CRS."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import Affine
+    from rasterio.warp import calculate_default_transform
+
+    height, width = 300, 420
+    # a grid rotated by 5 degrees, 0.5 m pixels, in UTM 33N
+    truth = Affine.translation(500000, 5000000) @ Affine.rotation(5) @ Affine.scale(0.5, -0.5)
+    points = [(r, c) for r in (0, height / 2, height) for c in (0, width / 2, width)]
+    gcps = [GroundControlPoint(row=r, col=c, x=(truth @ (c, r))[0], y=(truth @ (c, r))[1], z=0.0)
+            for r, c in points]
+    crs = CRS.from_epsg(32633)
+    scene = tmp_path / "gcps.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=3,
+                       dtype="uint8") as dst:
+        dst.write(structured_rgb(height, width))
+        dst.gcps = (gcps, crs)
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--classes", "a,b", "-o", str(out), *TINY]) == 0
+    expected, exp_width, exp_height = calculate_default_transform(crs, crs, width, height, gcps=gcps)
+    with rasterio.open(out / "gcps.classes.tif") as cog:
+        assert cog.crs == crs and (cog.width, cog.height) == (exp_width, exp_height)
+        assert cog.transform.almost_equals(expected)
+        classes = cog.read(1)
+    # the warped grid's corners outside the rotated scene are nodata, the scene's inside are not
+    assert classes[0, 0] == 255 and classes[exp_height // 2, exp_width // 2] != 255
+    frame = pyogrio.read_dataframe(out / "gcps.gpkg", layer=pyogrio.list_layers(out / "gcps.gpkg")[0][0])
+    assert CRS.from_user_input(frame.crs) == crs
+    left, bottom, right, top = frame.total_bounds
+    assert 499000 < left < right < 501000 and 4999000 < bottom < top < 5001000
