@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import traceback
@@ -67,6 +68,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"geogla: error: {message[0].upper() + message[1:]}.\n")
         raise SystemExit(2)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds of at least 0, got {text!r}")
+    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -185,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--simplify", type=float, metavar="METRES",
                      help="simplify polygons by this tolerance, keeping neighbours edge-matched")
+    run.add_argument("--progress-interval", type=_seconds, default=15.0, metavar="SECONDS",
+                     help="seconds between progress lines when stderr is not a terminal (default 15; "
+                          "the QGIS plugin reads them every second)")
     run.add_argument("--stac-hrefs", choices=("relative", "absolute"), default="relative",
                      help="the STAC item's asset hrefs: relative to its folder (default; move the outputs "
                           "together) or absolute with a self link (for a STAC API that keeps the item)")
@@ -262,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
         compact=args.compact,
         dry_run=args.dry_run,
         on_start=start,
-        progress=None if _flag(args, "quiet") else ProgressPrinter(),
+        progress=None if _flag(args, "quiet") else ProgressPrinter(args.progress_interval),
     )
     if args.dry_run:
         return _print_plan(result, args.out)

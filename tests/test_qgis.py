@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,51 @@ def test_the_system_gdal_validates_and_opens_the_outputs_without_a_warning(tmp_p
     done = subprocess.run(["ogrinfo", "-ro", "-so", str(out / "scene.gpkg")], capture_output=True, text=True,
                           timeout=300, check=True)
     assert "warning" not in (done.stdout + done.stderr).lower()
+
+
+PROCESSING_PROBE = Path(__file__).with_name("qgis_processing_probe.py")
+GEOGLA = Path(sys.executable).with_name("geogla")  # the console script of this environment
+
+
+def _processing(mode: str, scene: Path, out: Path, classes: str = "building,tree,road") -> dict[str, Any]:
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+    argv = [QGIS_PYTHON, str(PROCESSING_PROBE), mode, str(GEOGLA), str(scene), str(out), classes]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=True)
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.skipif(not HAS_QGIS or not GEOGLA.exists(), reason="QGIS or the geogla command is absent")
+def test_the_processing_algorithm_runs_geogla_and_loads_its_styled_outputs(tmp_path: Path) -> None:
+    scene = write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420))
+    report = _processing("run", scene, tmp_path / "out")
+    assert report["algorithms"] == ["geogla:evaluate", "geogla:segmentraster"]
+    assert report["result"]["CLASS_RASTER"] == str(tmp_path / "out" / "scene.classes.tif")
+    # progress from geogla's lines, ending at 100%; the outputs in the project, styled
+    assert 100.0 in report["percents"] and any("attend" in line for line in report["lines"])
+    assert "scene classes" in report["layers"] and report["renderers"] == ["paletted"]
+    assert set(report["layers"]) - {"scene classes"} <= {"building", "tree", "road"}
+
+
+@pytest.mark.skipif(not HAS_QGIS or not GEOGLA.exists(), reason="QGIS or the geogla command is absent")
+def test_the_processing_algorithm_cancels_and_reports_bad_input(tmp_path: Path) -> None:
+    scene = write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420))
+    cancelled = _processing("cancel", scene, tmp_path / "cancelled")
+    assert cancelled["canceled"] and cancelled["result"] == {} and cancelled["layers"] == []
+    assert not (tmp_path / "cancelled" / "scene.classes.tif").exists()
+    # geogla's one sentence (exit code 2) is the algorithm's error; a blank class list is refused
+    # before geogla runs
+    twice = _processing("error", scene, tmp_path / "twice", "tree,tree")
+    assert twice["error"] == "geogla: error: The class 'tree' is given twice in the class list."
+    blank = _processing("error", scene, tmp_path / "blank", " ")
+    assert "Give at least one class" in blank["error"] and blank["lines"] == []
+
+
+@pytest.mark.skipif(not HAS_QGIS or not GEOGLA.exists(), reason="QGIS or the geogla command is absent")
+def test_the_evaluate_algorithm_scores_a_benchmark_folder(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    report = _processing("evaluate", shared_data / "isprs_vaihingen", out)
+    assert report["algorithms"] == ["geogla:evaluate", "geogla:segmentraster"]
+    assert report["result"]["METRICS"] == str(out / "metrics.json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "miou" in json.dumps(metrics).lower() and 100.0 in report["percents"]
