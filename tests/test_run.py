@@ -13,7 +13,9 @@ import pyogrio
 import pystac
 import pytest
 import rasterio
+import rasterio.enums
 from rasterio.features import rasterize
+from rio_cogeo.cogeo import cog_validate
 
 from geogla.classes import parse_classes
 from geogla.cli import main
@@ -263,9 +265,14 @@ def test_probability_cog_is_masked_where_the_class_raster_is_nodata(tmp_path: Pa
         np.testing.assert_array_equal(prob.dataset_mask() > 0, valid)
         assert prob.count == 4 and prob.descriptions == ("building", "tree", "road", "water")
         assert prob.scales == (1 / 255,) * 4
+        assert prob.colorinterp[0] == rasterio.enums.ColorInterp.gray
+        assert set(prob.colorinterp[1:]) == {rasterio.enums.ColorInterp.undefined}
         # read through the scale, each valid pixel's probabilities sum to 1 (rounded to 1/255 each)
         total = (prob.read().astype(np.float64) * prob.scales[0]).sum(axis=0)[valid]
         assert np.abs(total - 1.0).max() <= 4 * 0.5 / 255
+    # rio-cogeo, the validator users run: both COGs pass without errors or warnings
+    for name in ("collar.classes.tif", "collar.probabilities.tif"):
+        assert cog_validate(str(out / name)) == (True, [], [])
 
 
 def test_stac_hrefs_option_writes_absolute_hrefs_and_a_self_link(scene_tif: Path, tmp_path: Path) -> None:
