@@ -201,3 +201,24 @@ def test_a_scene_georeferenced_by_gcps_gives_outputs_in_their_crs(tmp_path: Path
     assert CRS.from_user_input(frame.crs) == crs
     left, bottom, right, top = frame.total_bounds
     assert 499000 < left < right < 501000 and 4999000 < bottom < top < 5001000
+
+
+def test_a_scene_read_by_url_gives_the_local_runs_outputs(tmp_path: Path) -> None:
+    """``geogla run http://...``: GDAL reads the remote GeoTIFF by range requests (a loopback
+    server that honours them); the class raster is the local run's."""
+    from tests.http_server import serving
+
+    www = tmp_path / "www"
+    www.mkdir()
+    scene = write_geotiff(www / "scene.tif", structured_rgb(300, 420))
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["run", str(scene), "--classes", "a,b", "-o", str(local), *TINY]) == 0
+    with serving(www) as server:
+        assert main(["run", f"{server.url}/scene.tif", "--classes", "a,b", "-o", str(remote), *TINY]) == 0
+        assert server.served > 0
+        assert main(["run", f"{server.url}/missing.tif", "--classes", "a,b", "-o", str(tmp_path / "bad"),
+                     *TINY]) == 2
+    with rasterio.open(local / "scene.classes.tif") as a, rasterio.open(remote / "scene.classes.tif") as b:
+        assert a.profile["transform"] == b.profile["transform"] and a.crs == b.crs
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert not (tmp_path / "bad").exists()
