@@ -50,12 +50,12 @@ def attend(
     """
     _check_inputs(keys, values, offsets, config)
     algorithm = choose_algorithm(config, keys.shape[0] * keys.shape[1])
-    if algorithm in ("scalable", "local"):
-        assert offsets is not None  # checked above
-        if algorithm == "local":
-            return attend_local(keys, values, config, offsets, grid)
-        return attend_scalable(keys, values, config, offsets, grid)
-    return attend_exact(keys, values, config, offsets, grid)
+    if algorithm == "exact" or algorithm == "window":
+        return attend_exact(keys, values, config, offsets, grid)
+    assert offsets is not None  # checked above: scalable and local attention need them
+    if algorithm == "local":
+        return attend_local(keys, values, config, offsets, grid)
+    return attend_scalable(keys, values, config, offsets, grid)
 
 
 def _check_inputs(keys: Tensor, values: Tensor, offsets: Tensor | None, config: GLAConfig) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from geogla.gla._kernels import (
@@ -35,8 +34,8 @@ from geogla.gla._kernels import (
 )
 from geogla.gla.config import GLAConfig
 from geogla.gla.precision import compute_dtypes
-from geogla.gla.scalable import NearGroup, near_groups
-from geogla.gla.smoothing import smooth_queries, token_grid
+from geogla.gla.scalable import NearGroup, group_queries, near_groups
+from geogla.gla.smoothing import token_grid
 from geogla.gla.source import TensorWindows, WindowSource
 
 
@@ -90,21 +89,14 @@ class LocalAttention:
         flat = keys.reshape(-1, dim)
         mat = key_matrix(flat, self.cdtype)
         vals = values.reshape(-1, values.shape[2]).to(self.cdtype)
-        local = group.local.to(flat.device)
-        self_keys = flat[local]  # each query's own key: the empty-P fallback
-        if config.smoothing:
-            # relative offsets: the grid smooth_queries builds spans the context windows only
-            off = self.offsets[group.windows.to(self.device)]
-            start = smooth_queries(keys, off - off.amin(dim=0), self.grid).reshape(-1, dim)[local]
-        else:
-            start = self_keys
-        start = F.normalize(start, dim=-1)
+        start, self_keys = group_queries(group, keys, self.offsets, self.grid, config.smoothing)
+        n_queries = start.shape[0]
         key_mean = flat.mean(dim=0)
         u = shift_factor(config, int(group.windows.numel()))
         tk = flat.shape[0]
-        out = torch.empty(local.numel(), vals.shape[1], dtype=self.adtype, device=flat.device)
-        for r0 in range(0, local.numel(), rows):
-            r1 = min(r0 + rows, local.numel())
+        out = torch.empty(n_queries, vals.shape[1], dtype=self.adtype, device=flat.device)
+        for r0 in range(0, n_queries, rows):
+            r1 = min(r0 + rows, n_queries)
             q, counts = start[r0:r1][None], None
             if config.proxy:
                 z = buffers.weights(1, r1 - r0, tk)

@@ -210,6 +210,23 @@ def near_groups(
     return groups
 
 
+def group_queries(group: NearGroup, near_keys: Tensor, offsets: Tensor, grid: tuple[int, int],
+                  smoothing: bool) -> tuple[Tensor, Tensor]:
+    """The normalised starting queries and the own keys (the empty-P fallback) ``(Q, D)`` of
+    ``group``'s queries, from its near windows' keys ``(W, N, D)``; ``offsets`` are the windows'
+    token offsets, indexed by window id.  With ``smoothing`` the queries are smoothed over the
+    near windows, which hold every window covering a query's position."""
+    dim = near_keys.shape[2]
+    local = group.local.to(near_keys.device)
+    self_keys = near_keys.reshape(-1, dim)[local]
+    start = self_keys
+    if smoothing:
+        # relative offsets: the scene grid smooth_queries builds spans the near windows only
+        near_off = offsets[group.windows.to(offsets.device)].to(near_keys.device)
+        start = smooth_queries(near_keys, near_off - near_off.amin(dim=0), grid).reshape(-1, dim)[local]
+    return F.normalize(start, dim=-1), self_keys
+
+
 def _meeting(offsets: Tensor, query: Tensor, extent: Tensor, radius: int) -> list[int]:
     """Windows (rows of ``offsets``) whose extent grown by ``radius`` meets one of the ``query``
     windows' extents: the only ones that can be near one of their tokens.  Tested per query window,
@@ -764,7 +781,6 @@ class _Workspace:
     def load(self, group: NearGroup, near: NearWindows, terms: FarEstimator,
              wide: WideFar | None) -> _GroupState:
         """Write ``group``'s near keys and values (read in ``near``) after the representatives."""
-        device = self.mat.device
         slots = near.slots(group.windows.tolist())
         n = self.n_tokens
         tk = self.n_far + int(group.windows.numel()) * n
@@ -774,19 +790,9 @@ class _Workspace:
         if self.acc is not self.mat:
             self.acc[near_rows] = near_keys
         self.vals[near_rows] = near.values[slots].reshape(-1, self.vals.shape[1])
-        local = group.local.to(device)
-        near_acc = self.acc[near_rows]
-        self_keys = near_acc[local]  # each query's own key: the empty-P fallback
-        if self.config.smoothing:
-            # relative offsets: the scene grid smooth_queries builds spans the near windows only
-            near_off = self.offsets[group.windows.to(device)]
-            smooth = smooth_queries(
-                near_acc.view(-1, n, self.dim), near_off - near_off.amin(dim=0), self.grid
-            )
-            start = smooth.reshape(-1, self.dim)[local]
-        else:
-            start = self_keys
-        return _GroupState(tk, F.normalize(start, dim=-1), self_keys, terms, wide)
+        start, self_keys = group_queries(group, self.acc[near_rows].view(-1, n, self.dim), self.offsets,
+                                         self.grid, self.config.smoothing)
+        return _GroupState(tk, start, self_keys, terms, wide)
 
     def blocks(self, state: _GroupState) -> list[tuple[int, int]]:
         """Query row ranges ``(r0, r1)`` of a loaded group, at most ``rows`` rows each."""
