@@ -18,10 +18,11 @@ from geogla.classes import parse_classes
 from geogla.errors import ConfigError
 from geogla.models.registry import get_preset
 from geogla.models.weights import find_weights
+from geogla.mosaic import parse_bbox
 from geogla.paths import check_output_dir, make_output_dir
 from geogla.pipelines.plan import plan_run
 from geogla.runconfig import RunConfig, attention_config
-from geogla.scene import Scene
+from geogla.scene import Scene, SceneInput
 
 if TYPE_CHECKING:
     from geogla.pipelines.evaluate import EvalReport, ImageResult
@@ -31,7 +32,7 @@ PathLike = str | os.PathLike[str]
 
 
 def segment(
-    scene: PathLike,
+    scene: SceneInput,
     classes: str | Sequence[str],
     out: PathLike = "geogla-out",
     *,
@@ -51,6 +52,8 @@ def segment(
     logit_scale: float = 40.0,
     bands: Sequence[int] | None = None,
     gsd: float | None = None,
+    bbox: str | Sequence[float] | None = None,
+    bbox_crs: str | None = None,
     save_probabilities: bool = False,
     min_area: float | None = None,
     simplify: float | None = None,
@@ -68,7 +71,9 @@ def segment(
     """Segment ``scene`` into ``classes``: a class COG, a styled GeoPackage and a STAC item in ``out``.
 
     Args:
-        scene: a raster GDAL reads (GeoTIFF, JPEG, PNG, ...).
+        scene: a raster GDAL reads (GeoTIFF, JPEG, PNG, VRT, ...): a path or a URL (``https://``,
+            ``s3://``, read by range requests); or several files, or a folder of them, run as one
+            mosaic (:func:`geogla.scene.open_scene`).
         classes: ``"building,tree|forest,road"`` (classes by commas, synonyms by ``|``) or a list of
             such class entries.
         out: the output folder (created).
@@ -91,6 +96,9 @@ def segment(
         logit_scale: the softmax scale of the cosine logits.
         bands: the bands fed to the models as R, G, B (1-based; one band is repeated).
         gsd: the working resolution in metres per pixel (the outputs stay on the input's grid).
+        bbox, bbox_crs: segment only the pixels this box touches (``"MINX,MINY,MAXX,MAXY"`` or
+            four numbers, in ``bbox_crs``, e.g. ``"EPSG:4326"``; default the scene's CRS); the
+            outputs cover the box.
         save_probabilities, min_area, simplify: extra outputs and polygon filtering.
         stac_hrefs: the STAC item's asset hrefs: ``"relative"`` to its folder (move the outputs
             together) or ``"absolute"`` with a ``self`` link (for a STAC API that keeps the item).
@@ -146,6 +154,8 @@ def segment(
         config,
         bands=None if bands is None else list(bands),
         gsd=gsd,
+        bbox=None if bbox is None else parse_bbox(bbox),
+        bbox_crs=bbox_crs,
         store_url=store,
         labels=labels,
     )

@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="segment a scene into a class COG and a styled GeoPackage")
-    run.add_argument("scene", help="the input raster (GeoTIFF, JPEG, PNG, ... anything GDAL reads)")
+    run.add_argument("scene", nargs="+",
+                     help="the input raster (GeoTIFF, JPEG, PNG, VRT, ... anything GDAL reads), a path or a "
+                          "URL (https://, s3://); several files or a folder of them run as one mosaic")
     run.add_argument(
         "--classes",
         required=True,
@@ -189,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRES",
         help="working resolution for the models in metres per pixel (outputs stay on the input's grid)",
     )
+    run.add_argument("--bbox", metavar="MINX,MINY,MAXX,MAXY",
+                     help="segment only this part of the scene (in its CRS, or in --bbox-crs)")
+    run.add_argument("--bbox-crs", metavar="CRS",
+                     help="the CRS of --bbox, e.g. EPSG:4326 for longitude/latitude (default: the scene's)")
     run.add_argument("--save-probabilities", action="store_true",
                      help="also write OUT/<scene>.probabilities.tif: one band per class, probability x 255")
     run.add_argument(
@@ -239,13 +245,14 @@ def _run(args: argparse.Namespace) -> int:
             print(RANDOM_WEIGHTS_BANNER, file=sys.stderr)
         if scene.pixel_coordinates:
             print(
-                f"note: {args.scene} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
+                f"note: {named} has no CRS; the outputs are in pixel coordinates (x = column, y = -row) "
                 "and areas in square pixels.",
                 file=sys.stderr,
             )
 
+    named = args.scene[0] if len(args.scene) == 1 else f"the mosaic of {len(args.scene)} files"
     result = segment(
-        args.scene,
+        args.scene[0] if len(args.scene) == 1 else args.scene,
         args.classes,
         args.out,
         model=args.model,
@@ -264,6 +271,8 @@ def _run(args: argparse.Namespace) -> int:
         logit_scale=args.logit_scale,
         bands=args.bands,
         gsd=args.gsd,
+        bbox=args.bbox,
+        bbox_crs=args.bbox_crs,
         save_probabilities=args.save_probabilities,
         min_area=args.min_area,
         simplify=args.simplify,
@@ -281,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(result, args.out)
     if result.valid_windows == 0:
-        print(f"warning: {args.scene} is entirely nodata; the outputs are empty.", file=sys.stderr)
+        print(f"warning: {named} is entirely nodata; the outputs are empty.", file=sys.stderr)
     if result.resumed:
         print(f"Resumed the run store {result.store_url}.", file=sys.stderr)
     for kind, path in result.outputs.items():

@@ -7,9 +7,10 @@ apply in the main process and on every Dask worker.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import rasterio
 
@@ -25,8 +26,28 @@ GDAL_DEFAULTS: dict[str, Any] = {
 
 
 def gdal_options() -> dict[str, Any]:
-    """The GDAL options in force: :data:`GDAL_DEFAULTS` overridden by the process environment."""
-    return {k: os.environ.get(k, v) for k, v in GDAL_DEFAULTS.items()}
+    """The GDAL options in force: :data:`GDAL_DEFAULTS` overridden by the process environment, and
+    the S3 endpoint of ``$AWS_ENDPOINT_URL`` (:func:`s3_endpoint_options`)."""
+    options = {k: os.environ.get(k, v) for k, v in GDAL_DEFAULTS.items()}
+    options.update(s3_endpoint_options(os.environ))
+    return options
+
+
+def s3_endpoint_options(environ: Mapping[str, str]) -> dict[str, str]:
+    """GDAL's ``/vsis3/`` settings for the S3-compatible endpoint in ``AWS_ENDPOINT_URL`` (the
+    variable boto3, s3fs and the run store use; GDAL reads ``AWS_S3_ENDPOINT`` instead): its host
+    and port, HTTPS or not, and path-style addressing (``host/bucket/key``, which any endpoint
+    serves, where virtual hosting needs a DNS name per bucket).  None of them when the
+    environment sets ``AWS_S3_ENDPOINT`` itself, or no endpoint."""
+    url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if not url or "AWS_S3_ENDPOINT" in environ:
+        return {}
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return {}
+    return {"AWS_S3_ENDPOINT": parts.netloc + parts.path.rstrip("/"),
+            "AWS_HTTPS": "NO" if parts.scheme == "http" else "YES",
+            "AWS_VIRTUAL_HOSTING": environ.get("AWS_VIRTUAL_HOSTING", "FALSE")}
 
 
 @contextmanager

@@ -14,6 +14,27 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+#: URL schemes and the GDAL virtual file systems that read them with range requests.
+GDAL_FILESYSTEMS = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
+                    "az": "/vsiaz/", "abfs": "/vsiaz/"}
+
+
+def gdal_name(path: str) -> str:
+    """The name GDAL opens ``path`` by: a local path made absolute, ``file://`` stripped, an
+    ``http(s)://`` URL under ``/vsicurl/``, an ``s3://bucket/key`` as ``/vsis3/bucket/key`` (and
+    ``gs://``, ``az://`` alike); a name GDAL knows already (``/vsi...``) unchanged."""
+    if not is_url(path):
+        return path if path.startswith("/vsi") else os.path.abspath(path)
+    scheme, rest = path.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "file":
+        return rest
+    prefix = GDAL_FILESYSTEMS.get(scheme)
+    if prefix is None:
+        return path
+    return prefix + (path if prefix == "/vsicurl/" else rest)
+
+
 def absolute(path: str) -> str:
     """``path`` made absolute when it is a local path (another process, in another folder, can then
     find it); a URL unchanged."""

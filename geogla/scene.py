@@ -17,6 +17,7 @@ from typing import Any, Self
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -25,6 +26,7 @@ from rasterio.windows import Window
 from geogla.env import gdal_env
 from geogla.errors import ConfigError, SceneError
 from geogla.georef import GeoRef
+from geogla.mosaic import SourceFile, bbox_in_crs, build_vrt, check_compatible, cut_grid, mosaic_grid
 from geogla.paths import absolute, is_url
 from geogla.resize import long_side_shape
 
@@ -58,10 +60,22 @@ class Scene:
     stretch: tuple[tuple[float, float], ...] | None
     work_shape: tuple[int, int]
     driver: str = ""  #: GDAL's short name of the file's format, e.g. GTiff, JPEG, PNG
+    #: A virtual scene's GDAL VRT (XML): files mosaicked or a file cut to ``--bbox``
+    #: (:mod:`geogla.mosaic`); empty: ``path`` itself is read.
+    vrt: str = ""
+    #: The files a virtual scene reads (as given); empty for a plain one.
+    sources: tuple[str, ...] = ()
+    #: The outputs' file name stem; empty: ``path``'s.
+    name: str = ""
 
     @property
     def stem(self) -> str:
-        return Path(self.path).stem
+        return self.name or Path(self.path).stem
+
+    @property
+    def dataset_name(self) -> str:
+        """What GDAL opens: the VRT of a virtual scene, else ``path``."""
+        return self.vrt or self.path
 
     def to_unit(self, data: np.ndarray) -> np.ndarray:
         """The fed bands ``data`` ``(3, h, w)`` float32 scaled to [0, 1], in place: 8-bit values
@@ -87,7 +101,8 @@ class Scene:
         return {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
                 "band_indexes": list(self.band_indexes), "dtype": self.dtype,
                 "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None,
-                "work_shape": list(self.work_shape), "driver": self.driver}
+                "work_shape": list(self.work_shape), "driver": self.driver, "vrt": self.vrt,
+                "sources": list(self.sources), "name": self.name}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
@@ -101,14 +116,20 @@ class Scene:
             stretch=tuple((float(lo), float(hi)) for lo, hi in stretch) if stretch is not None else None,
             work_shape=(int(d["work_shape"][0]), int(d["work_shape"][1])),
             driver=str(d.get("driver", "")),
+            vrt=str(d.get("vrt", "")),
+            sources=tuple(str(p) for p in d.get("sources", ())),
+            name=str(d.get("name", "")),
         )
 
 
 def open_raster(path: str, what: str = "scene") -> Any:
     """Open ``path`` with rasterio, turning GDAL's failures into one clear :class:`SceneError`.
 
-    ``what`` names the file in the message ("scene", "label raster").
+    ``what`` names the file in the message ("scene", "label raster").  ``path`` may also be a
+    VRT's XML (:attr:`Scene.vrt`).
     """
+    if path.startswith("<VRTDataset"):
+        return rasterio.open(path)
     if not is_url(path) and not os.path.exists(path):
         raise SceneError(f"The {what} {path} does not exist.")
     if not is_url(path) and os.path.isdir(path):
@@ -118,6 +139,9 @@ def open_raster(path: str, what: str = "scene") -> Any:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return _georeferenced(rasterio.open(path))
     except RasterioIOError as exc:
+        if is_url(path) and "does not exist" in str(exc):
+            raise SceneError(f"The {what} {path} was not found: no such object, or no access to it "
+                             "(check the URL and the credentials).") from None
         if "not recognized as" in str(exc) and "supported" in str(exc):
             raise SceneError(f"The {what} {path} is not a raster that GDAL can read.") from None
         raise SceneError(f"The {what} {path} cannot be opened: {_first_line(exc)}.") from None
@@ -241,19 +265,85 @@ def _work_shape(georef: GeoRef, gsd: float | None, resize_long_side: int | None,
     return georef.shape
 
 
-def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
+#: File name endings of the rasters a folder given as a scene contributes to its mosaic.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".png", ".jpg", ".jpeg", ".img", ".vrt")
+
+
+def scene_files(inputs: Sequence[str]) -> tuple[list[str], str]:
+    """The files ``inputs`` name and the outputs' name stem: one file (or URL) as itself; several
+    files as a mosaic named after the first (``<stem>-mosaic``); a folder as the mosaic of the
+    rasters in it (:data:`RASTER_SUFFIXES`, sorted by name), named after the folder."""
+    if not inputs:
+        raise SceneError("No scene was given.")
+    if len(inputs) == 1 and not is_url(inputs[0]) and os.path.isdir(inputs[0]):
+        folder = inputs[0]
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                       if f.lower().endswith(RASTER_SUFFIXES) and not f.startswith("."))
+        if not files:
+            raise SceneError(f"The folder {folder} holds no raster files ({', '.join(RASTER_SUFFIXES)}).")
+        return files, Path(os.path.abspath(folder)).name
+    for path in inputs:
+        if not is_url(path) and os.path.isdir(path):
+            raise SceneError(f"The scene {path} is a folder; give either one folder or several files.")
+    if len(set(inputs)) != len(inputs):
+        raise SceneError("A file is given twice in the list of scenes.")
+    return list(inputs), Path(inputs[0]).stem + ("-mosaic" if len(inputs) > 1 else "")
+
+
+def _source_file(path: str) -> SourceFile:
+    """The header of one file of a virtual scene (:class:`SceneError` if it cannot be opened or is
+    georeferenced by ground control points only)."""
+    with open_raster(path) as ds:
+        if isinstance(ds, _WarpedByGCPs):
+            raise SceneError(f"The file {path} is georeferenced by ground control points only; warp it to a "
+                             "grid first (gdalwarp) to mosaic it or cut it with --bbox.")
+        source = SourceFile.from_dataset(path, ds)
+    if source.crs is None and source.transform.is_identity:
+        source = replace(source, transform=Affine(*PIXEL_TRANSFORM))
+    return source
+
+
+def virtual_scene(files: Sequence[str], bbox: tuple[float, float, float, float] | None = None,
+                  bbox_crs: str | None = None) -> str:
+    """The VRT (XML) of ``files`` mosaicked (:mod:`geogla.mosaic`), cut to ``bbox`` when given (in
+    ``bbox_crs``, None: the files' CRS, or their pixel coordinates x = column, y = -row)."""
+    sources = [_source_file(path) for path in files]
+    check_compatible(sources)
+    grid = mosaic_grid(sources)
+    if bbox is not None:
+        name = files[0] if len(files) == 1 else "mosaic"
+        grid = cut_grid(grid, bbox_in_crs(bbox, bbox_crs, grid.crs), name)
+    return build_vrt(sources, grid)
+
+
+#: A scene as given: one file, URL or folder, or several files (one mosaic).
+SceneInput = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def open_scene(path: SceneInput,
+               bands: Sequence[int] | None = None,
                stretch_percentiles: tuple[float, float] = (2.0, 98.0), gsd: float | None = None,
-               resize_long_side: int | None = None) -> Scene:
+               resize_long_side: int | None = None, bbox: tuple[float, float, float, float] | None = None,
+               bbox_crs: str | None = None) -> Scene:
     """Open and check a scene; raise :class:`SceneError` with one sentence if it cannot be used.
 
-    ``bands`` picks and orders the bands fed to the models (1-based; one band is repeated into
-    three).  By default the bands declared red, green and blue are used, else the first three, else
-    the first band repeated.  Non-8-bit data get one scene-wide percentile stretch.  ``gsd``
-    (metres) or ``resize_long_side`` (pixels) set the working resolution (see :class:`Scene`).
+    ``path`` is a file or URL, a folder or a list of files (one mosaic, :func:`scene_files`).
+    ``bbox`` (MINX, MINY, MAXX, MAXY in ``bbox_crs``, default the scene's CRS) cuts the scene to the
+    pixels the box touches.  ``bands`` picks and orders the bands fed to the models (1-based; one
+    band is repeated into three).  By default the bands declared red, green and blue are used, else
+    the first three, else the first band repeated.  Non-8-bit data get one scene-wide percentile
+    stretch.  ``gsd`` (metres) or ``resize_long_side`` (pixels) set the working resolution (see
+    :class:`Scene`).
     """
-    path = str(path)
+    inputs = [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
+    files, name = scene_files(inputs)
+    shown = inputs[0] if len(inputs) == 1 else files[0]  # the file, URL or folder named first
+    if bbox_crs is not None and bbox is None:
+        raise ConfigError("--bbox-crs names the CRS of --bbox, which is missing.")
     with gdal_env():
-        ds = open_raster(path)
+        virtual = len(files) > 1 or bbox is not None
+        vrt = virtual_scene(files, bbox, bbox_crs) if virtual else ""
+        ds = open_raster(vrt or shown)
         try:
             indexes = _choose_bands(ds, bands)
             try:
@@ -262,14 +352,15 @@ def open_scene(path: str | os.PathLike[str], bands: Sequence[int] | None = None,
                 stretch = None if dtype == "uint8" else _percentile_stretch(ds, indexes, *stretch_percentiles)
             except RasterioError as exc:
                 raise SceneError(
-                    f"The scene {path} cannot be read (truncated or corrupt?): {_first_line(exc)}."
+                    f"The scene {shown} cannot be read (truncated or corrupt?): {_first_line(exc)}."
                 ) from None
             georef = GeoRef.from_dataset(ds)
             if georef.crs_wkt is None and georef.is_identity:
                 georef = replace(georef, transform=PIXEL_TRANSFORM)
-            return Scene(path=absolute(path), georef=georef,
+            return Scene(path=absolute(shown), georef=georef,
                          band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
-                         work_shape=_work_shape(georef, gsd, resize_long_side, path), driver=str(ds.driver))
+                         work_shape=_work_shape(georef, gsd, resize_long_side, shown), driver=str(ds.driver),
+                         vrt=vrt, sources=tuple(absolute(f) for f in files) if virtual else (), name=name)
         finally:
             ds.close()
 
@@ -288,7 +379,7 @@ class SceneReader:
     def __enter__(self) -> Self:
         self._env.__enter__()
         try:
-            self._ds = open_raster(self.scene.path)
+            self._ds = open_raster(self.scene.dataset_name)
         except BaseException:
             self._env.__exit__(None, None, None)
             raise

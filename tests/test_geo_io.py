@@ -222,3 +222,26 @@ def test_a_scene_read_by_url_gives_the_local_runs_outputs(tmp_path: Path) -> Non
         assert a.profile["transform"] == b.profile["transform"] and a.crs == b.crs
         np.testing.assert_array_equal(a.read(1), b.read(1))
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_bbox_of_a_large_remote_cog_reads_only_the_ranges_it_needs(tmp_path: Path) -> None:
+    """``--bbox`` on a URL: GDAL reads the tiles under the box (and the header), not the file."""
+    from tests.http_server import serving
+
+    www = tmp_path / "www"
+    www.mkdir()
+    image = np.tile(structured_rgb(512, 512, seed=2), (1, 8, 8))  # 4096 x 4096, 48 MiB
+    big = write_geotiff(www / "big.tif", image, tiled=True, blockxsize=256, blockysize=256)
+    size = big.stat().st_size
+    x0, y0 = 500000.0, 5000000.0  # write_geotiff's origin, 0.5 m pixels
+    box = f"{x0 + 600},{y0 - 700},{x0 + 700},{y0 - 600}"  # 200 x 200 pixels, under 2 x 2 tiles
+    out = tmp_path / "out"
+    with serving(www) as server:
+        assert main(["run", f"{server.url}/big.tif", "--bbox", box, "--classes", "a,b", "-o", str(out),
+                     *TINY]) == 0
+        served = server.served
+    # the 2 x 2 tiles under the box (1.6% of the file), each read a few times (the scene's check,
+    # the encode tasks), and the header
+    assert 0 < served < size / 10, (served, size)
+    with rasterio.open(out / "big.classes.tif") as ds:
+        assert ds.shape == (200, 200) and ds.transform.c == x0 + 600 and ds.transform.f == y0 - 600

@@ -121,11 +121,11 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
         polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area,
                                  simplify=cfg.simplify)
         write_geopackage(pending[paths["gpkg"]], polygons, scene.georef, cfg.classes)
-        with gdal_env(), open_raster(scene.path) as ds:
+        with gdal_env(), open_raster(scene.dataset_name) as ds:
             acquired = tiff_datetime(ds.tags())
         properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
                       "geogla:attention": cfg.attention.to_json(),
-                      "geogla:source": os.path.basename(scene.path)}
+                      "geogla:source": ", ".join(os.path.basename(p) for p in scene.sources or [scene.path])}
         # Built for the final paths: asset hrefs name the published files, not the temporaries.
         item = build_stac_item(
             paths["stac"],
