@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
+from typing import Any
 
 from geogla.errors import OutputError
 
@@ -43,7 +45,11 @@ def absolute(path: str) -> str:
 
 def check_output_dir(path: str) -> None:
     """Raise :class:`OutputError` unless ``path`` is a folder files can be written in, or one that
-    can be created; nothing is created (see :func:`make_output_dir`)."""
+    can be created; nothing is created (see :func:`make_output_dir`).  A URL (``s3://bucket/prefix``)
+    must name a bucket that exists and can be reached (:func:`check_output_url`)."""
+    if is_url(path):
+        check_output_url(path)
+        return
     target = os.path.abspath(path)
     if os.path.exists(target) and not os.path.isdir(target):
         raise OutputError(f"The output folder {path} is a file.")
@@ -58,11 +64,61 @@ def check_output_dir(path: str) -> None:
 
 
 def make_output_dir(path: str) -> None:
-    """Create ``path`` if needed and check that files can be written in it (:class:`OutputError`)."""
+    """Create ``path`` if needed and check that files can be written in it (:class:`OutputError`);
+    for a URL, write and remove a small object under it."""
     check_output_dir(path)
+    if is_url(path):
+        _probe_output_url(path)
+        return
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".geogla-write-test-"):
             pass
     except OSError as exc:
         raise OutputError(f"The output folder {path} cannot be written: {exc.strerror or exc}.") from None
+
+
+def _url_fs(path: str) -> tuple[Any, str]:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as exc:  # no filesystem for the scheme, or a malformed URL
+        raise OutputError(
+            f"The output location {path} is not a URL geogla can write to: {_reason(exc)}.") from None
+    return fs, str(root)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+def check_output_url(path: str) -> None:
+    """Raise :class:`OutputError` unless the bucket (or container) of ``path`` exists and can be
+    reached with the credentials in force; nothing is written."""
+    fs, root = _url_fs(path)
+    bucket = root.strip("/").split("/", 1)[0]
+    if not bucket:
+        raise OutputError(f"The output location {path} names no bucket.")
+    try:
+        found = fs.exists(bucket)
+    except Exception as exc:  # credentials, network, permissions: botocore's and fsspec's own types
+        raise OutputError(f"The output location {path} cannot be reached: {_reason(exc)}.") from None
+    if not found:
+        raise OutputError(f"The output bucket {bucket} of {path} does not exist.")
+
+
+def _probe_output_url(path: str) -> None:
+    fs, root = _url_fs(path)
+    probe = f"{root.rstrip('/')}/.geogla-write-test-{uuid.uuid4().hex}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:
+        raise OutputError(f"The output location {path} cannot be written: {_reason(exc)}.") from None
+
+
+def join_url(folder: str, name: str) -> str:
+    """``name`` inside ``folder``: a local path or a URL (``s3://bucket/prefix`` + ``/name``)."""
+    return f"{folder.rstrip('/')}/{name}" if is_url(folder) else os.path.join(folder, name)

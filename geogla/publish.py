@@ -117,3 +117,26 @@ def output_set(journal: Path, members: Sequence[Path],
     _apply([(pending[m], m) for m in members], retired)
     with suppress(FileNotFoundError):
         journal.unlink()
+
+
+def upload_set(folder: str | os.PathLike[str], url: str, members: Sequence[str],
+               retired: Sequence[str] = ()) -> None:
+    """Publish an output set built in the local ``folder`` to the object-storage prefix ``url``.
+
+    Each member (file names, the commit record last) is uploaded whole and appears under its final
+    name only once complete (an object store's PUT, multipart included, is atomic); the ``retired``
+    objects of a previous set are removed before the last member is uploaded.  A kill in between
+    leaves the previous set's commit record (the STAC item) naming what it named, some data objects
+    already new; the next run publishes the whole set again.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    *data, commit = members
+    for name in data:
+        fs.put_file(str(Path(folder) / name), f"{root}/{name}")
+    for name in retired:
+        with suppress(FileNotFoundError):
+            fs.rm_file(f"{root}/{name}")
+    fs.put_file(str(Path(folder) / commit), f"{root}/{commit}")

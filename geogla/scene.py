@@ -139,12 +139,25 @@ def open_raster(path: str, what: str = "scene") -> Any:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return _georeferenced(rasterio.open(path))
     except RasterioIOError as exc:
-        if is_url(path) and "does not exist" in str(exc):
-            raise SceneError(f"The {what} {path} was not found: no such object, or no access to it "
-                             "(check the URL and the credentials).") from None
+        if is_url(path):
+            _remote_failure(what, path, str(exc))
         if "not recognized as" in str(exc) and "supported" in str(exc):
             raise SceneError(f"The {what} {path} is not a raster that GDAL can read.") from None
         raise SceneError(f"The {what} {path} cannot be opened: {_first_line(exc)}.") from None
+
+
+def _remote_failure(what: str, path: str, message: str) -> None:
+    """Raise the :class:`SceneError` of a URL GDAL could not open, when its ``message`` says why
+    in a way a user can act on: no credentials, no bucket, no object."""
+    if "AWS_SECRET_ACCESS_KEY" in message or "AWS_NO_SIGN_REQUEST" in message:
+        raise SceneError(f"The {what} {path} cannot be read: no AWS credentials were found (set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_NO_SIGN_REQUEST=YES for a "
+                         "public bucket).")
+    if "bucket does not exist" in message:
+        raise SceneError(f"The bucket of the {what} {path} does not exist.")
+    if "does not exist" in message:
+        raise SceneError(f"The {what} {path} was not found: no such object, or no access to it "
+                         "(check the URL and the credentials).")
 
 
 class _WarpedByGCPs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 from datetime import UTC
@@ -39,6 +40,7 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 from geogla.classes import NODATA_CLASS, ClassList
 from geogla.cog import atomic_output
 from geogla.georef import GeoRef
+from geogla.paths import is_url
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 GPKG_MEDIA_TYPE = "application/geopackage+sqlite3"
@@ -258,7 +260,8 @@ def build_stac_item(
       width]``, ``proj:transform`` (the georef's six coefficients, rasterio order) and
       ``proj:bbox`` (the corners in the scene's CRS).
     * assets, hrefs relative to ``path``'s folder (``absolute_hrefs``: absolute paths, and the Item
-      gets a ``self`` link to ``path``): ``classes`` (the class COG, with
+      gets a ``self`` link to ``path``; where ``path`` is a URL, the assets are in its folder and
+      absolute hrefs are their URLs): ``classes`` (the class COG, with
       ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
       ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
       when ``probabilities_path`` is given, ``probabilities`` (a COG, with ``raster:bands``: one
@@ -269,9 +272,12 @@ def build_stac_item(
 
     Raises ValueError for a datetime that cannot be parsed or a footprint that cannot be transformed.
     """
-    folder = Path(path).resolve().parent
+    remote = is_url(str(path))  # outputs in object storage: one folder (prefix), URLs as they are
+    folder = Path(path).resolve().parent if not remote else Path()
 
     def href(target: str | os.PathLike[str]) -> str:
+        if remote:
+            return str(target) if absolute_hrefs else "./" + posixpath.basename(str(target))
         return _absolute_href(target) if absolute_hrefs else _relative_href(target, folder)
 
     props: dict[str, Any] = {"geogla:version": _geogla_version()}
@@ -330,7 +336,7 @@ def build_stac_item(
         RasterExtension.ext(probabilities_asset, add_if_missing=True).apply(
             bands=[_probability_band(name) for name in class_list.names])
     if absolute_hrefs:
-        item.set_self_href(_absolute_href(path))
+        item.set_self_href(str(path) if remote else _absolute_href(path))
     return item
 
 

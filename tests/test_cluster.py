@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,58 +39,12 @@ from geogla.pipelines.run import (
 )
 from geogla.runconfig import RunConfig
 from geogla.store import RunStore
-from tests.conftest import structured_rgb, write_geotiff
+from tests.conftest import S3_BUCKET, free_port, structured_rgb, write_geotiff
 
 CLASSES = "building,tree,road"
 TINY = ["--model", "tiny", "--weights", "random"]
 CONFIG = RunConfig(classes=parse_classes(CLASSES), model="tiny", weights="random")
-BUCKET = "geogla-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables point at it meanwhile."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in names}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the moto S3 server did not start") from None
-                time.sleep(0.2)
-        os.environ.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        s3fs.S3FileSystem.clear_instance_cache()  # instances made before hold another endpoint
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
-        yield endpoint
-    finally:
-        proc.kill()
-        proc.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+BUCKET = S3_BUCKET
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +132,7 @@ def test_unreachable_scheduler_is_a_user_error(scene_tif: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         code = main(["run", str(scene_tif), "--classes", CLASSES, *TINY, "-o", str(tmp_path / "out"),
-                     "--scheduler", f"tcp://127.0.0.1:{_free_port()}"])
+                     "--scheduler", f"tcp://127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("geogla: error: Cannot connect to the Dask scheduler at tcp://127.0.0.1:")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 from geogla.errors import DiskSpaceError
@@ -133,9 +134,9 @@ def disk_needs(fp: Footprint, store_url: str, out_dir: str) -> list[DiskNeed]:
     """What the run store and the outputs need of each disk they go to, and its free space.
 
     A store being resumed counts only what it still lacks; a remote store (``s3://`` ...) is
-    not counted.
+    not counted.  Outputs to a URL are built in the temporary folder first, and count there.
     """
-    wanted = [("outputs", out_dir, fp.output_bytes)]
+    wanted = [("outputs", tempfile.gettempdir() if is_url(out_dir) else out_dir, fp.output_bytes)]
     if not is_url(store_url) or store_url.startswith("file://"):
         path = store_url.removeprefix("file://")
         wanted.insert(0, ("run store", path, max(fp.store_bytes - used_bytes(path), 0)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from geogla.models.registry import get_preset
 from geogla.models.weights import find_weights
-from geogla.paths import absolute, check_output_dir
+from geogla.paths import absolute, check_output_dir, join_url
 from geogla.runconfig import RunConfig
 from geogla.scene import Scene, SceneInput, check_label_raster, open_scene
 
@@ -46,5 +46,5 @@ def plan_run(scene: SceneInput | Scene, out_dir: str | os.PathLike[str], config:
     find_weights(
         get_preset(config.model), config.weights, config.clip_weights, config.vfm_weights
     )  # may go online
-    url = absolute(store_url or os.path.join(out, f"{opened.stem}.zarr"))
+    url = absolute(store_url or join_url(out, f"{opened.stem}.zarr"))
     return RunPlan(opened, config, out, url, label_path)

@@ -429,7 +429,7 @@ def timed_run(store: RunStore, out_dir: str, resumed: bool, client: Client | Non
               planned: dict[str, float] | None = None) -> RunResult:
     t0 = time.perf_counter()
     timings, metrics = run_graph(store, out_dir, client, labels, progress, planned)
-    paths = stages.output_paths(out_dir, store.scene.stem)
+    paths = stages.output_locations(out_dir, store.scene.stem)
     if labels is None:
         del paths["metrics"]
     if not store.config.save_probabilities:
@@ -515,7 +515,7 @@ def execute(plan: RunPlan, *, overwrite: bool = False, client: Client | None = N
     make_output_dir(plan.out_dir)
     out_dir, labels = plan.out_dir, plan.labels
     if client is not None:  # a cluster's workers may run in another folder
-        out_dir = os.path.abspath(out_dir)
+        out_dir = absolute(out_dir)
         if labels is not None:
             labels = absolute(labels)
     lock = RunLock(plan.store_url)

@@ -27,7 +27,13 @@ from geogla.stages.attend import (
 )
 from geogla.stages.common import batch_count, batch_windows, load_model, model_for, window_batches
 from geogla.stages.encode import embed_text, encode_windows
-from geogla.stages.outputs import evaluate_labels, output_paths, recover_outputs, write_outputs
+from geogla.stages.outputs import (
+    evaluate_labels,
+    output_locations,
+    output_paths,
+    recover_outputs,
+    write_outputs,
+)
 from geogla.stages.result import StageResult, add_seconds
 from geogla.stages.stitch import stitch_block, working_logits
 
@@ -45,6 +51,7 @@ __all__ = [
     "evaluate_labels",
     "load_model",
     "model_for",
+    "output_locations",
     "output_paths",
     "recover_outputs",
     "stitch_block",

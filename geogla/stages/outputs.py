@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from geogla.classes import NODATA_CLASS
 from geogla.cog import atomic_output, class_raster_qml, write_class_cog, write_float_cog
 from geogla.env import gdal_env
 from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
-from geogla.publish import journal_path, output_set, recover
+from geogla.paths import is_url, join_url
+from geogla.publish import journal_path, output_set, recover, upload_set
 from geogla.scene import open_raster
 from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
 from geogla.stages.result import StageResult
@@ -24,13 +28,36 @@ from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
 
 
+def output_names(stem: str) -> dict[str, str]:
+    """The file names of a run's outputs: the class COG and its QGIS style (the legend's class
+    names), the GeoPackage, the probability COG (when asked for), the STAC item and the metrics
+    (with labels)."""
+    return {"cog": f"{stem}.classes.tif", "legend": f"{stem}.classes.qml", "gpkg": f"{stem}.gpkg",
+            "probabilities": f"{stem}.probabilities.tif", "stac": f"{stem}.stac.json",
+            "metrics": f"{stem}.metrics.json"}
+
+
 def output_paths(out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
-    """Where a run's outputs go: the class COG and its QGIS style (the legend's class names), the
-    GeoPackage, the probability COG (when asked for) and the metrics (with labels)."""
-    out = Path(out_dir)
-    return {"cog": out / f"{stem}.classes.tif", "legend": out / f"{stem}.classes.qml",
-            "gpkg": out / f"{stem}.gpkg", "probabilities": out / f"{stem}.probabilities.tif",
-            "stac": out / f"{stem}.stac.json", "metrics": out / f"{stem}.metrics.json"}
+    """Where a run's outputs go in the local folder ``out_dir`` (:func:`output_names`)."""
+    return {kind: Path(out_dir) / name for kind, name in output_names(stem).items()}
+
+
+def output_locations(out_dir: str, stem: str) -> dict[str, str]:
+    """Where a run's outputs go: paths in a local folder, or URLs under an object-storage prefix."""
+    return {kind: join_url(out_dir, name) for kind, name in output_names(stem).items()}
+
+
+@contextmanager
+def staged(out_dir: str, members: Sequence[str], retired: Sequence[str] = ()) -> Iterator[str]:
+    """The local folder to write outputs in: ``out_dir`` itself, or, for a URL, a temporary folder
+    whose ``members`` (file names, the commit record last) are uploaded when the block ends without
+    an error (:func:`geogla.publish.upload_set`), ``retired`` objects removed; then it is removed."""
+    if not is_url(out_dir):
+        yield out_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="geogla-outputs-") as folder:
+        yield folder
+        upload_set(folder, out_dir, members, retired)
 
 
 def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResult:
@@ -59,8 +86,8 @@ def evaluate_labels(store_url: str, labels_path: str, out_dir: str) -> StageResu
     report = {**metrics, "labels": labels_path, "classes": list(cfg.classes.names),
               "iou": dict(zip(cfg.classes.names, (float(v) for v in confusion.iou()), strict=True)),
               "weights": cfg.weights, "attention": cfg.attention.to_json()}
-    path = output_paths(out_dir, store.scene.stem)["metrics"]
-    with atomic_output(path) as scratch:
+    name = output_names(store.scene.stem)["metrics"]
+    with staged(out_dir, [name]) as folder, atomic_output(Path(folder) / name) as scratch:
         scratch.result.write_text(json.dumps(report, indent=2, allow_nan=True))
     return StageResult({"evaluate": time.perf_counter() - t0}, metrics=metrics)
 
@@ -80,7 +107,10 @@ def set_members(out_dir: str | os.PathLike[str], stem: str,
 
 def recover_outputs(out_dir: str | os.PathLike[str], stem: str) -> None:
     """Finish publishing the output set a stopped run had committed in ``out_dir`` and remove the
-    temporaries of killed writes (:func:`geogla.publish.recover`); called when a run starts."""
+    temporaries of killed writes (:func:`geogla.publish.recover`); called when a run starts.
+    Nothing to do for a URL: its sets are uploaded object by object (:func:`staged`)."""
+    if is_url(str(out_dir)):
+        return
     every = list(output_paths(out_dir, stem).values())
     recover(journal_path(out_dir, stem), every)
 
@@ -100,8 +130,18 @@ class ValidPixels:
 
 def write_outputs(store_url: str, out_dir: str) -> StageResult:
     """Write the class COG, the probability COG (when asked for), the styled GeoPackage and the
-    STAC item from the stitched rasters, and publish them as one set (:func:`geogla.publish.output_set`)."""
+    STAC item from the stitched rasters, and publish them as one set (:func:`geogla.publish.output_set`;
+    to a URL, built in a local temporary folder and uploaded, :func:`staged`)."""
     store = RunStore.open(store_url)
+    scene = store.scene
+    members, retired = set_members(out_dir, scene.stem, store.config.save_probabilities)
+    with staged(out_dir, [m.name for m in members], [r.name for r in retired]) as folder:
+        return _write_set(store, folder, output_locations(out_dir, scene.stem))
+
+
+def _write_set(store: RunStore, out_dir: str, final: dict[str, str]) -> StageResult:
+    """:func:`write_outputs` in the local folder ``out_dir``; ``final`` are the outputs' final
+    locations (the STAC item's hrefs name them)."""
     scene, cfg = store.scene, store.config
     paths = output_paths(out_dir, scene.stem)
     members, retired = set_members(out_dir, scene.stem, cfg.save_probabilities)
@@ -128,15 +168,15 @@ def write_outputs(store_url: str, out_dir: str) -> StageResult:
                       "geogla:source": ", ".join(os.path.basename(p) for p in scene.sources or [scene.path])}
         # Built for the final paths: asset hrefs name the published files, not the temporaries.
         item = build_stac_item(
-            paths["stac"],
+            final["stac"],
             item_id=scene.stem,
-            cog_path=paths["cog"],
-            gpkg_path=paths["gpkg"],
+            cog_path=final["cog"],
+            gpkg_path=final["gpkg"],
             georef=scene.georef,
             class_list=cfg.classes,
             datetime=acquired,
             properties=properties,
-            probabilities_path=paths["probabilities"] if cfg.save_probabilities else None,
+            probabilities_path=final["probabilities"] if cfg.save_probabilities else None,
             absolute_hrefs=cfg.stac_hrefs == "absolute",
         )
         write_stac_item(pending[paths["stac"]], item)
