@@ -54,6 +54,7 @@ def segment(
     gsd: float | None = None,
     bbox: str | Sequence[float] | None = None,
     bbox_crs: str | None = None,
+    asset: str | None = None,
     save_probabilities: bool = False,
     min_area: float | None = None,
     simplify: float | None = None,
@@ -73,7 +74,9 @@ def segment(
     Args:
         scene: a raster GDAL reads (GeoTIFF, JPEG, PNG, VRT, ...): a path or a URL (``https://``,
             ``s3://``, read by range requests); or several files, or a folder of them, run as one
-            mosaic (:func:`geogla.scene.open_scene`).
+            mosaic; or a STAC Item (``.json``, local or URL) whose ``asset`` is read (default
+            ``visual``, else its only raster asset), the outputs named after the Item's id and
+            their STAC item derived from it (:func:`geogla.scene.open_scene`).
         classes: ``"building,tree|forest,road"`` (classes by commas, synonyms by ``|``) or a list of
             such class entries.
         out: the output folder (created).
@@ -156,6 +159,7 @@ def segment(
         gsd=gsd,
         bbox=None if bbox is None else parse_bbox(bbox),
         bbox_crs=bbox_crs,
+        asset=asset,
         store_url=store,
         labels=labels,
     )

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="segment a scene into a class COG and a styled GeoPackage")
     run.add_argument("scene", nargs="+",
                      help="the input raster (GeoTIFF, JPEG, PNG, VRT, ... anything GDAL reads), a path or a "
-                          "URL (https://, s3://); several files or a folder of them run as one mosaic")
+                          "URL (https://, s3://); several files or a folder of them run as one mosaic; or "
+                          "a STAC item (.json)")
     run.add_argument(
         "--classes",
         required=True,
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="segment only this part of the scene (in its CRS, or in --bbox-crs)")
     run.add_argument("--bbox-crs", metavar="CRS",
                      help="the CRS of --bbox, e.g. EPSG:4326 for longitude/latitude (default: the scene's)")
+    run.add_argument("--asset", metavar="KEY",
+                     help="the asset of a STAC item scene to segment (default: 'visual', else its only "
+                          "raster asset)")
     run.add_argument("--save-probabilities", action="store_true",
                      help="also write OUT/<scene>.probabilities.tif: one band per class, probability x 255")
     run.add_argument(
@@ -273,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         gsd=args.gsd,
         bbox=args.bbox,
         bbox_crs=args.bbox_crs,
+        asset=args.asset,
         save_probabilities=args.save_probabilities,
         min_area=args.min_area,
         simplify=args.simplify,

@@ -29,6 +29,7 @@ from geogla.georef import GeoRef
 from geogla.mosaic import SourceFile, bbox_in_crs, build_vrt, check_compatible, cut_grid, mosaic_grid
 from geogla.paths import absolute, is_url
 from geogla.resize import long_side_shape
+from geogla.stac_input import ItemAsset, check_asset_option, is_item_path, item_asset
 
 #: Output transform of a file without georeferencing: x = column, y = -row (QGIS's convention for
 #: such images, so that the class raster and the polygons show upright and aligned).
@@ -67,6 +68,8 @@ class Scene:
     sources: tuple[str, ...] = ()
     #: The outputs' file name stem; empty: ``path``'s.
     name: str = ""
+    #: The STAC Item asset the scene was given as (``path`` is then the asset's raster).
+    item: ItemAsset | None = None
 
     @property
     def stem(self) -> str:
@@ -98,11 +101,15 @@ class Scene:
         return (self.georef.height / self.work_shape[0], self.georef.width / self.work_shape[1])
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
-                "band_indexes": list(self.band_indexes), "dtype": self.dtype,
-                "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None,
-                "work_shape": list(self.work_shape), "driver": self.driver, "vrt": self.vrt,
-                "sources": list(self.sources), "name": self.name}
+        d = {"path": self.path, "georef": self.georef.to_json(), "band_count": self.band_count,
+             "band_indexes": list(self.band_indexes), "dtype": self.dtype,
+             "stretch": [list(s) for s in self.stretch] if self.stretch is not None else None,
+             "work_shape": list(self.work_shape), "driver": self.driver}
+        # Only where set: a plain scene keeps the description (and the run store's fingerprint)
+        # it had before virtual scenes existed.
+        optional = {"vrt": self.vrt, "sources": list(self.sources), "name": self.name,
+                    "item": self.item.to_json() if self.item is not None else None}
+        return {**d, **{k: v for k, v in optional.items() if v}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Scene:
@@ -119,6 +126,7 @@ class Scene:
             vrt=str(d.get("vrt", "")),
             sources=tuple(str(p) for p in d.get("sources", ())),
             name=str(d.get("name", "")),
+            item=ItemAsset.from_json(d["item"]) if d.get("item") else None,
         )
 
 
@@ -337,10 +345,12 @@ def open_scene(path: SceneInput,
                bands: Sequence[int] | None = None,
                stretch_percentiles: tuple[float, float] = (2.0, 98.0), gsd: float | None = None,
                resize_long_side: int | None = None, bbox: tuple[float, float, float, float] | None = None,
-               bbox_crs: str | None = None) -> Scene:
+               bbox_crs: str | None = None, asset: str | None = None) -> Scene:
     """Open and check a scene; raise :class:`SceneError` with one sentence if it cannot be used.
 
-    ``path`` is a file or URL, a folder or a list of files (one mosaic, :func:`scene_files`).
+    ``path`` is a file or URL, a folder or a list of files (one mosaic, :func:`scene_files`), or a
+    STAC Item (``.json``) whose ``asset`` is read (:func:`geogla.stac_input.item_asset`; the
+    outputs are named after the Item's id).
     ``bbox`` (MINX, MINY, MAXX, MAXY in ``bbox_crs``, default the scene's CRS) cuts the scene to the
     pixels the box touches.  ``bands`` picks and orders the bands fed to the models (1-based; one
     band is repeated into three).  By default the bands declared red, green and blue are used, else
@@ -349,7 +359,12 @@ def open_scene(path: SceneInput,
     :class:`Scene`).
     """
     inputs = [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
+    check_asset_option(asset, inputs)
+    item = item_asset(inputs[0], asset) if len(inputs) == 1 and is_item_path(inputs[0]) else None
+    if item is not None:
+        inputs = [item.href]
     files, name = scene_files(inputs)
+    name = item.stem if item is not None else name
     shown = inputs[0] if len(inputs) == 1 else files[0]  # the file, URL or folder named first
     if bbox_crs is not None and bbox is None:
         raise ConfigError("--bbox-crs names the CRS of --bbox, which is missing.")
@@ -373,7 +388,8 @@ def open_scene(path: SceneInput,
             return Scene(path=absolute(shown), georef=georef,
                          band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
                          work_shape=_work_shape(georef, gsd, resize_long_side, shown), driver=str(ds.driver),
-                         vrt=vrt, sources=tuple(absolute(f) for f in files) if virtual else (), name=name)
+                         vrt=vrt, sources=tuple(absolute(f) for f in files) if virtual else (),
+                         name="" if name == Path(shown).stem else name, item=item)
         finally:
             ds.close()
 

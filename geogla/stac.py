@@ -18,7 +18,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 from datetime import datetime as Datetime
 from importlib import metadata
@@ -242,6 +242,7 @@ def build_stac_item(
     properties: Mapping[str, Any] | None = None,
     probabilities_path: str | os.PathLike[str] | None = None,
     absolute_hrefs: bool = False,
+    derived_from: Sequence[str] = (),
 ) -> pystac.Item:
     """The STAC Item describing a run's outputs, for :func:`write_stac_item` to write at ``path``.
 
@@ -266,6 +267,7 @@ def build_stac_item(
       ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
       when ``probabilities_path`` is given, ``probabilities`` (a COG, with ``raster:bands``: one
       per class, uint8, scale 1/255, named after the class); all with roles ``["data"]``.
+    * ``derived_from`` links to the STAC Items the scene came from (absolute paths or URLs).
     * properties: ``geogla:classes`` (the class names), ``geogla:version`` (the installed
       package's, unless ``properties`` gives one), ``created`` (now, UTC) and ``properties``
       as given (they override all but ``geogla:classes``).
@@ -335,6 +337,8 @@ def build_stac_item(
         item.add_asset("probabilities", probabilities_asset)
         RasterExtension.ext(probabilities_asset, add_if_missing=True).apply(
             bands=[_probability_band(name) for name in class_list.names])
+    for source in derived_from:
+        item.add_link(pystac.Link("derived_from", source, media_type="application/geo+json"))
     if absolute_hrefs:
         item.set_self_href(str(path) if remote else _absolute_href(path))
     return item

@@ -212,3 +212,10 @@ def test_bbox_runs_write_outputs_over_the_box_and_bad_boxes_exit_2(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
         assert not out.exists()
+
+
+def test_a_plain_scene_is_described_as_before_virtual_scenes(scene_tif: Path) -> None:
+    """The run store's fingerprint hashes the scene's description: a plain file's keeps the keys it
+    had, so that stores made before virtual scenes existed are resumed, not made again."""
+    assert set(open_scene(str(scene_tif)).to_json()) == {
+        "path", "georef", "band_count", "band_indexes", "dtype", "stretch", "work_shape", "driver"}

@@ -28,16 +28,18 @@ class RunPlan:
 def plan_run(scene: SceneInput | Scene, out_dir: str | os.PathLike[str], config: RunConfig, *,
              bands: list[int] | None = None, gsd: float | None = None, resize_long_side: int | None = None,
              bbox: tuple[float, float, float, float] | None = None, bbox_crs: str | None = None,
-             store_url: str | None = None, labels: str | os.PathLike[str] | None = None) -> RunPlan:
+             asset: str | None = None, store_url: str | None = None,
+             labels: str | os.PathLike[str] | None = None) -> RunPlan:
     """Check a run in the order of cost: the scene (opened unless given opened, with ``bands``,
-    ``gsd``, ``resize_long_side``, ``bbox`` and ``bbox_crs``: :func:`geogla.scene.open_scene`), the
-    label raster, the output folder, the model's weights.
+    ``gsd``, ``resize_long_side``, ``bbox``, ``bbox_crs`` and ``asset``:
+    :func:`geogla.scene.open_scene`), the label raster, the output folder, the model's weights.
 
     Raises :class:`geogla.errors.UserInputError` with one sentence on the first problem; nothing is
     written.  The store defaults to ``out_dir/<stem>.zarr``.
     """
     opened = scene if isinstance(scene, Scene) else open_scene(
-        scene, bands=bands, gsd=gsd, resize_long_side=resize_long_side, bbox=bbox, bbox_crs=bbox_crs)
+        scene, bands=bands, gsd=gsd, resize_long_side=resize_long_side, bbox=bbox, bbox_crs=bbox_crs,
+        asset=asset)
     label_path = None if labels is None else str(labels)
     if label_path is not None:
         check_label_raster(label_path, opened)

@@ -22,7 +22,7 @@ from geogla.metrics import BoundaryErrorRate, ConfusionMatrix
 from geogla.paths import is_url, join_url
 from geogla.publish import journal_path, output_set, recover, upload_set
 from geogla.scene import open_raster
-from geogla.stac import build_stac_item, tiff_datetime, write_stac_item
+from geogla.stac import build_stac_item, parse_datetime, tiff_datetime, write_stac_item
 from geogla.stages.result import StageResult
 from geogla.store import RunStore
 from geogla.vectorize import iter_polygons, write_geopackage
@@ -163,11 +163,16 @@ def _write_set(store: RunStore, out_dir: str, final: dict[str, str]) -> StageRes
         write_geopackage(pending[paths["gpkg"]], polygons, scene.georef, cfg.classes)
         with gdal_env(), open_raster(scene.dataset_name) as ds:
             acquired = tiff_datetime(ds.tags())
+        item = scene.item
+        if item is not None and item.datetime is not None:
+            acquired = parse_datetime(item.datetime)  # the catalogue's acquisition time
         properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
                       "geogla:attention": cfg.attention.to_json(),
                       "geogla:source": ", ".join(os.path.basename(p) for p in scene.sources or [scene.path])}
+        if item is not None:
+            properties.update({"geogla:source_item": item.item_id, "geogla:source_asset": item.asset})
         # Built for the final paths: asset hrefs name the published files, not the temporaries.
-        item = build_stac_item(
+        stac_item = build_stac_item(
             final["stac"],
             item_id=scene.stem,
             cog_path=final["cog"],
@@ -178,6 +183,7 @@ def _write_set(store: RunStore, out_dir: str, final: dict[str, str]) -> StageRes
             properties=properties,
             probabilities_path=final["probabilities"] if cfg.save_probabilities else None,
             absolute_hrefs=cfg.stac_hrefs == "absolute",
+            derived_from=[item.item_href] if item is not None else [],
         )
-        write_stac_item(pending[paths["stac"]], item)
+        write_stac_item(pending[paths["stac"]], stac_item)
     return StageResult({"cog": t1 - t0, "vectorize": time.perf_counter() - t1})
