@@ -22,6 +22,11 @@ GDAL_DEFAULTS: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing for remote scenes
     "GDAL_NUM_THREADS": "ALL_CPUS",  # decompression and COG overviews
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.png,.jpg,.jpeg",
+    # Remote scenes: an object store that throttles (HTTP 429, 503) or a proxy that fails (502,
+    # 504) is asked again, after 1 s, then longer; adjacent tile ranges go in one request.
+    "GDAL_HTTP_MAX_RETRY": 5,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
 }
 
 

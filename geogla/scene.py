@@ -161,6 +161,9 @@ def _remote_failure(what: str, path: str, message: str) -> None:
         raise SceneError(f"The {what} {path} cannot be read: no AWS credentials were found (set "
                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_NO_SIGN_REQUEST=YES for a "
                          "public bucket).")
+    if message.startswith("CURL error:"):
+        reason = message.removeprefix("CURL error:").strip().splitlines()[0].rstrip(".")
+        raise SceneError(f"The {what} {path} cannot be reached: {reason}.")
     if "bucket does not exist" in message:
         raise SceneError(f"The bucket of the {what} {path} does not exist.")
     if "does not exist" in message:
@@ -311,15 +314,19 @@ def scene_files(inputs: Sequence[str]) -> tuple[list[str], str]:
     return list(inputs), Path(inputs[0]).stem + ("-mosaic" if len(inputs) > 1 else "")
 
 
-def _source_file(path: str) -> SourceFile:
-    """The header of one file of a virtual scene (:class:`SceneError` if it cannot be opened or is
-    georeferenced by ground control points only)."""
+def _source_file(path: str, in_mosaic: bool) -> SourceFile:
+    """The header of one file of a virtual scene (:class:`SceneError` if it cannot be opened, is
+    georeferenced by ground control points only, or, ``in_mosaic``, not georeferenced at all: it
+    would have no place among the others)."""
     with open_raster(path) as ds:
         if isinstance(ds, _WarpedByGCPs):
             raise SceneError(f"The file {path} is georeferenced by ground control points only; warp it to a "
                              "grid first (gdalwarp) to mosaic it or cut it with --bbox.")
         source = SourceFile.from_dataset(path, ds)
     if source.crs is None and source.transform.is_identity:
+        if in_mosaic:
+            raise SceneError(f"The file {path} is not georeferenced, so it has no place in a mosaic; "
+                             "run it alone.")
         source = replace(source, transform=Affine(*PIXEL_TRANSFORM))
     return source
 
@@ -328,7 +335,7 @@ def virtual_scene(files: Sequence[str], bbox: tuple[float, float, float, float] 
                   bbox_crs: str | None = None) -> str:
     """The VRT (XML) of ``files`` mosaicked (:mod:`geogla.mosaic`), cut to ``bbox`` when given (in
     ``bbox_crs``, None: the files' CRS, or their pixel coordinates x = column, y = -row)."""
-    sources = [_source_file(path) for path in files]
+    sources = [_source_file(path, in_mosaic=len(files) > 1) for path in files]
     check_compatible(sources)
     grid = mosaic_grid(sources)
     if bbox is not None:

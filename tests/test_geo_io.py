@@ -245,3 +245,14 @@ def test_a_bbox_of_a_large_remote_cog_reads_only_the_ranges_it_needs(tmp_path: P
     assert 0 < served < size / 10, (served, size)
     with rasterio.open(out / "big.classes.tif") as ds:
         assert ds.shape == (200, 200) and ds.transform.c == x0 + 600 and ds.transform.f == y0 - 600
+
+
+def test_an_unreachable_url_exits_2_with_one_sentence(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/scene.tif"  # nothing listens there
+    assert main(["run", url, "--classes", "a", "-o", str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"The scene {url} cannot be reached: " in err, err
+    assert not (tmp_path / "out").exists()

@@ -162,6 +162,16 @@ def test_files_that_cannot_form_one_mosaic_are_refused(tmp_path: Path, case: str
     assert not out.exists()
 
 
+def test_files_without_georeferencing_are_refused_in_a_mosaic_but_cut_alone(tmp_path: Path) -> None:
+    a = write_geotiff(tmp_path / "a.tif", structured_rgb(60, 80), crs=None, transform=Affine.identity())
+    b = write_geotiff(tmp_path / "b.tif", structured_rgb(60, 80), crs=None, transform=Affine.identity())
+    with pytest.raises(SceneError, match="is not georeferenced, so it has no place in a mosaic"):
+        open_scene([str(a), str(b)])
+    cut = open_scene(str(a), bbox=(10, -30, 50, -5))  # pixel coordinates: x = column, y = -row
+    assert cut.georef.shape == (25, 40) and cut.pixel_coordinates
+    assert cut.georef.transform == (1.0, 0.0, 10.0, 0.0, -1.0, -5.0)
+
+
 def test_an_empty_folder_and_a_folder_among_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SceneError, match="holds no raster files"):
