@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import s3fs
@@ -26,6 +27,23 @@ CLASSES = "building,tree,road"
 
 def _fs() -> s3fs.S3FileSystem:
     return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+def _same_polygons(url: str, reference: Path, scratch: Path) -> None:
+    """The GeoPackage at ``url`` has ``reference``'s layers, each with its polygons' count and area."""
+    local = scratch / f"fetched-{os.getpid()}-{id(url)}.gpkg"
+    _fs().get_file(url.removeprefix("s3://"), str(local))
+
+    def layers(path: Path) -> dict[str, tuple[int, float]]:
+        out = {}
+        for name, geometry in pyogrio.list_layers(path):
+            if geometry is None:  # layer_styles
+                continue
+            frame = pyogrio.read_dataframe(path, layer=name)
+            out[str(name)] = (len(frame), round(float(frame["area"].sum()), 6))
+        return out
+
+    assert layers(local) == layers(reference)
 
 
 def _same_classes(url: str, reference: Path) -> None:
@@ -141,7 +159,7 @@ def isolated_workers(s3_endpoint: str,
 @pytest.mark.slow
 def test_cluster_without_a_shared_disk_reads_and_writes_object_storage_only(
         isolated_workers: tuple[str, list[Path]], s3_scene: tuple[str, Path], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scene on S3, the store on S3, ``-o s3://``: each worker reads its own windows and the
     outputs are uploaded by the task that writes them; they equal the embedded local run's."""
     address, homes = isolated_workers
@@ -151,6 +169,8 @@ def test_cluster_without_a_shared_disk_reads_and_writes_object_storage_only(
     assert main(["run", url, "--classes", CLASSES, "-o", out, "--store", store, "--scheduler", address,
                  *TINY]) == 0
     _same_classes(f"{out}/scene.classes.tif", reference)
+    scratch = tmp_path_factory.mktemp("fetched")
+    _same_polygons(f"{out}/scene.gpkg", reference.with_name("scene.gpkg"), scratch)
     with Client(address) as client:
         places = client.run(lambda: (os.getcwd(), os.environ["TMPDIR"]))
         assert len(places) == 2
