@@ -44,6 +44,7 @@ from geogla.paths import is_url
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 GPKG_MEDIA_TYPE = "application/geopackage+sqlite3"
+QML_MEDIA_TYPE = "text/xml"  # a QGIS style (.qml) is XML; no media type of its own is registered
 #: Points per footprint edge when it is moved to EPSG:4326 (straight edges in a projected CRS
 #: are curves in longitude/latitude).
 FOOTPRINT_POINTS_PER_EDGE = 21
@@ -241,6 +242,7 @@ def build_stac_item(
     datetime: Datetime | None = None,
     properties: Mapping[str, Any] | None = None,
     probabilities_path: str | os.PathLike[str] | None = None,
+    legend_path: str | os.PathLike[str] | None = None,
     absolute_hrefs: bool = False,
     derived_from: Sequence[str] = (),
 ) -> pystac.Item:
@@ -266,7 +268,9 @@ def build_stac_item(
       ``classification:classes`` (value, name, title, color_hint ``RRGGBB``; 255 marked
       ``nodata``) and ``raster:bands`` (uint8, nodata 255)), ``polygons`` (the GeoPackage) and,
       when ``probabilities_path`` is given, ``probabilities`` (a COG, with ``raster:bands``: one
-      per class, uint8, scale 1/255, named after the class); all with roles ``["data"]``.
+      per class, uint8, scale 1/255, named after the class); all with roles ``["data"]``; and, when
+      ``legend_path`` is given, ``legend`` (the class raster's QGIS style, ``text/xml``, roles
+      ``["metadata"]``).
     * ``derived_from`` links to the STAC Items the scene came from (absolute paths or URLs).
     * properties: ``geogla:classes`` (the class names), ``geogla:version`` (the installed
       package's, unless ``properties`` gives one), ``created`` (now, UTC) and ``properties``
@@ -337,6 +341,13 @@ def build_stac_item(
         item.add_asset("probabilities", probabilities_asset)
         RasterExtension.ext(probabilities_asset, add_if_missing=True).apply(
             bands=[_probability_band(name) for name in class_list.names])
+    if legend_path is not None:
+        item.add_asset("legend", pystac.Asset(
+            href=href(legend_path), media_type=QML_MEDIA_TYPE, roles=["metadata"],
+            title="QGIS style of the class raster",
+            description="paletted renderer naming each class in its colour; QGIS loads it with the class "
+                        "raster",
+        ))
     for source in derived_from:
         item.add_link(pystac.Link("derived_from", source, media_type="application/geo+json"))
     if absolute_hrefs:

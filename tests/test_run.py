@@ -70,7 +70,8 @@ def test_run_writes_aligned_cog_and_styled_gpkg(
     assert layers == {["building", "tree", "road"][c] for c in np.unique(classes)}
     assert (out / "scene.zarr").is_dir()
     item = pystac.Item.from_file(str(out / "scene.stac.json"))
-    assert set(item.assets) == {"classes", "polygons"}
+    assert set(item.assets) == {"classes", "polygons", "legend"}
+    assert Path(item.assets["legend"].get_absolute_href() or "") == out / "scene.classes.qml"
     assert item.properties["geogla:weights"] == "random" and item.properties["proj:code"] == "EPSG:32633"
 
 

@@ -182,6 +182,7 @@ def _write_set(store: RunStore, out_dir: str, final: dict[str, str]) -> StageRes
             datetime=acquired,
             properties=properties,
             probabilities_path=final["probabilities"] if cfg.save_probabilities else None,
+            legend_path=final["legend"],
             absolute_hrefs=cfg.stac_hrefs == "absolute",
             derived_from=[item.item_href] if item is not None else [],
         )
