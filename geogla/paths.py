@@ -11,9 +11,11 @@ from geogla.errors import OutputError
 
 
 def is_url(path: str) -> bool:
-    """Whether ``path`` is a URL (``s3://``, ``https://``, ``file://``, ...) rather than a plain
-    local path: URLs are passed on as given (to fsspec or GDAL), never checked on the local disk."""
-    return "://" in path
+    """Whether ``path`` is a URL (``s3://``, ``https://``, ``file://``, ...) or a name of one of
+    GDAL's virtual file systems (``/vsis3/bucket/key``, ``/vsicurl/https://...``, as QGIS names a
+    remote layer's source) rather than a plain local path: these are passed on as given (to fsspec
+    or GDAL), never checked on the local disk."""
+    return "://" in path or path.startswith("/vsi")
 
 
 #: URL schemes and the GDAL virtual file systems that read them with range requests.
@@ -25,8 +27,10 @@ def gdal_name(path: str) -> str:
     """The name GDAL opens ``path`` by: a local path made absolute, ``file://`` stripped, an
     ``http(s)://`` URL under ``/vsicurl/``, an ``s3://bucket/key`` as ``/vsis3/bucket/key`` (and
     ``gs://``, ``az://`` alike); a name GDAL knows already (``/vsi...``) unchanged."""
+    if path.startswith("/vsi"):
+        return path
     if not is_url(path):
-        return path if path.startswith("/vsi") else os.path.abspath(path)
+        return os.path.abspath(path)
     scheme, rest = path.split("://", 1)
     scheme = scheme.lower()
     if scheme == "file":
@@ -47,6 +51,9 @@ def check_output_dir(path: str) -> None:
     """Raise :class:`OutputError` unless ``path`` is a folder files can be written in, or one that
     can be created; nothing is created (see :func:`make_output_dir`).  A URL (``s3://bucket/prefix``)
     must name a bucket that exists and can be reached (:func:`check_output_url`)."""
+    if path.startswith("/vsi"):
+        raise OutputError(f"The output folder {path} is a GDAL virtual file name, which geogla reads "
+                          "scenes by; write outputs to a folder or a URL such as s3://bucket/prefix.")
     if is_url(path):
         check_output_url(path)
         return

@@ -41,7 +41,7 @@ class Feedback(QgsProcessingFeedback):  # type: ignore[misc]
             self.cancel()
 
 
-def main(mode: str, command: str, scene: str, out: str, classes: str) -> dict[str, object]:
+def main(mode: str, command: str, scene: str, out: str, classes: str, extent: str = "") -> dict[str, object]:
     from processing.core.Processing import Processing
     from processing.core.ProcessingConfig import ProcessingConfig
 
@@ -54,6 +54,8 @@ def main(mode: str, command: str, scene: str, out: str, classes: str) -> dict[st
     ProcessingConfig.setSettingValue(COMMAND_SETTING, command)
     params: dict[str, object] = {"INPUT": scene, "CLASSES": classes, "MODEL": "tiny", "WEIGHTS": 1,
                                  "OUTPUT": out}
+    if extent:
+        params["EXTENT"] = extent
     algorithm = "geogla:segmentraster"
     if mode == "evaluate":
         algorithm = "geogla:evaluate"
@@ -84,6 +86,7 @@ if __name__ == "__main__":
     try:
         mode, command, scene, out = sys.argv[1:5]
         classes = sys.argv[5] if len(sys.argv) > 5 else "building,tree,road"
-        print(json.dumps(main(mode, command, scene, out, classes)))
+        extent = sys.argv[6] if len(sys.argv) > 6 else ""
+        print(json.dumps(main(mode, command, scene, out, classes, extent)))
     finally:
         app.exitQgis()

@@ -96,6 +96,13 @@ def test_scene_and_outputs_in_s3_give_the_local_runs_outputs(
     assert item["assets"]["polygons"]["href"] == f"{out}/scene.gpkg"
     assert {"rel": "self", "href": f"{out}/scene.stac.json", "type": "application/json"} in item["links"]
 
+    # GDAL's own name of the object, as QGIS gives a remote layer's source
+    vsi = url.replace("s3://", "/vsis3/")
+    assert main(["run", vsi, "--classes", CLASSES, "-o", str(tmp_path.parent / "vsi"), *TINY]) == 0
+    _same_classes(str(tmp_path.parent / "vsi" / "scene.classes.tif"), reference)
+    assert main(["run", url, "--classes", CLASSES, "-o", "/vsis3/x/out", *TINY]) == 2
+    assert "is a GDAL virtual file name" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("case", ["object", "bucket", "out-bucket", "credentials"])
 def test_bad_object_storage_input_exits_2_with_one_sentence(

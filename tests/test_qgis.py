@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rasterio
 
 from geogla.classes import parse_classes
 from geogla.cli import main
@@ -113,9 +114,10 @@ PROCESSING_PROBE = Path(__file__).with_name("qgis_processing_probe.py")
 GEOGLA = Path(sys.executable).with_name("geogla")  # the console script of this environment
 
 
-def _processing(mode: str, scene: Path, out: Path, classes: str = "building,tree,road") -> dict[str, Any]:
+def _processing(mode: str, scene: Path, out: Path, classes: str = "building,tree,road",
+                extent: str = "") -> dict[str, Any]:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
-    argv = [QGIS_PYTHON, str(PROCESSING_PROBE), mode, str(GEOGLA), str(scene), str(out), classes]
+    argv = [QGIS_PYTHON, str(PROCESSING_PROBE), mode, str(GEOGLA), str(scene), str(out), classes, extent]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=True)
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return report
@@ -131,6 +133,26 @@ def test_the_processing_algorithm_runs_geogla_and_loads_its_styled_outputs(tmp_p
     assert 100.0 in report["percents"] and any("attend" in line for line in report["lines"])
     assert "scene classes" in report["layers"] and report["renderers"] == ["paletted"]
     assert set(report["layers"]) - {"scene classes"} <= {"building", "tree", "road"}
+
+
+@pytest.mark.skipif(not HAS_QGIS or not GEOGLA.exists(), reason="QGIS or the geogla command is absent")
+def test_the_processing_algorithm_segments_an_extent_given_in_another_crs(tmp_path: Path) -> None:
+    """The area to segment, drawn on a map in longitude/latitude, reaches geogla as --bbox in the
+    raster's CRS: the class raster covers the pixels under it."""
+    from pyproj import Transformer
+
+    scene = write_geotiff(tmp_path / "scene.tif", structured_rgb(300, 420))  # 0.5 m, origin 500000, 5000000
+    to_lonlat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    (lon0, lat0), (lon1, lat1) = (to_lonlat.transform(500020.0, 4999900.0),
+                                  to_lonlat.transform(500120.0, 4999980.0))
+    report = _processing("run", scene, tmp_path / "out", extent=f"{lon0},{lon1},{lat0},{lat1} [EPSG:4326]")
+    assert "error" not in report, report
+    with rasterio.open(tmp_path / "out" / "scene.classes.tif") as ds:
+        left, bottom, right, top = ds.bounds
+        # the box's UTM corners, grown to whole pixels by the reprojection's curvature at most a few
+        assert 500015 <= left <= 500020 and 500120 <= right <= 500125
+        assert 4999895 <= bottom <= 4999900 and 4999980 <= top <= 4999985
+        assert ds.width < 420 and ds.height < 300
 
 
 @pytest.mark.skipif(not HAS_QGIS or not GEOGLA.exists(), reason="QGIS or the geogla command is absent")

@@ -31,6 +31,10 @@ def test_the_command_line_is_one_geogla_accepts(scene_tif: Path, tmp_path: Path)
     assert argv[:2] == ["geogla", "run"] and argv[argv.index("--gsd") + 1] == "1.0"
     assert main([*argv[1:], "--dry-run"]) == 0
     assert "--min-area" not in segment_arguments("geogla", "s.tif", "a", "o", min_area=0.0)
+    boxed = segment_arguments("geogla", str(scene_tif), "a,b", str(tmp_path / "box"), model="tiny",
+                              weights="random", bbox=(500010.0, 4999900.0, 500100, 4999990.5))
+    assert boxed[boxed.index("--bbox") + 1] == "500010.0,4999900.0,500100.0,4999990.5"
+    assert main([*boxed[1:], "--dry-run"]) == 0
 
 
 def test_the_evaluate_command_line_is_one_geogla_accepts(tmp_path: Path) -> None:

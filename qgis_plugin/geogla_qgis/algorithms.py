@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -30,7 +31,7 @@ PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
 class SegmentRaster(QgsProcessingAlgorithm):
     INPUT, CLASSES, MODEL, WEIGHTS = "INPUT", "CLASSES", "MODEL", "WEIGHTS"
     PRECISION, GSD, MIN_AREA, SIMPLIFY = "PRECISION", "GSD", "MIN_AREA", "SIMPLIFY"
-    PROBABILITIES, OUTPUT = "PROBABILITIES", "OUTPUT"
+    PROBABILITIES, EXTENT, OUTPUT = "PROBABILITIES", "EXTENT", "OUTPUT"
 
     def __init__(self, command):
         super().__init__()
@@ -49,12 +50,15 @@ class SegmentRaster(QgsProcessingAlgorithm):
         return ("Segments a raster into the classes you type (commas between classes, | between "
                 "synonyms), with frozen CLIP and DINO models and GLA attention across all windows: a "
                 "class raster (COG) and one polygon layer per class (GeoPackage) in the output folder, "
-                "loaded styled. Runs the geogla command set in the provider's settings.")
+                "loaded styled. An area to segment (an extent in any CRS) limits the run to the pixels "
+                "under it. Runs the geogla command set in the provider's settings.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(QgsProcessingParameterString(self.CLASSES, "Classes",
                                                        defaultValue="building,tree,road"))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Area to segment (default: the whole raster)", optional=True))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model preset (geogla models)",
                                                        defaultValue="default"))
         self.addParameter(QgsProcessingParameterEnum(self.WEIGHTS, "Weights", options=WEIGHTS,
@@ -94,6 +98,7 @@ class SegmentRaster(QgsProcessingAlgorithm):
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             save_probabilities=self.parameterAsBool(parameters, self.PROBABILITIES, context),
+            bbox=self._bbox(parameters, context, layer),
         )
         if not _run_geogla(argv, feedback):
             return {}
@@ -109,6 +114,20 @@ class SegmentRaster(QgsProcessingAlgorithm):
             context.addLayerToLoadOnCompletion(vector.id(), QgsProcessingContext.LayerDetails(
                 name, context.project(), name))
         return {"CLASS_RASTER": cog, "GEOPACKAGE": gpkg, "FOLDER": out}
+
+
+    def _bbox(self, parameters, context, layer):
+        """The area to segment in the raster's CRS (geogla's --bbox), or None for the whole raster."""
+        if not parameters.get(self.EXTENT):
+            return None
+        crs = layer.crs()
+        if crs.isValid():
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+        else:  # a raster without a CRS: the extent is in its pixel coordinates already
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+        if rect.isNull() or rect.isEmpty():
+            return None
+        return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
 
 
 class Evaluate(QgsProcessingAlgorithm):

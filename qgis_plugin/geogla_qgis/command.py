@@ -29,10 +29,13 @@ def progress_percent(line):
 
 def segment_arguments(command, scene, classes, out, *, model="default", weights="pretrained",
                       precision="auto", gsd=None, min_area=None, simplify=None,
-                      save_probabilities=False):
-    """The ``geogla run`` command line of the "Segment raster" algorithm (progress every second)."""
+                      save_probabilities=False, bbox=None):
+    """The ``geogla run`` command line of the "Segment raster" algorithm (progress every second);
+    ``bbox``: ``(xmin, ymin, xmax, ymax)`` in the scene's CRS, or None for the whole scene."""
     argv = [command, "run", scene, "--classes", classes, "-o", out, "--model", model,
             "--weights", weights, "--precision", precision, "--progress-interval", "1"]
+    if bbox is not None:
+        argv += ["--bbox", ",".join(repr(float(v)) for v in bbox)]
     if gsd:
         argv += ["--gsd", repr(float(gsd))]
     if min_area:
