@@ -6,7 +6,8 @@ object storage), and GDAL opens a file only where a read touches it.
 
 A mosaic's grid has the finest resolution of its files; coarser files are resampled into it
 (bilinear for the pixels, nearest for the mask).  Its mask is the union of the files' masks, so
-that what no file covers, and each file's own nodata, stay nodata.  Files must share a CRS, a
+that what no file covers, and each file's own nodata, stay nodata (a file's mask as a plain scene
+of it has it).  Files must share a CRS, a
 band count and a data type; they must be north-up (no rotation) and carry their own
 geotransform (not ground control points only).
 """
@@ -220,9 +221,20 @@ def build_vrt(sources: Sequence[SourceFile], grid: Grid) -> str:
         parts += [_source(s, grid, str(band), masked=True, composite=composite) for s in sources]
         parts.append("</VRTRasterBand>")
     parts.append('<MaskBand><VRTRasterBand dataType="Byte">')
-    parts += [_source(s, grid, "mask,1", masked=False, composite=True) for s in sources]
+    parts += [_source(s, grid, f"mask,{band}", masked=False, composite=True)
+              for s in sources for band in _mask_bands(s)]
     parts.append("</VRTRasterBand></MaskBand></VRTDataset>")
     return "".join(parts)
+
+
+def _mask_bands(source: SourceFile) -> list[int]:
+    """The bands whose masks, united, give the file's own dataset mask as a plain scene has it
+    (rasterio's ``dataset_mask``): with a nodata value, a pixel is valid where any band but
+    alpha holds data, so every such band's mask counts; a mask band or an alpha band is one mask
+    for the whole file (band 1's); without either, everything is valid (band 1's, all 255)."""
+    if source.nodata is None or "alpha" in source.colorinterp:
+        return [1]
+    return [b for b, interp in enumerate(source.colorinterp, start=1) if interp != "alpha"]
 
 
 def overlapping(sources: Sequence[SourceFile]) -> bool:

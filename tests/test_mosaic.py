@@ -229,3 +229,20 @@ def test_a_plain_scene_is_described_as_before_virtual_scenes(scene_tif: Path) ->
     had, so that stores made before virtual scenes existed are resumed, not made again."""
     assert set(open_scene(str(scene_tif)).to_json()) == {
         "path", "georef", "band_count", "band_indexes", "dtype", "stretch", "work_shape", "driver"}
+
+
+def test_a_cut_has_the_validity_of_the_plain_scene_with_a_nodata_value(tmp_path: Path) -> None:
+    """With nodata 0, a pixel is nodata only where every band is 0 (rasterio's dataset mask):
+    one band at 0 is still data, in a plain scene and through the VRT of a cut or a mosaic."""
+    image = structured_rgb(60, 80)
+    image[:, :10, :10] = 0  # nodata
+    image[0, 20:30, 20:30] = 0  # red 0 only: data
+    path = write_geotiff(tmp_path / "n.tif", image, nodata=0)
+    plain = open_scene(str(path))
+    x0, y0 = ORIGIN
+    cut = open_scene(str(path), bbox=(x0, y0 - 30, x0 + 40, y0))  # the whole file
+    assert cut.vrt and cut.georef.shape == plain.georef.shape
+    with SceneReader(plain) as a, SceneReader(cut) as b:
+        valid_plain, valid_cut = a.read_valid((0, 0, 60, 80)), b.read_valid((0, 0, 60, 80))
+    assert not valid_plain[:10, :10].any() and valid_plain[20:30, 20:30].all()
+    np.testing.assert_array_equal(valid_cut, valid_plain)
