@@ -295,10 +295,13 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".png", ".jpg", ".jpeg", ".img", ".v
 
 def scene_files(inputs: Sequence[str]) -> tuple[list[str], str]:
     """The files ``inputs`` name and the outputs' name stem: one file (or URL) as itself; several
-    files as a mosaic named after the first (``<stem>-mosaic``); a folder as the mosaic of the
-    rasters in it (:data:`RASTER_SUFFIXES`, sorted by name), named after the folder."""
+    files as a mosaic named after the first (``<stem>-mosaic``); a folder, or an object-storage
+    prefix ending in ``/`` (``s3://bucket/tiles/``), as the mosaic of the rasters in it
+    (:data:`RASTER_SUFFIXES`, sorted by name), named after the folder."""
     if not inputs:
         raise SceneError("No scene was given.")
+    if len(inputs) == 1 and is_url(inputs[0]) and inputs[0].endswith("/") and "://" in inputs[0]:
+        return _prefix_files(inputs[0])
     if len(inputs) == 1 and not is_url(inputs[0]) and os.path.isdir(inputs[0]):
         folder = inputs[0]
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
@@ -312,6 +315,25 @@ def scene_files(inputs: Sequence[str]) -> tuple[list[str], str]:
     if len(set(inputs)) != len(inputs):
         raise SceneError("A file is given twice in the list of scenes.")
     return list(inputs), Path(inputs[0]).stem + ("-mosaic" if len(inputs) > 1 else "")
+
+
+def _prefix_files(prefix: str) -> tuple[list[str], str]:
+    """The rasters under an object-storage ``prefix`` (listed with fsspec) and the prefix's name."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(prefix)
+        names = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        raise SceneError(f"The scene folder {prefix} does not exist.") from None
+    except Exception as exc:  # no filesystem for the scheme, credentials, network
+        raise SceneError(f"The scene folder {prefix} cannot be listed: {_first_line(exc)}.") from None
+    scheme = prefix.split("://", 1)[0]
+    files = sorted(f"{scheme}://{name}" for name in names
+                   if name.lower().endswith(RASTER_SUFFIXES) and not name.rsplit("/", 1)[-1].startswith("."))
+    if not files:
+        raise SceneError(f"The scene folder {prefix} holds no raster files ({', '.join(RASTER_SUFFIXES)}).")
+    return files, prefix.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _source_file(path: str, in_mosaic: bool) -> SourceFile:
@@ -378,7 +400,8 @@ def open_scene(path: SceneInput,
     with gdal_env():
         virtual = len(files) > 1 or bbox is not None
         vrt = virtual_scene(files, bbox, bbox_crs) if virtual else ""
-        ds = open_raster(vrt or shown)
+        path = shown if virtual else files[0]  # a folder of one file is that file
+        ds = open_raster(vrt or path)
         try:
             indexes = _choose_bands(ds, bands)
             try:
@@ -392,11 +415,11 @@ def open_scene(path: SceneInput,
             georef = GeoRef.from_dataset(ds)
             if georef.crs_wkt is None and georef.is_identity:
                 georef = replace(georef, transform=PIXEL_TRANSFORM)
-            return Scene(path=absolute(shown), georef=georef,
+            return Scene(path=absolute(path), georef=georef,
                          band_count=int(ds.count), band_indexes=indexes, dtype=str(dtype), stretch=stretch,
                          work_shape=_work_shape(georef, gsd, resize_long_side, shown), driver=str(ds.driver),
                          vrt=vrt, sources=tuple(absolute(f) for f in files) if virtual else (),
-                         name="" if name == Path(shown).stem else name, item=item)
+                         name="" if name == Path(path).stem else name, item=item)
         finally:
             ds.close()
 

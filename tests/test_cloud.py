@@ -104,6 +104,29 @@ def test_scene_and_outputs_in_s3_give_the_local_runs_outputs(
     assert "is a GDAL virtual file name" in capsys.readouterr().err
 
 
+def test_an_object_storage_prefix_of_tiles_is_one_scene(
+        s3_scene: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``geogla run s3://bucket/tiles/``: the rasters under the prefix, mosaicked, give the class
+    raster of the image they were cut from."""
+    from tests.test_mosaic import _tiles
+
+    _, reference = s3_scene
+    with rasterio.open(reference.parent.parent / "scene.tif") as ds:
+        image = ds.read()
+    fs = _fs()
+    for tile in _tiles(tmp_path / "tiles", image):
+        fs.put_file(str(tile), f"{S3_BUCKET}/tiles/{tile.name}")
+    fs.pipe_file(f"{S3_BUCKET}/tiles/readme.txt", b"not a raster")
+    out = tmp_path / "out"
+    assert main(["run", f"s3://{S3_BUCKET}/tiles/", "--classes", CLASSES, "-o", str(out), *TINY]) == 0
+    _same_classes(str(out / "tiles.classes.tif"), reference)
+    capsys.readouterr()
+    assert main(["run", f"s3://{S3_BUCKET}/scenes-none/", "--classes", CLASSES, "-o", str(tmp_path / "bad"),
+                 *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scenes-none/" in err, err
+
+
 @pytest.mark.parametrize("case", ["object", "bucket", "out-bucket", "credentials"])
 def test_bad_object_storage_input_exits_2_with_one_sentence(
         s3_scene: tuple[str, Path], case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -246,3 +246,10 @@ def test_a_cut_has_the_validity_of_the_plain_scene_with_a_nodata_value(tmp_path:
         valid_plain, valid_cut = a.read_valid((0, 0, 60, 80)), b.read_valid((0, 0, 60, 80))
     assert not valid_plain[:10, :10].any() and valid_plain[20:30, 20:30].all()
     np.testing.assert_array_equal(valid_cut, valid_plain)
+
+
+def test_a_folder_of_one_raster_is_that_raster_named_after_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "area").mkdir()
+    one = write_geotiff(tmp_path / "area" / "only.tif", structured_rgb(60, 80))
+    scene = open_scene(str(tmp_path / "area"))
+    assert scene.path == str(one) and scene.vrt == "" and scene.stem == "area"
