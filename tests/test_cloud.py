@@ -127,6 +127,25 @@ def test_an_object_storage_prefix_of_tiles_is_one_scene(
     assert len(err.splitlines()) == 1 and "scenes-none/" in err, err
 
 
+def test_a_stac_item_in_object_storage_reads_its_asset_there(s3_scene: tuple[str, Path],
+                                                            tmp_path: Path) -> None:
+    """``geogla run s3://bucket/items/item.json``: the asset's relative href resolves to an
+    ``s3://`` URL beside the item (``urljoin`` knows no ``s3://``)."""
+    _, reference = s3_scene
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "scene-item", "geometry": None,
+            "properties": {"datetime": "2024-05-01T00:00:00Z"}, "links": [],
+            "assets": {"visual": {"href": "../scenes/scene.tif", "type": "image/tiff"}}}
+    _fs().pipe_file(f"{S3_BUCKET}/items/item.json", json.dumps(item).encode())
+    out = tmp_path / "out"
+    item_url = f"s3://{S3_BUCKET}/items/item.json"
+    assert main(["run", item_url, "--classes", CLASSES, "-o", str(out), *TINY]) == 0
+    _same_classes(str(out / "scene-item.classes.tif"), reference)
+    produced = json.loads((out / "scene-item.stac.json").read_text())
+    assert produced["properties"]["datetime"] == "2024-05-01T00:00:00Z"
+    assert [link["href"] for link in produced["links"] if link["rel"] == "derived_from"] == [
+        f"s3://{S3_BUCKET}/items/item.json"]
+
+
 @pytest.mark.parametrize("case", ["object", "bucket", "out-bucket", "credentials"])
 def test_bad_object_storage_input_exits_2_with_one_sentence(
         s3_scene: tuple[str, Path], case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
