@@ -132,9 +132,10 @@ def test_a_stac_item_in_object_storage_reads_its_asset_there(s3_scene: tuple[str
     """``geogla run s3://bucket/items/item.json``: the asset's relative href resolves to an
     ``s3://`` URL beside the item (``urljoin`` knows no ``s3://``)."""
     _, reference = s3_scene
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": "scene-item", "geometry": None,
-            "properties": {"datetime": "2024-05-01T00:00:00Z"}, "links": [],
-            "assets": {"visual": {"href": "../scenes/scene.tif", "type": "image/tiff"}}}
+    item: dict[str, object] = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "scene-item", "geometry": None,
+        "properties": {"datetime": "2024-05-01T00:00:00Z"}, "links": [],
+        "assets": {"visual": {"href": "../scenes/scene.tif", "type": "image/tiff"}}}
     _fs().pipe_file(f"{S3_BUCKET}/items/item.json", json.dumps(item).encode())
     out = tmp_path / "out"
     item_url = f"s3://{S3_BUCKET}/items/item.json"
