@@ -494,11 +494,29 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options whose value may start with a minus sign (western longitudes, southern latitudes).
+SIGNED_LIST_OPTIONS = ("--bbox",)
+
+
+def joined_signed_values(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--bbox -93.6,41.5,...`` written ``--bbox=-93.6,41.5,...``: argparse takes a
+    value that starts with ``-`` and is not one plain number for an option, and would refuse it."""
+    out: list[str] = []
+    pending = False
+    for arg in argv:
+        if pending and arg.startswith("-") and len(arg) > 1 and (arg[1].isdigit() or arg[1] == "."):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+        pending = arg in SIGNED_LIST_OPTIONS
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geogla`` command; returns the exit code."""
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(joined_signed_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0)
         return int(exc.code or 0)
     configure_logging(_flag(args, "quiet"), _flag(args, "verbose"))

@@ -253,3 +253,20 @@ def test_a_folder_of_one_raster_is_that_raster_named_after_the_folder(tmp_path: 
     one = write_geotiff(tmp_path / "area" / "only.tif", structured_rgb(60, 80))
     scene = open_scene(str(tmp_path / "area"))
     assert scene.path == str(one) and scene.vrt == "" and scene.stem == "area"
+
+
+def test_a_bbox_of_negative_coordinates_is_taken_as_given(tmp_path: Path) -> None:
+    """West of Greenwich and south of the equator a box starts with a minus sign, which argparse
+    would take for an option: ``--bbox -93.65,41.60,...`` works as typed."""
+    from geogla.cli import joined_signed_values
+
+    assert joined_signed_values(["run", "s.tif", "--bbox", "-1,2,3,4", "-o", "x"]) == [
+        "run", "s.tif", "--bbox=-1,2,3,4", "-o", "x"]
+    assert joined_signed_values(["run", "s.tif", "--bbox", "-o"]) == ["run", "s.tif", "--bbox", "-o"]
+    scene = write_geotiff(tmp_path / "iowa.tif", structured_rgb(100, 100), crs="EPSG:4326",
+                          transform=from_origin(-93.7, 41.7, 0.001, 0.001))
+    out = tmp_path / "out"
+    assert main(["run", str(scene), "--bbox", "-93.68,41.63,-93.65,41.68", "--classes", "a,b", "-o", str(out),
+                 *TINY]) == 0
+    classes, transform = _classes(out / "iowa.classes.tif")
+    assert classes.shape == (50, 30) and transform.c == pytest.approx(-93.68)
