@@ -171,9 +171,10 @@ def bbox_in_crs(bbox: tuple[float, float, float, float], bbox_crs: str | None,
     return (minx, miny, maxx, maxy)
 
 
-def cut_grid(grid: Grid, bbox: tuple[float, float, float, float], name: str) -> Grid:
+def cut_grid(grid: Grid, bbox: tuple[float, float, float, float], name: str, given: str = "") -> Grid:
     """The part of ``grid`` that ``bbox`` (in the grid's coordinates) covers, in whole pixels
-    (every pixel the box touches); :class:`ConfigError` when they do not overlap."""
+    (every pixel the box touches); :class:`ConfigError` when they do not overlap, naming the box
+    as ``given`` (default: ``bbox``) and the scene as ``name``."""
     minx, miny, maxx, maxy = bbox
     inv = ~grid.transform
     cols = [c for c, _ in (inv @ (minx, maxy), inv @ (maxx, miny))]
@@ -181,7 +182,8 @@ def cut_grid(grid: Grid, bbox: tuple[float, float, float, float], name: str) -> 
     c0, c1 = max(_whole(min(cols), up=False), 0), min(_whole(max(cols), up=True), grid.width)
     r0, r1 = max(_whole(min(rows), up=False), 0), min(_whole(max(rows), up=True), grid.height)
     if c1 <= c0 or r1 <= r0:
-        raise ConfigError(f"--bbox {','.join(f'{v:g}' for v in bbox)} does not overlap the scene {name}.")
+        shown = given or ",".join(f"{v:g}" for v in bbox)
+        raise ConfigError(f"--bbox {shown} does not overlap the scene {name}.")
     return Grid(grid.transform @ Affine.translation(c0, r0), c1 - c0, r1 - r0, grid.crs)
 
 

@@ -362,7 +362,8 @@ def virtual_scene(files: Sequence[str], bbox: tuple[float, float, float, float] 
     grid = mosaic_grid(sources)
     if bbox is not None:
         name = files[0] if len(files) == 1 else "mosaic"
-        grid = cut_grid(grid, bbox_in_crs(bbox, bbox_crs, grid.crs), name)
+        given = ",".join(f"{v:g}" for v in bbox) + (f" ({bbox_crs})" if bbox_crs else "")
+        grid = cut_grid(grid, bbox_in_crs(bbox, bbox_crs, grid.crs), name, given)
     return build_vrt(sources, grid)
 
 

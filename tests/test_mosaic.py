@@ -270,3 +270,5 @@ def test_a_bbox_of_negative_coordinates_is_taken_as_given(tmp_path: Path) -> Non
                  *TINY]) == 0
     classes, transform = _classes(out / "iowa.classes.tif")
     assert classes.shape == (50, 30) and transform.c == pytest.approx(-93.68)
+    with pytest.raises(ConfigError, match=r"--bbox -93.62,41.58,-93.6,41.6 \(EPSG:4326\) does not overlap"):
+        open_scene(str(tmp_path / "iowa.tif"), bbox=(-93.62, 41.58, -93.60, 41.60), bbox_crs="EPSG:4326")
