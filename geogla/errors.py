@@ -68,6 +68,13 @@ class CorruptChunkError(GeoglaError):
     reads it: the run verifies the store and makes what fails again (a fault, when it escapes)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message without its closing full stop (so that it ends a
+    sentence of ours), or its type's name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
 def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the errors it was raised from or while handling (``__cause__``, else
     ``__context__``), outermost first, each once."""

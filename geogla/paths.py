@@ -7,7 +7,7 @@ import tempfile
 import uuid
 from typing import Any
 
-from geogla.errors import OutputError
+from geogla.errors import OutputError, first_line
 
 
 def is_url(path: str) -> bool:
@@ -92,13 +92,8 @@ def _url_fs(path: str) -> tuple[Any, str]:
         fs, root = fsspec.core.url_to_fs(path)
     except (ImportError, ValueError) as exc:  # no filesystem for the scheme, or a malformed URL
         raise OutputError(
-            f"The output location {path} is not a URL geogla can write to: {_reason(exc)}.") from None
+            f"The output location {path} is not a URL geogla can write to: {first_line(exc)}.") from None
     return fs, str(root)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
-    return text or type(exc).__name__
 
 
 def check_output_url(path: str) -> None:
@@ -111,7 +106,7 @@ def check_output_url(path: str) -> None:
     try:
         found = fs.exists(bucket)
     except Exception as exc:  # credentials, network, permissions: botocore's and fsspec's own types
-        raise OutputError(f"The output location {path} cannot be reached: {_reason(exc)}.") from None
+        raise OutputError(f"The output location {path} cannot be reached: {first_line(exc)}.") from None
     if not found:
         raise OutputError(f"The output bucket {bucket} of {path} does not exist.")
 
@@ -123,7 +118,7 @@ def _probe_output_url(path: str) -> None:
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
     except Exception as exc:
-        raise OutputError(f"The output location {path} cannot be written: {_reason(exc)}.") from None
+        raise OutputError(f"The output location {path} cannot be written: {first_line(exc)}.") from None
 
 
 def join_url(folder: str, name: str) -> str:

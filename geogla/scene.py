@@ -24,7 +24,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geogla.env import gdal_env
-from geogla.errors import ConfigError, SceneError
+from geogla.errors import ConfigError, SceneError, first_line
 from geogla.georef import GeoRef
 from geogla.mosaic import SourceFile, bbox_in_crs, build_vrt, check_compatible, cut_grid, mosaic_grid
 from geogla.paths import absolute, is_url
@@ -151,7 +151,7 @@ def open_raster(path: str, what: str = "scene") -> Any:
             _remote_failure(what, path, str(exc))
         if "not recognized as" in str(exc) and "supported" in str(exc):
             raise SceneError(f"The {what} {path} is not a raster that GDAL can read.") from None
-        raise SceneError(f"The {what} {path} cannot be opened: {_first_line(exc)}.") from None
+        raise SceneError(f"The {what} {path} cannot be opened: {first_line(exc)}.") from None
 
 
 def _remote_failure(what: str, path: str, message: str) -> None:
@@ -212,10 +212,6 @@ def _georeferenced(ds: Any) -> Any:
     except Exception:
         ds.close()
         raise
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
 
 
 def _default_bands(ds: Any) -> tuple[int, int, int]:
@@ -327,7 +323,7 @@ def _prefix_files(prefix: str) -> tuple[list[str], str]:
     except FileNotFoundError:
         raise SceneError(f"The scene folder {prefix} does not exist.") from None
     except Exception as exc:  # no filesystem for the scheme, credentials, network
-        raise SceneError(f"The scene folder {prefix} cannot be listed: {_first_line(exc)}.") from None
+        raise SceneError(f"The scene folder {prefix} cannot be listed: {first_line(exc)}.") from None
     scheme = prefix.split("://", 1)[0]
     files = sorted(f"{scheme}://{name}" for name in names
                    if name.lower().endswith(RASTER_SUFFIXES) and not name.rsplit("/", 1)[-1].startswith("."))
@@ -411,7 +407,7 @@ def open_scene(path: SceneInput,
                 stretch = None if dtype == "uint8" else _percentile_stretch(ds, indexes, *stretch_percentiles)
             except RasterioError as exc:
                 raise SceneError(
-                    f"The scene {shown} cannot be read (truncated or corrupt?): {_first_line(exc)}."
+                    f"The scene {shown} cannot be read (truncated or corrupt?): {first_line(exc)}."
                 ) from None
             georef = GeoRef.from_dataset(ds)
             if georef.crs_wkt is None and georef.is_identity:
@@ -486,7 +482,7 @@ class SceneReader:
                 ok = self._ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
         except RasterioError as exc:
             raise SceneError(f"The scene {sc.path} cannot be read at rows {ry1}-{ry2}, columns {rx1}-{rx2} "
-                             f"(truncated or corrupt?): {_first_line(exc)}.") from None
+                             f"(truncated or corrupt?): {first_line(exc)}.") from None
         data = sc.to_unit(data)
         data[:, ~ok] = 0.0
         sl = (slice(ry1 - y1, ry2 - y1), slice(rx1 - x1, rx2 - x1))
@@ -506,7 +502,7 @@ class SceneReader:
                 mask = self._ds.dataset_mask(window=Window(rx1, ry1, rx2 - rx1, ry2 - ry1))
             except RasterioError as exc:
                 raise SceneError(f"The scene {sc.path} cannot be read (truncated or corrupt?): "
-                                 f"{_first_line(exc)}.") from None
+                                 f"{first_line(exc)}.") from None
             valid[ry1 - y1:ry2 - y1, rx1 - x1:rx2 - x1] = mask > 0
         return valid
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from geogla.errors import ConfigError, SceneError
+from geogla.errors import ConfigError, SceneError, first_line
 from geogla.paths import absolute, is_url
 
 #: The asset chosen when ``--asset`` is not given and the Item has it (STAC's best practice name
@@ -71,8 +71,7 @@ def read_item(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise SceneError(f"The STAC item {path} does not exist.") from None
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise SceneError(f"The STAC item {path} cannot be read: {reason}.") from None
+        raise SceneError(f"The STAC item {path} cannot be read: {first_line(exc)}.") from None
     if not isinstance(document, dict) or document.get("type") != "Feature" \
             or not isinstance(document.get("assets"), dict):
         raise SceneError(f"{path} is not a STAC item (a GeoJSON Feature with assets).")

@@ -27,7 +27,14 @@ from dask.base import tokenize
 from distributed import Client, Future, LocalCluster, wait
 
 from geogla import stages
-from geogla.errors import ConfigError, CorruptChunkError, LostStoreError, MissingStoreError, StoreError
+from geogla.errors import (
+    ConfigError,
+    CorruptChunkError,
+    LostStoreError,
+    MissingStoreError,
+    StoreError,
+    first_line,
+)
 from geogla.lock import RunLock
 from geogla.paths import absolute, is_url, make_output_dir
 from geogla.pipelines.footprint import Footprint, check_disk, footprint, used_bytes
@@ -259,8 +266,7 @@ def connect(address: str) -> Iterator[Client]:
     try:
         client = Client(address)
     except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Cannot connect to the Dask scheduler at {address}: {reason}.") from None
+        raise ConfigError(f"Cannot connect to the Dask scheduler at {address}: {first_line(exc)}.") from None
     with client:
         log.info(dashboard_line(client, address))
         yield client
