@@ -300,10 +300,7 @@ def scene_files(inputs: Sequence[str]) -> tuple[list[str], str]:
         return _prefix_files(inputs[0])
     if len(inputs) == 1 and not is_url(inputs[0]) and os.path.isdir(inputs[0]):
         folder = inputs[0]
-        files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                       if f.lower().endswith(RASTER_SUFFIXES) and not f.startswith("."))
-        if not files:
-            raise SceneError(f"The folder {folder} holds no raster files ({', '.join(RASTER_SUFFIXES)}).")
+        files = _rasters_in(f"The folder {folder}", [os.path.join(folder, f) for f in os.listdir(folder)])
         return files, Path(os.path.abspath(folder)).name
     for path in inputs:
         if not is_url(path) and os.path.isdir(path):
@@ -325,11 +322,18 @@ def _prefix_files(prefix: str) -> tuple[list[str], str]:
     except Exception as exc:  # no filesystem for the scheme, credentials, network
         raise SceneError(f"The scene folder {prefix} cannot be listed: {first_line(exc)}.") from None
     scheme = prefix.split("://", 1)[0]
-    files = sorted(f"{scheme}://{name}" for name in names
-                   if name.lower().endswith(RASTER_SUFFIXES) and not name.rsplit("/", 1)[-1].startswith("."))
-    if not files:
-        raise SceneError(f"The scene folder {prefix} holds no raster files ({', '.join(RASTER_SUFFIXES)}).")
+    files = _rasters_in(f"The scene folder {prefix}", [f"{scheme}://{name}" for name in names])
     return files, prefix.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _rasters_in(folder: str, paths: Sequence[str]) -> list[str]:
+    """The rasters among a folder's ``paths`` (:data:`RASTER_SUFFIXES`, hidden files left out),
+    sorted by name; :class:`SceneError` naming the ``folder`` ("The folder x") when there is none."""
+    files = sorted(p for p in paths
+                   if p.lower().endswith(RASTER_SUFFIXES) and not p.rsplit("/", 1)[-1].startswith("."))
+    if not files:
+        raise SceneError(f"{folder} holds no raster files ({', '.join(RASTER_SUFFIXES)}).")
+    return files
 
 
 def _source_file(path: str, in_mosaic: bool) -> SourceFile:
