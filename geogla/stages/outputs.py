@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,11 +162,13 @@ def _write_set(store: RunStore, out_dir: str, final: dict[str, str]) -> StageRes
         polygons = iter_polygons(classes, scene.georef, cfg.classes, min_area=cfg.min_area,
                                  simplify=cfg.simplify)
         write_geopackage(pending[paths["gpkg"]], polygons, scene.georef, cfg.classes)
-        with gdal_env(), open_raster(scene.dataset_name) as ds:
-            acquired = tiff_datetime(ds.tags())
         item = scene.item
+        acquired: datetime | None
         if item is not None and item.datetime is not None:
             acquired = parse_datetime(item.datetime)  # the catalogue's acquisition time
+        else:
+            with gdal_env(), open_raster(scene.dataset_name) as ds:
+                acquired = tiff_datetime(ds.tags())
         properties = {"geogla:model": cfg.model, "geogla:weights": cfg.weights,
                       "geogla:attention": cfg.attention.to_json(),
                       "geogla:source": ", ".join(os.path.basename(p) for p in scene.sources or [scene.path])}
