@@ -7,9 +7,8 @@ object storage), and GDAL opens a file only where a read touches it.
 A mosaic's grid has the finest resolution of its files; coarser files are resampled into it
 (bilinear for the pixels, nearest for the mask).  Its mask is the union of the files' masks, so
 that what no file covers, and each file's own nodata, stay nodata (a file's mask as a plain scene
-of it has it).  Files must share a CRS, a
-band count and a data type; they must be north-up (no rotation) and carry their own
-geotransform (not ground control points only).
+of it has it).  Files must share a CRS, a band count and a data type; they must be north-up (no
+rotation) and carry their own geotransform (not ground control points only).
 """
 
 from __future__ import annotations
@@ -97,8 +96,7 @@ def check_compatible(sources: Sequence[SourceFile]) -> None:
     first = sources[0]
     for source in sources:
         check_north_up(source)
-        same_crs = source.crs == first.crs if None not in (source.crs, first.crs) else source.crs is first.crs
-        if not same_crs:
+        if source.crs != first.crs:  # rasterio's CRS equals no None; None equals None
             raise SceneError(
                 f"The files {first.name} and {source.name} are in different CRSs ({_crs_name(first.crs)} and "
                 f"{_crs_name(source.crs)}); reproject them to one CRS first (gdalwarp -t_srs).")
