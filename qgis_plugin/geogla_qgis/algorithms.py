@@ -115,7 +115,6 @@ class SegmentRaster(QgsProcessingAlgorithm):
                 name, context.project(), name))
         return {"CLASS_RASTER": cog, "GEOPACKAGE": gpkg, "FOLDER": out}
 
-
     def _bbox(self, parameters, context, layer):
         """The area to segment in the raster's CRS (geogla's --bbox), or None for the whole raster."""
         if not parameters.get(self.EXTENT):
