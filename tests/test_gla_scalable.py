@@ -323,6 +323,7 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     attention = ScalableAttention(sample, sc.offsets, cfg, torch.float32, torch.float32)
     group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
     estimator = attention.far_estimator(group, attention.near_windows(source, group.windows.tolist()))
+    sample = attention.sample  # as the estimator orders the representatives
     far = ~torch.isin(torch.arange(16 * 64) // 64, group.windows)
     y = attention.anchor_positive  # (M, R): the anchors' positives among the representatives
     m = int(torch.argmax(y.sum(dim=1)))
@@ -330,9 +331,9 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
 
     def far_sums(est: scalable.FarEstimator) -> tuple[float, Tensor]:
         z = y[m].clone()[None, None]  # one query whose far positives are anchor m's: only far columns
-        counts, correction = est.positives(z)  # weighs z in place
+        counts, correction = est.positives(z)
         assert correction is not None
-        return float(counts), (z @ sample.keys + correction)[0, 0]
+        return float(counts), ((z * est.weight) @ sample.keys + correction)[0, 0]
 
     counts, summed = far_sums(estimator)
     assert counts == pytest.approx(float(positive.sum()), abs=1e-3)
@@ -353,6 +354,7 @@ def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyP
     attention = ScalableAttention(sample, sc.offsets, cfg, bf16, f32)
     group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
     estimator = attention.far_estimator(group, attention.near_windows(source, group.windows.tolist()))
+    sample = attention.sample  # as the estimator orders the representatives
     assert estimator.slot_weigh.shape[0] > 2 * sample.rest_size.numel()
     z = (torch.rand(1, 7, estimator.n_far, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
     far, zbar, _ = estimator.far_counts(z)
@@ -495,23 +497,24 @@ def test_wide_round_over_every_far_key_is_the_exact_round() -> None:
     near_keys = keys[:100]
     near_positive = (start @ near_keys.T > rho).to(torch.float32)  # as a compute-dtype buffer holds it
     far = torch.arange(300) >= 100
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[far], 1.0), 0.999, start)
+    every = WideFar(keys, ((0, 100),), 1.0)  # the sample is every key; its first 100 are near
+    q, count = wide_round(start, near_keys, near_positive, every, 0.999, start)
     # rho 0.999 above: only the near positives (given) and far keys almost equal to a query count
     want_near = near_positive.double()
     torch.testing.assert_close(count, want_near.sum(dim=1) + ((start @ keys[100:].T) > 0.999).sum(dim=1))
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[far], 1.0), rho, start)
+    q, count = wide_round(start, near_keys, near_positive, every, rho, start)
     positive = (start @ keys.T > rho).double()
     assert bool((positive.sum(dim=1) > 0).all())
     torch.testing.assert_close(count, positive.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(positive @ keys, dim=1))
     # every other far key in the sample, each standing for two
     half = far & (torch.arange(300) % 2 == 0)
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[half], 2.0), rho, start)
+    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[half], (), 2.0), rho, start)
     weighted = positive * torch.where(half, 2.0, torch.where(far, 0.0, 1.0)).double()
     torch.testing.assert_close(count, weighted.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(weighted @ keys, dim=1))
     # no positive at all: the query keeps its own key, counted once
-    nowhere = WideFar(keys[:0], 1.0)
+    nowhere = WideFar(keys[:0], (), 1.0)
     q, count = wide_round(lonely, near_keys, torch.zeros(1, 100), nowhere, rho, lonely)
     assert float(count) == 1.0 and torch.equal(q, lonely)
 

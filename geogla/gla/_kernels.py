@@ -229,13 +229,13 @@ class FarTerms(Protocol):
         ...
 
     def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Row counts of the 0/1 positives ``z`` (float64) and the correction to add to ``z @ K``;
-        ``z``'s columns are scaled in place by what each key stands for."""
+        """Row counts of the 0/1 positives ``z`` (float64) and the correction to add to ``z @ K``,
+        whose key rows are weighed by what each key stands for (:func:`proxy_rounds`)."""
         ...
 
     def numerators(self, e: Tensor) -> Tensor | None:
-        """Scale the softmax numerators ``e`` in place like :meth:`positives`; return the correction
-        to add to ``e @ V`` (None: none)."""
+        """The correction to add to ``e @ V`` for the softmax numerators ``e``, the value rows
+        weighed like the keys of :meth:`positives` (None: none)."""
         ...
 
 
@@ -269,20 +269,23 @@ def mark_positives(q: Tensor, mat: Tensor, dim: int, rho: float, z: Tensor) -> N
 
 
 def proxy_rounds(q: Tensor, mat: Tensor, dim: int, self_keys: Tensor, config: GLAConfig, z: Tensor,
-                 terms: FarTerms, steps: int | None = None) -> tuple[Tensor, Tensor]:
+                 terms: FarTerms, steps: int | None = None, weighted: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
     """Proxy anchors of one block: normalised proxies ``(g, r, D)`` and float64 counts ``(g, r)``.
 
     ``q`` are the normalised starting queries, ``mat`` the key matrix of their groups'
     ``Tk`` keys, ``self_keys`` ``(g, r, D)`` each query's own key (its positive set when empty), ``z``
     a ``(g, r, Tk)`` compute-dtype buffer.  ``steps`` rounds (``config.steps`` when None); counts
-    are those of the last round, and ``z`` holds its positives (far columns weighed by ``terms``).
+    are those of the last round, and ``z`` holds its 0/1 positives.  ``weighted``: the key matrix
+    whose rows are weighed by what each key stands for (``terms``), which the positives sum
+    (``mat`` when None: every key once).
     """
     g, r, _ = q.shape
     counts = torch.zeros(g, r, dtype=torch.float64, device=q.device)
     for _ in range(config.steps if steps is None else steps):
         mark_positives(q, mat, dim, config.rho, z)
         counts, correction = terms.positives(z)
-        summed = aggregate(z, mat, dim, self_keys.dtype)
+        summed = aggregate(z, mat if weighted is None else weighted, dim, self_keys.dtype)
         if correction is not None:
             summed += correction
         empty = counts == 0
@@ -302,14 +305,17 @@ EXP_FLOOR = -80.0
 
 
 def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, counts: Tensor | None,
-                   config: GLAConfig, buffers: Buffers, terms: FarTerms) -> Tensor:
+                   config: GLAConfig, buffers: Buffers, terms: FarTerms, denominator: int | None = None
+                   ) -> Tensor:
     """``A V`` for one block of query rows ``q`` ``(g, r, D)`` against their groups' keys.
 
     ``keys`` ``(g, Tk, D)`` or ``(Tk, D)`` are in the accumulate dtype (the final similarity
     decides the mask and the softmax exponents, so it is never rounded to bfloat16), ``values``
     ``(..., Tk, Dv)`` in the compute dtype.  ``shift`` is ``u * m_i`` ``(g, r)``; ``counts`` the last
     proxy round's ``|P_i|`` (float64) or ``None`` (then they come from this similarity, as
-    without proxy anchors).
+    without proxy anchors).  ``denominator``: the column of ``values`` that holds what each key
+    stands for, whose product with the numerators is the softmax denominator (values' rows then
+    weighed by it, and the result has the columns before it); None: every key once.
     """
     g, r, _ = q.shape
     tk = keys.shape[-2]
@@ -351,8 +357,12 @@ def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, count
     if e.data_ptr() != s.data_ptr():
         e.copy_(s)
     correction = terms.numerators(e)
-    denom = row_sum(e, adtype)
-    numer = torch.matmul(e, values).to(adtype)
+    if denominator is None:
+        denom = row_sum(e, adtype)
+        numer = torch.matmul(e, values).to(adtype)
+    else:
+        full = torch.matmul(e, values).to(adtype)
+        numer, denom = full[..., :denominator], full[..., denominator].clone()
     if correction is not None:
         numer += correction
     return numer.div_(denom[..., None])

@@ -29,8 +29,11 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: choice breaks rounding-level ties by index, and far counts are weighed from exact counts; 4: the
 #: far summary's sums are exact fixed-point sums, the same whatever the batching of its passes; 5:
 #: isolated queries' first proxy round from the summary's wide sample; 6: block rows aligned to
-#: 64 bytes (other float32 products), isolated queries' round over the far wide keys only.
-ATTENTION_VERSION = 6
+#: 64 bytes (other float32 products), isolated queries' round over the far wide keys only; 7: the
+#: representatives' key and value rows weighed once a group (not the far columns of every block),
+#: their per-stratum sums less the near windows' (not summed anew), the wide sample's near keys
+#: masked in place.
+ATTENTION_VERSION = 7
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class FarSample:
     """Representatives of the keys and values of all windows, and what the far sums need.
 
     Attributes:
-        token: ``(R,)`` int64 flat token index ``l * N + t`` of each representative, ascending.
+        token: ``(R,)`` int64 flat token index ``l * N + t`` of each representative, ascending
+            (:meth:`sampled_first` orders them otherwise).
         window: ``(R,)`` int64 window of each representative.
         stratum: ``(R,)`` int64 prototype (stratum) of each representative.
         central: ``(R,)`` bool, taken with certainty (a mode's most similar keys).
@@ -208,6 +209,14 @@ class FarSample:
         window = renamed(self.window)
         token = torch.where(window >= 0, window * self.n_tokens + self.token % self.n_tokens, -1)
         return dataclasses.replace(self, window=window, token=token, wide_window=renamed(self.wide_window))
+
+    def sampled_first(self) -> FarSample:
+        """This sample with its sampled representatives first and the central ones after them,
+        each in token order (the layout of geogla.gla.scalable's far products)."""
+        order = torch.argsort(self.central.to(torch.uint8), stable=True)
+        return dataclasses.replace(self, token=self.token[order], window=self.window[order],
+                                   stratum=self.stratum[order], central=self.central[order],
+                                   keys=self.keys[order], values=self.values[order])
 
     def far_weights(self, near_windows: Tensor, near_count: Tensor) -> Tensor:
         """``(R,)`` weights of the representatives for queries whose near windows are given.

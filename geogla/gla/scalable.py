@@ -295,6 +295,8 @@ class ScalableAttention:
                 "scalable attention is for kv_extension; per-window attention is exact and linear"
             )
         self.grid = token_grid(sample.n_tokens, grid)
+        # central representatives last: the far products that only the sampled ones enter skip them
+        sample = sample.sampled_first()
         self.sample, self.config, self.cdtype, self.adtype = sample, config, cdtype, adtype
         self.device = sample.keys.device
         self.offsets = offsets.to(device=self.device, dtype=torch.int64)
@@ -303,7 +305,11 @@ class ScalableAttention:
         # control variates of the proxy sums; none without proxy rounds.
         anchors = sample.anchors if config.proxy else sample.anchors[:0]
         self.anchor_positive = anchor_positives(anchors, sample.keys, config.rho).to(adtype)  # (M, R)
-        self.wide_mat = key_matrix(sample.wide_keys, cdtype)
+        self.sampled_sums = SampledSums.of(sample, self.anchor_positive)
+        # The wide sample by window, so that a group's near windows are column ranges of it.
+        by_window = torch.argsort(sample.wide_window, stable=True)
+        self.wide_window = sample.wide_window[by_window]
+        self.wide_mat = key_matrix(sample.wide_keys[by_window], cdtype)
         self._workspaces: list[_Workspace] = []
 
     def near_windows(self, source: WindowSource, windows: Sequence[int]) -> NearWindows:
@@ -314,17 +320,21 @@ class ScalableAttention:
         """The wide sample's far part for the queries of ``group`` (None where the representatives
         are every token, or there are no proxy rounds)."""
         sample = self.sample
-        if not self.config.proxy or not sample.wide_window.numel():
+        if not self.config.proxy or not self.wide_window.numel():
             return None
-        far = (~torch.isin(sample.wide_window, group.windows.to(self.device))).nonzero().flatten()
+        windows = group.windows.to(self.device)
+        starts = torch.searchsorted(self.wide_window, windows).tolist()
+        stops = torch.searchsorted(self.wide_window, windows, right=True).tolist()
+        near = tuple((a, b) for a, b in zip(starts, stops, strict=True) if b > a)
+        n_far = int(self.wide_window.numel()) - sum(b - a for a, b in near)
         far_tokens = (sample.n_windows - int(group.windows.numel())) * sample.n_tokens
-        return WideFar(self.wide_mat[far], far_tokens / max(int(far.numel()), 1))
+        return WideFar(self.wide_mat, near, far_tokens / max(n_far, 1))
 
     def far_estimator(self, group: NearGroup, near: NearWindows) -> FarEstimator:
         """The far representatives' weights and corrections for the queries of ``group``
         (``near`` holds its near windows)."""
-        return far_estimator(self.sample, self.anchor_positive, group.windows.to(self.device),
-                             near.rest(near.slots(group.windows.tolist())))
+        return far_estimator(self.sample, self.anchor_positive, self.sampled_sums,
+                             group.windows.to(self.device), near.rest(near.slots(group.windows.tolist())))
 
     def __call__(self, source: WindowSource, windows: Sequence[int]) -> Tensor:
         """``(len(windows), N, Dv)`` ``A V`` of the query ``windows`` (indices into the scene's
@@ -510,33 +520,38 @@ class FarEstimator:
 
     Attributes:
         n_far: ``R``, the representatives (key columns ``0 .. R - 1``).
+        n_sampled: the sampled ones among them, columns ``0 .. n_sampled - 1`` (the central ones
+            follow: :meth:`geogla.gla.prototypes.FarSample.sampled_first`).
         weight: ``(R,)`` far keys each representative stands for, accumulate dtype; ``weight_c``
             the same in the compute dtype (it scales masks and numerators).
-        unweigh_c: ``(R, 1)`` compute dtype, ``1 / weight_c`` (0 in a near window): the far
-            positives that :meth:`positives` weighed, times it, count the far representatives.
+        far_c: ``(R, 1)`` compute dtype, 1 for a far representative (0 in a near window).
         cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
-        share_c: ``(R, K)`` compute dtype: ``z_far @ share_c = zbar``.
-        counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
-            stratum's sampled representatives or the central ones, at most ``_SLOT`` each) in one
-            compute-dtype product ``z_far @ counting`` (its first ``slot_weigh.shape[0]``
-            columns, one-hot: exact whatever its shape because every count fits the dtype's
-            integers), then weighed in a small accumulate-dtype one; ``slot_weigh``'s columns: the
-            far count, ``zbar`` per stratum, the weighted size on the sampled ones.  The same
-            product gives each anchor's weighted overlap with ``z`` in its last ``M`` columns
-            (``anchor_positive * weight`` in the compute dtype: it only chooses the anchor).
+        share_c: ``(n_sampled, K)`` compute dtype: ``z_sampled @ share_c = zbar``.
+        counting, central_counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``,
+            counted per slot (a stratum's sampled representatives or the central ones, at most
+            ``_SLOT`` each; the sampled ones' slots first) in compute-dtype products of the
+            sampled columns of ``z`` with ``counting`` and of the central ones with
+            ``central_counting`` (one-hot: exact whatever their shape because every count fits
+            the dtype's integers), then weighed in a small accumulate-dtype one;
+            ``slot_weigh``'s columns: the far count, ``zbar`` per stratum, the weighted size on
+            the sampled ones.  The last ``M`` columns of ``counting`` give each anchor's weighted
+            overlap with ``z`` (``anchor_positive * weight`` in the compute dtype: it only
+            chooses the anchor).
         anchor_key_fix, anchor_count_fix: ``(M + 1, D)``, ``(M + 1,)`` the estimator's error on
             each anchor's positives (row ``M``: no anchor, 0).
         anchor_size: ``(M,)`` estimated far positives of each anchor; ``anchor_scale`` their largest.
     """
 
     n_far: int
+    n_sampled: int
     weight: Tensor
     weight_c: Tensor
-    unweigh_c: Tensor
+    far_c: Tensor
     cv_keys: Tensor
     cv_values: Tensor
     share_c: Tensor
     counting: Tensor
+    central_counting: Tensor
     slot_weigh: Tensor
     anchor_key_fix: Tensor
     anchor_count_fix: Tensor
@@ -546,16 +561,19 @@ class FarEstimator:
     def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Weighted far counts ``(g, r)`` (float64), ``zbar`` ``(g, r, K)`` of 0/1 ``z`` (its
         first ``R`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
-        far_z = z[..., : self.n_far].to(self.weight_c.dtype)  # a bool mask without proxy rounds
-        adtype = self.weight.dtype
-        counted = (far_z @ self.counting).to(adtype)
-        n_slots = self.slot_weigh.shape[0]
-        far = counted[..., :n_slots] @ self.slot_weigh
+        cdtype, adtype = self.weight_c.dtype, self.weight.dtype
+        sampled = z[..., : self.n_sampled].to(cdtype)  # a bool mask without proxy rounds
+        central = z[..., self.n_sampled : self.n_far].to(cdtype)
+        n_sampled_slots = self.counting.shape[1] - (self.anchor_size.numel())
+        counted = (sampled @ self.counting).to(adtype)
+        counted_central = (central @ self.central_counting).to(adtype)
+        far = (counted[..., :n_sampled_slots] @ self.slot_weigh[:n_sampled_slots]
+               + counted_central @ self.slot_weigh[n_sampled_slots:])
         size = far[..., -1:]
-        if counted.shape[-1] == n_slots:  # no anchors
+        if not self.anchor_size.numel():
             anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
         else:
-            overlap = counted[..., n_slots:]
+            overlap = counted[..., n_sampled_slots:]
             differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
             anchor = first_near_minimum(differ, size + self.anchor_scale)
         return far[..., 0].to(torch.float64), far[..., 1:-1], anchor
@@ -573,28 +591,25 @@ class FarEstimator:
         return self._counted(z)[0]
 
     def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Counts of the positives ``z`` (:meth:`count`) and the correction to add to the
-        weighted ``z @ K``; the far columns of ``z`` are weighed in place."""
+        """Counts of the positives ``z`` (:meth:`count`) and the correction to add to ``z @ K``
+        with the representatives' key rows weighed by :attr:`weight_c`."""
         counts, share, anchor = self._counted(z)
         if share is None or anchor is None:
             return counts, None
-        z[..., : self.n_far].mul_(self.weight_c)
         return counts, share @ self.cv_keys + self.anchor_key_fix[anchor]
 
-    def far_found(self, weighed: Tensor) -> Tensor:
-        """Far representatives among the positives ``weighed`` ``(r, Tk)`` (as :meth:`positives`
-        left them), per row, float32: each counts 1 to within the compute dtype's rounding (1 part
-        in 256 in bfloat16), so compare the result with an integer minus a half."""
-        return (weighed[:, : self.n_far] @ self.unweigh_c)[:, 0].float()
+    def far_found(self, z: Tensor) -> Tensor:
+        """Far representatives among the 0/1 positives ``z`` ``(r, Tk)``, per row, float32 (exact
+        up to 256 in bfloat16; compare the result with an integer minus a half)."""
+        return (z[:, : self.n_far] @ self.far_c)[:, 0].float()
 
     def numerators(self, e: Tensor) -> Tensor | None:
-        """Weigh the far columns of the softmax numerators ``e`` in place; return the
-        correction to add to ``e @ V`` (the strata's; numerators are not 0/1, so their strata
-        means in the compute dtype suffice for it)."""
+        """The correction to add to ``e @ V`` for the softmax numerators ``e``, the
+        representatives' value rows weighed by :attr:`weight_c` (the strata's; numerators are not
+        0/1, so their strata means in the compute dtype suffice for it)."""
         if not self.n_far:
             return None
-        share = (e[..., : self.n_far] @ self.share_c).to(self.weight.dtype)
-        e[..., : self.n_far].mul_(self.weight_c)
+        share = (e[..., : self.n_sampled] @ self.share_c).to(self.weight.dtype)
         return share @ self.cv_values
 
     def without_anchor_variates(self) -> FarEstimator:
@@ -603,12 +618,45 @@ class FarEstimator:
                                    anchor_count_fix=torch.zeros_like(self.anchor_count_fix))
 
 
+@dataclass(frozen=True)
+class SampledSums:
+    """Sums over every stratum's sampled (non-central) representatives, in all windows: a group's
+    far sums are these less its near windows' few representatives (:func:`far_estimator`), not a
+    new ``O(R K D)`` product per group.
+
+    Attributes:
+        keys, values: ``(K, D)``, ``(K, Dv)`` per stratum, accumulate dtype.
+        anchor_count: ``(M, K)`` how many of them are each anchor's positives.
+        anchor_keys: ``(M, K, D)`` the key sums of those.
+        rep_values: ``(R, Dv)`` the representatives' values in the accumulate dtype.
+    """
+
+    keys: Tensor
+    values: Tensor
+    anchor_count: Tensor
+    anchor_keys: Tensor
+    rep_values: Tensor
+
+    @classmethod
+    def of(cls, sample: FarSample, anchor_positive: Tensor) -> SampledSums:
+        """The sums of ``sample``'s representatives (``anchor_positive`` ``(M, R)`` as in
+        :func:`far_estimator`)."""
+        adtype = sample.keys.dtype
+        n_strata = sample.rest_size.numel()
+        member = F.one_hot(sample.stratum, n_strata).to(adtype) * (~sample.central).to(adtype)[:, None]
+        rep_values = sample.values.to(adtype)
+        anchor_member = anchor_positive[:, :, None] * member[None]  # (M, R, K)
+        return cls(member.T @ sample.keys, member.T @ rep_values, anchor_member.sum(dim=1),
+                   anchor_member.transpose(1, 2) @ sample.keys, rep_values)
+
+
 def far_estimator(
-    sample: FarSample, anchor_positive: Tensor, windows: Tensor, rest: NearRest
+    sample: FarSample, anchor_positive: Tensor, sums: SampledSums, windows: Tensor, rest: NearRest
 ) -> FarEstimator:
     """The :class:`FarEstimator` of queries whose near windows are ``windows`` (``rest``: what those
     windows take out of the summary's totals; ``anchor_positive`` ``(M, R)``: which representatives
-    are positives of each anchor, 0/1 in the accumulate dtype)."""
+    are positives of each anchor, 0/1 in the accumulate dtype; ``sums``: the representatives'
+    sums, :meth:`SampledSums.of`)."""
     weight = sample.far_weights(windows, rest.count)  # accumulate dtype: counts
     cdtype, adtype = sample.values.dtype, weight.dtype
     n_far = int(sample.token.numel())
@@ -617,11 +665,13 @@ def far_estimator(
         empty = torch.zeros(0, dtype=adtype, device=device)
         return FarEstimator(
             0,
+            0,
             weight,
             weight.to(cdtype),
             empty.to(cdtype)[:, None],
             empty,
             empty,
+            empty.to(cdtype),
             empty.to(cdtype),
             empty.to(cdtype),
             empty,
@@ -632,15 +682,29 @@ def far_estimator(
         )
     n_strata = sample.rest_size.numel()
 
-    # Strata control variates: each far sampled representative's weight in its stratum.
-    sampled = (weight > 0) & ~sample.central
-    member = torch.zeros(n_far, n_strata, dtype=adtype, device=device)
-    idx = sampled.nonzero().flatten()
-    member[idx, sample.stratum[idx]] = weight[idx]
+    # Strata control variates.  A far sampled representative of stratum h weighs w_h (its
+    # weight); the weighted far sums per stratum are w_h times the sums over all sampled ones
+    # less those in the near windows.
+    near = torch.isin(sample.window, windows)
+    idx = (~near & ~sample.central).nonzero().flatten()
+    stratum_of = sample.stratum[idx]
+    stratum_weight = torch.zeros(n_strata, dtype=adtype, device=device)
+    stratum_weight[stratum_of] = weight[idx]
+    near_idx = (near & ~sample.central).nonzero().flatten()
+    near_member = F.one_hot(sample.stratum[near_idx], n_strata).to(adtype)  # (n, K)
+    near_keys = sample.keys[near_idx]
     n_far_tokens = (sample.rest_size - rest.count).to(adtype)
-    cv_keys = (sample.rest_key_sum - rest.key_sum) - member.T @ sample.keys
-    cv_values = (sample.rest_value_sum - rest.value_sum) - member.T @ sample.values.to(adtype)
-    share = member / n_far_tokens.clamp_min(1.0)  # z_far @ share = zbar (r x K)
+    cv_keys = (sample.rest_key_sum - rest.key_sum) - stratum_weight[:, None] * (
+        sums.keys - near_member.T @ near_keys)
+    cv_values = (sample.rest_value_sum - rest.value_sum) - stratum_weight[:, None] * (
+        sums.values - near_member.T @ sums.rep_values[near_idx])
+    share = torch.zeros(n_far, dtype=adtype, device=device)  # each one's weight / F_h
+    share[idx] = weight[idx] / n_far_tokens.clamp_min(1.0)[stratum_of]
+    n_sampled = int(n_far - sample.central.sum())
+    if bool(sample.central[:n_sampled].any()):
+        raise ValueError("far_estimator needs the sampled representatives first (FarSample.sampled_first)")
+    share_c = torch.zeros(n_sampled, n_strata, dtype=cdtype, device=device)  # z_sampled @ share_c = zbar
+    share_c[idx, stratum_of] = share[idx].to(cdtype)
 
     # Slot counts: the far representatives' weights are equal within a stratum's sampled ones
     # (and 1 for the central ones), so 0/1 z's far representatives are counted per slot.
@@ -650,38 +714,49 @@ def far_estimator(
     group_sorted = group[order]
     n_slots = int(slot[-1]) + 1 if slot.numel() else 0
     rows = far[order]
-    counting = torch.zeros(n_far, n_slots + anchor_positive.shape[0], dtype=cdtype, device=device)
-    counting[rows, slot] = 1.0
+    sampled_rows = group_sorted < n_strata  # their slots come first: central ones sort last
+    n_sampled_slots = int(slot[sampled_rows][-1]) + 1 if bool(sampled_rows.any()) else 0
+    counting = torch.zeros(n_sampled, n_sampled_slots + anchor_positive.shape[0], dtype=cdtype,
+                           device=device)
+    counting[rows[sampled_rows], slot[sampled_rows]] = 1.0
+    central_counting = torch.zeros(n_far - n_sampled, n_slots - n_sampled_slots, dtype=cdtype, device=device)
+    central_counting[rows[~sampled_rows] - n_sampled, slot[~sampled_rows] - n_sampled_slots] = 1.0
     weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=device)
     weigh[slot, 0] = weight[rows]
-    sampled_rows = group_sorted < n_strata
     at, stratum = slot[sampled_rows], group_sorted[sampled_rows]
-    weigh[at, 1 + stratum] = share[rows[sampled_rows], stratum]
+    weigh[at, 1 + stratum] = share[rows[sampled_rows]]
     weigh[at, -1] = weight[rows[sampled_rows]]
 
     # Anchor control variates: the estimator's error on each anchor's own far positives.
     y = anchor_positive  # (M, R)
-    sampled_weight = member.sum(dim=1)
-    per_stratum = y @ member  # (M, K): HT estimates of the anchors' far positives per stratum
+    y_near = y[:, near_idx]
+    # (M, K): HT estimates of the anchors' far positives per stratum
+    per_stratum = (sums.anchor_count - y_near @ near_member) * stratum_weight
     ybar = per_stratum / n_far_tokens.clamp_min(1.0)
+    weighted_keys = (sums.anchor_keys.transpose(1, 2) @ stratum_weight
+                     - (y_near * stratum_weight[sample.stratum[near_idx]]) @ near_keys)  # (M, D)
     far_count = (sample.anchor_count - rest.anchor_count).to(torch.float64)
     far_sum = sample.anchor_key_sum - rest.anchor_key_sum
     zero = torch.zeros(1, cv_keys.shape[1], dtype=adtype, device=device)
     anchor_size = per_stratum.sum(dim=1)
+    sampled_weight = torch.zeros(n_far, dtype=adtype, device=device)
+    sampled_weight[idx] = weight[idx]
     # not from the slot counts: whether a representative is an anchor's positive varies within a slot
-    counting[:, n_slots:] = (y * sampled_weight).T
+    counting[:, n_sampled_slots:] = (y * sampled_weight)[:, :n_sampled].T
     weight_c = weight.to(cdtype)
     return FarEstimator(
         n_far=n_far,
+        n_sampled=n_sampled,
         weight=weight,
         weight_c=weight_c,
-        unweigh_c=torch.where(weight_c > 0, 1.0 / weight_c.to(adtype), 0.0).to(cdtype)[:, None],
+        far_c=(weight_c > 0).to(cdtype)[:, None],
         cv_keys=cv_keys,
         cv_values=cv_values,
-        share_c=share.to(cdtype),
+        share_c=share_c,
         counting=counting,
+        central_counting=central_counting,
         slot_weigh=weigh,
-        anchor_key_fix=torch.cat([far_sum - (y * sampled_weight) @ sample.keys - ybar @ cv_keys, zero]),
+        anchor_key_fix=torch.cat([far_sum - weighted_keys - ybar @ cv_keys, zero]),
         anchor_count_fix=torch.cat(
             [far_count - per_stratum.sum(dim=1).to(torch.float64), far_count.new_zeros(1)]
         ),
@@ -704,12 +779,14 @@ class WideFar:
     its keys outside the near windows each stand for :attr:`weight` far keys.
 
     Attributes:
-        mat: ``(S_far, W)`` the wide sample's keys outside the group's near windows, as a
-            compute-dtype key matrix (:func:`geogla.gla._kernels.key_matrix`).
+        mat: ``(S, W)`` the wide sample's keys, grouped by window, as a compute-dtype key matrix
+            (:func:`geogla.gla._kernels.key_matrix`).
+        near: ``(start, stop)`` column ranges of the group's near windows (not far keys).
         weight: far tokens per far wide key.
     """
 
     mat: Tensor
+    near: tuple[tuple[int, int], ...]
     weight: float
 
 
@@ -728,6 +805,8 @@ def wide_round(start: Tensor, near_keys: Tensor, near_positive: Tensor, wide: Wi
     n_rows, dim = start.shape
     z = torch.empty(1, n_rows, wide.mat.shape[0], dtype=wide.mat.dtype, device=start.device)
     mark_positives(start[None], wide.mat, dim, rho, z)
+    for a, b in wide.near:
+        z[..., a:b] = 0
     near = near_positive.to(near_keys.dtype)
     summed = near @ near_keys + aggregate(z, wide.mat, dim, start.dtype)[0] * wide.weight
     count = near.sum(dim=1, dtype=torch.float64) + row_sum(z, torch.float64)[0] * wide.weight
@@ -755,7 +834,9 @@ class _Workspace:
 
     Key rows ``0 .. R - 1`` hold the far representatives, rows ``R ..`` the current group's near
     keys (:meth:`load` writes them); ``R + max_near`` keys and values and one block of work memory,
-    whatever the number of groups and calls.
+    whatever the number of groups and calls.  The representatives' rows of the matrices that
+    positives and numerators multiply (:attr:`weighted`, :attr:`wvals`) are weighed by what each
+    stands for, once a group, rather than the block's far columns, once a block and round.
     """
 
     def __init__(self, sample: FarSample, offsets: Tensor, max_near: int, config: GLAConfig,
@@ -773,8 +854,12 @@ class _Workspace:
         self.acc = self.mat if self.mat.dtype == adtype and self.mat.shape[1] == self.dim else template
         self.mat[: self.n_far, : self.dim] = sample.keys
         self.acc[: self.n_far] = sample.keys
-        self.vals = torch.empty(rows, sample.values.shape[1], dtype=cdtype, device=device)
-        self.vals[: self.n_far] = sample.values
+        # weighed copies: keys for the proxy sums, values with a last column of weights (the
+        # softmax denominators), padded to a multiple of 8 columns like key_matrix
+        self.weighted = torch.zeros_like(self.mat)
+        self.dim_v = int(sample.values.shape[1])
+        self.wvals = torch.zeros(rows, (self.dim_v + 8) // 8 * 8, dtype=cdtype, device=device)
+        self.rep_values = sample.values
         self.rows = rows_per_block(config.memory_budget_mb, rows, cdtype, adtype)
         self.buffers = Buffers(min(self.rows, max_near), rows, cdtype, adtype, device)
 
@@ -789,7 +874,13 @@ class _Workspace:
         self.mat[near_rows, : self.dim] = near_keys
         if self.acc is not self.mat:
             self.acc[near_rows] = near_keys
-        self.vals[near_rows] = near.values[slots].reshape(-1, self.vals.shape[1])
+        weight = terms.weight_c[:, None]
+        torch.mul(self.mat[: self.n_far], weight, out=self.weighted[: self.n_far])
+        self.weighted[near_rows] = self.mat[near_rows]
+        torch.mul(self.rep_values, weight, out=self.wvals[: self.n_far, : self.dim_v])
+        self.wvals[: self.n_far, self.dim_v] = terms.weight_c
+        self.wvals[near_rows, : self.dim_v] = near.values[slots].reshape(-1, self.dim_v)
+        self.wvals[near_rows, self.dim_v] = 1.0
         start, self_keys = group_queries(group, self.acc[near_rows].view(-1, n, self.dim), self.offsets,
                                          self.grid, self.config.smoothing)
         return _GroupState(tk, start, self_keys, terms, wide)
@@ -809,16 +900,18 @@ class _Workspace:
             return q, None
         z = self.buffers.weights(1, r1 - r0, state.tk)
         mat, self_keys = self.mat[: state.tk], state.self_keys[r0:r1][None]
+        weighted = self.weighted[: state.tk]
         if state.wide is None:
-            return proxy_rounds(q, mat, self.dim, self_keys, self.config, z, state.terms)
+            return proxy_rounds(q, mat, self.dim, self_keys, self.config, z, state.terms, weighted=weighted)
         # The first round alone, redone for isolated queries (later rounds start from proxies
         # that have found their neighbourhood, or stay isolated in exact attention too).
-        first, counts = proxy_rounds(q, mat, self.dim, self_keys, self.config, z, state.terms, steps=1)
+        first, counts = proxy_rounds(q, mat, self.dim, self_keys, self.config, z, state.terms, steps=1,
+                                     weighted=weighted)
         self._redo_isolated(state, state.wide, q[0], self_keys[0], z[0], first[0], counts[0])
         if self.config.steps == 1:
             return first, counts
         return proxy_rounds(first, mat, self.dim, self_keys, self.config, z, state.terms,
-                            steps=self.config.steps - 1)
+                            steps=self.config.steps - 1, weighted=weighted)
 
     def _redo_isolated(self, state: _GroupState, wide: WideFar, start: Tensor, self_keys: Tensor,
                        z: Tensor, q: Tensor, counts: Tensor) -> None:
@@ -834,5 +927,5 @@ class _Workspace:
 
     def attention(self, state: _GroupState, q: Tensor, shift: Tensor, counts: Tensor | None) -> Tensor:
         """``A V`` ``(1, r, Dv)`` for proxies ``q`` ``(1, r, D)``; ``shift`` is ``u m_i`` ``(1, r)``."""
-        return attention_rows(q, self.acc[: state.tk], self.vals[: state.tk], shift, counts, self.config,
-                              self.buffers, state.terms)
+        return attention_rows(q, self.acc[: state.tk], self.wvals[: state.tk], shift, counts, self.config,
+                              self.buffers, state.terms, denominator=self.dim_v)
