@@ -645,9 +645,12 @@ class SampledSums:
         n_strata = sample.rest_size.numel()
         member = F.one_hot(sample.stratum, n_strata).to(adtype) * (~sample.central).to(adtype)[:, None]
         rep_values = sample.values.to(adtype)
-        anchor_member = anchor_positive[:, :, None] * member[None]  # (M, R, K)
-        return cls(member.T @ sample.keys, member.T @ rep_values, anchor_member.sum(dim=1),
-                   anchor_member.transpose(1, 2) @ sample.keys, rep_values)
+        # one anchor at a time: an (M, R, K) temporary would be 64 MiB at M = K = 64, R = 4096
+        dim = sample.keys.shape[1]
+        anchor_keys = torch.stack([(member * y[:, None]).T @ sample.keys for y in anchor_positive]
+                                  ) if anchor_positive.shape[0] else member.new_zeros(0, n_strata, dim)
+        return cls(member.T @ sample.keys, member.T @ rep_values, anchor_positive @ member, anchor_keys,
+                   rep_values)
 
 
 def far_estimator(
