@@ -404,6 +404,23 @@ def test_summary_does_not_depend_on_how_the_passes_are_batched(monkeypatch: pyte
             assert torch.equal(batched[name], whole[name]), (tokens, name)
 
 
+def test_scalable_attention_does_not_depend_on_the_torch_threads() -> None:
+    # Its groups run on threads of their own or on the caller's, and the representatives' sums are
+    # taken once on one thread: the same bits with 1, 2 and 3 torch threads.
+    sc = structured_scene(5, 5, side=28, dim=64, classes=5, regions=25, objects=50, context_bias=1.5,
+                          value_noise=3.0, key_noise=1.15, seed=3)
+    cfg = GLAConfig(algorithm="scalable", far_samples=2048)
+    threads = torch.get_num_threads()  # 1 here (the module's fixture)
+    outs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            outs.append(attend(sc.keys, sc.values, cfg, offsets=sc.offsets))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
+
+
 def test_summary_does_not_depend_on_the_torch_threads() -> None:
     # 36 windows of 784 tokens, about 2000 central keys: large enough that a float32 product over
     # the central keys splits its sums between two threads (the anchors' key sums differed so).

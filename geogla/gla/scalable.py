@@ -65,10 +65,11 @@ estimate changes more of them than elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -305,7 +306,8 @@ class ScalableAttention:
         # control variates of the proxy sums; none without proxy rounds.
         anchors = sample.anchors if config.proxy else sample.anchors[:0]
         self.anchor_positive = anchor_positives(anchors, sample.keys, config.rho).to(adtype)  # (M, R)
-        self.sampled_sums = SampledSums.of(sample, self.anchor_positive)
+        with one_torch_thread():  # sums over thousands of rows, which threads could split
+            self.sampled_sums = SampledSums.of(sample, self.anchor_positive)
         # The wide sample by window, so that a group's near windows are column ranges of it.
         by_window = torch.argsort(sample.wide_window, stable=True)
         self.wide_window = sample.wide_window[by_window]
@@ -409,12 +411,18 @@ def _in_parallel(work: Callable[[Sequence[NearGroup], _Workspace], None], parts:
     which on this project's CPU gave the same bits with 1 to 8 threads (a product can split its sums
     by thread: the far summary's sums are exact fixed-point sums for that reason).
     """
+    with one_torch_thread(), ThreadPoolExecutor(len(parts)) as pool:  # its threads take the setting
+        for done in [pool.submit(work, part, ws) for part, ws in zip(parts, workspaces, strict=True)]:
+            done.result()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside the block (threads started there too), as before it after."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the threads started below take this setting
+    torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(len(parts)) as pool:
-            for done in [pool.submit(work, part, ws) for part, ws in zip(parts, workspaces, strict=True)]:
-                done.result()
+        yield
     finally:
         torch.set_num_threads(threads)
 
