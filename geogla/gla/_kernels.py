@@ -101,10 +101,15 @@ def is_shifted(cdtype: torch.dtype) -> bool:
     return torch.empty((), dtype=cdtype).element_size() < 4
 
 
+def padded_width(columns: int) -> int:
+    """``columns`` rounded up to a multiple of 8, which keeps the matrix kernels on their fast path."""
+    return -(-columns // 8) * 8
+
+
 def key_matrix_width(dim: int, cdtype: torch.dtype) -> int:
     """Columns of the compute-dtype key matrix: ``dim``, or, shifted, ``dim`` and a column of ones
-    padded to a multiple of 8 (which keeps the matrix kernels on their fast path)."""
-    return (dim + 1 + 7) // 8 * 8 if is_shifted(cdtype) else dim
+    (:func:`padded_width`)."""
+    return padded_width(dim + 1) if is_shifted(cdtype) else dim
 
 
 def key_matrix(keys: Tensor, cdtype: torch.dtype) -> Tensor:

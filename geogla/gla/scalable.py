@@ -83,6 +83,7 @@ from geogla.gla._kernels import (
     attention_rows,
     key_matrix,
     mark_positives,
+    padded_width,
     proxy_rounds,
     row_sum,
     rows_per_block,
@@ -866,10 +867,10 @@ class _Workspace:
         self.mat[: self.n_far, : self.dim] = sample.keys
         self.acc[: self.n_far] = sample.keys
         # weighed copies: keys for the proxy sums, values with a last column of weights (the
-        # softmax denominators), padded to a multiple of 8 columns like key_matrix
+        # softmax denominators)
         self.weighted = torch.zeros_like(self.mat)
         self.dim_v = int(sample.values.shape[1])
-        self.wvals = torch.zeros(rows, (self.dim_v + 8) // 8 * 8, dtype=cdtype, device=device)
+        self.wvals = torch.zeros(rows, padded_width(self.dim_v + 1), dtype=cdtype, device=device)
         self.rep_values = sample.values
         self.rows = rows_per_block(config.memory_budget_mb, rows, cdtype, adtype)
         self.buffers = Buffers(min(self.rows, max_near), rows, cdtype, adtype, device)
