@@ -15,7 +15,14 @@ from geogla.gla import GLAConfig, attend, choose_algorithm, prototypes, scalable
 from geogla.gla._kernels import rows_per_block
 from geogla.gla.config import Precision
 from geogla.gla.prototypes import FarSample, allocate, spherical_kmeans, summarize
-from geogla.gla.scalable import ScalableAttention, WideFar, first_near_minimum, near_groups, wide_round
+from geogla.gla.scalable import (
+    IsolatedQueries,
+    ScalableAttention,
+    WideSample,
+    first_near_minimum,
+    near_groups,
+    wide_rounds,
+)
 from geogla.gla.source import TensorWindows
 from geogla.gla.synthetic import SyntheticScene, structured_scene
 from geogla.grid import WindowGrid
@@ -505,35 +512,85 @@ def test_context_bias_leans_each_window_toward_its_dominant_class() -> None:
 # Isolated queries: their first proxy round from the wide sample.
 
 
-def test_wide_round_over_every_far_key_is_the_exact_round() -> None:
+def _isolated(start: Tensor, near_keys: Tensor, rho: float, near_windows: list[int], n_windows: int,
+              weight: float) -> IsolatedQueries:
+    """``start`` as isolated queries of one group, their near positives among ``near_keys``."""
+    near_positive = (start @ near_keys.T > rho).to(start.dtype)
+    near = torch.zeros(1, n_windows + 1, dtype=torch.bool)
+    near[0, torch.tensor(near_windows) + 1] = True
+    n = start.shape[0]
+    return IsolatedQueries(torch.arange(n), start, start, near_positive @ near_keys,
+                           near_positive.sum(dim=1, dtype=torch.float64), torch.zeros(n, dtype=torch.int64),
+                           near, torch.tensor([weight], dtype=torch.float64))
+
+
+def test_wide_rounds_over_every_far_key_is_the_exact_round() -> None:
     gen = torch.Generator().manual_seed(0)
     keys = F.normalize(torch.randn(300, 8, generator=gen, dtype=torch.float64), dim=1)
     lonely = F.normalize(torch.randn(1, 8, generator=gen, dtype=torch.float64), dim=1)
     start = torch.cat([keys[:20], lonely])
     rho = 0.5
-    near_keys = keys[:100]
-    near_positive = (start @ near_keys.T > rho).to(torch.float32)  # as a compute-dtype buffer holds it
-    far = torch.arange(300) >= 100
-    every = WideFar(keys, ((0, 100),), 1.0)  # the sample is every key; its first 100 are near
-    q, count = wide_round(start, near_keys, near_positive, every, 0.999, start)
-    # rho 0.999 above: only the near positives (given) and far keys almost equal to a query count
-    want_near = near_positive.double()
-    torch.testing.assert_close(count, want_near.sum(dim=1) + ((start @ keys[100:].T) > 0.999).sum(dim=1))
-    q, count = wide_round(start, near_keys, near_positive, every, rho, start)
+    window = torch.arange(300) // 100  # window 0 is the near one
+    one = F.normalize(torch.ones(1, 8, dtype=torch.float64), dim=1)
+    every = WideSample(keys, window, (0, 300), one, 1)  # the sample is every key, in one stratum
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 1.0), every, rho, 64)
     positive = (start @ keys.T > rho).double()
     assert bool((positive.sum(dim=1) > 0).all())
     torch.testing.assert_close(count, positive.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(positive @ keys, dim=1))
     # every other far key in the sample, each standing for two
-    half = far & (torch.arange(300) % 2 == 0)
-    q, count = wide_round(start, near_keys, near_positive, WideFar(keys[half], (), 2.0), rho, start)
-    weighted = positive * torch.where(half, 2.0, torch.where(far, 0.0, 1.0)).double()
+    half = (window > 0) & (torch.arange(300) % 2 == 0)
+    sample = WideSample(keys[half], window[half], (0, int(half.sum())), one, 1)
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 2.0), sample, rho, 64)
+    weighted = positive * torch.where(half, 2.0, torch.where(window > 0, 0.0, 1.0)).double()
     torch.testing.assert_close(count, weighted.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(weighted @ keys, dim=1))
     # no positive at all: the query keeps its own key, counted once
-    nowhere = WideFar(keys[:0], (), 1.0)
-    q, count = wide_round(lonely, near_keys, torch.zeros(1, 100), nowhere, rho, lonely)
+    q, count = wide_rounds(_isolated(lonely, keys[:100], 0.999, [0], 3, 1.0), sample, 0.999, 64)
     assert float(count) == 1.0 and torch.equal(q, lonely)
+
+
+def test_wide_rounds_scan_the_most_similar_strata_only() -> None:
+    gen = torch.Generator().manual_seed(1)
+    keys = F.normalize(torch.randn(400, 8, generator=gen, dtype=torch.float64), dim=1)
+    window = torch.arange(400) // 100
+    centres = torch.eye(8, dtype=torch.float64)[:4]
+    stratum = (keys @ centres.T).argmax(dim=1)
+    order = torch.argsort(stratum, stable=True)
+    bounds = (0, *torch.cumsum(torch.bincount(stratum, minlength=4), 0).tolist())
+    wide = WideSample(keys[order], window[order], bounds, centres, 2)
+    start = F.normalize(torch.randn(50, 8, generator=gen, dtype=torch.float64), dim=1)
+    rho = 0.3
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 4, 1.0), wide, rho, 64)
+    scanned = torch.topk(start @ centres.T, 2, dim=1).indices
+    in_scanned = (stratum[None, :, None] == scanned[:, None, :]).any(dim=2) & (window > 0)[None]
+    positive = (start @ keys.T > rho).double() * (in_scanned | (window == 0)[None]).double()
+    torch.testing.assert_close(count, positive.sum(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(q, F.normalize(positive @ keys, dim=1))
+
+
+def test_wide_rounds_of_a_query_do_not_depend_on_the_others() -> None:
+    # The same rows computed alone, with others, in small products and on two threads: the
+    # same bits (their partial sums are added in a fixed order).
+    gen = torch.Generator().manual_seed(2)
+    keys = F.normalize(torch.randn(16000, 16, generator=gen), dim=1)
+    window = torch.arange(16000) // 800  # 2000 keys a stratum: a 1 MiB product holds 100 rows
+    centres = F.normalize(torch.randn(8, 16, generator=gen, dtype=torch.float64), dim=1)
+    stratum = (keys.double() @ centres.T).argmax(dim=1)
+    order = torch.argsort(stratum, stable=True)
+    bounds = (0, *torch.cumsum(torch.bincount(stratum, minlength=8), 0).tolist())
+    wide = WideSample(keys[order], window[order], bounds, centres, 3)
+    start = F.normalize(keys[:300] + 0.3 * torch.randn(300, 16, generator=gen), dim=1)
+    everything = _isolated(start, keys[:800], 0.5, [0], 20, 3.0)
+    q, count = wide_rounds(everything, wide, 0.5, 64)
+    assert bool((count > 3.5).any())  # far positives found
+    some = torch.arange(7, 300, 13)
+    alone = _isolated(start[some], keys[:800], 0.5, [0], 20, 3.0)
+    every = torch.arange(300)
+    runs = ((everything, every, 1, 1), (everything, every, 64, 2), (alone, some, 64, 1))
+    for isolated, rows, budget, threads in runs:
+        q_rows, count_rows = wide_rounds(isolated, wide, 0.5, budget, threads)
+        assert torch.equal(q_rows, q[rows]) and torch.equal(count_rows, count[rows])
 
 
 def test_isolated_queries_redone_from_the_wide_sample_change_fewer_labels(
@@ -559,14 +616,14 @@ def test_isolated_queries_redone_from_the_wide_sample_change_fewer_labels(
 
 def test_wide_sample_is_a_uniform_sample_renumbered_with_the_windows() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=2)
-    sample = _summary(sc, 40, 6)
-    assert sample.wide_keys.shape == (8 * 40, 32)
+    sample = _summary(sc, 30, 6)
+    assert sample.wide_keys.shape == (16 * 30, 32)
     flat = sc.keys.reshape(-1, 32)
     # the tokens of lowest priority: each key is the key of a token of its window
     for w in range(9):
         mine = sample.wide_keys[sample.wide_window == w]
         assert bool((mine[:, None] == flat[None, w * 64:(w + 1) * 64]).all(dim=2).any(dim=1).all())
-    assert _summary(sc, 80, 6).wide_keys.shape[0] == 9 * 64  # capped at every token
+    assert _summary(sc, 40, 6).wide_keys.shape[0] == 9 * 64  # capped at every token
     renamed = sample.renumbered(torch.tensor([2, 5]), torch.tensor([0, 1]))
     want = torch.where(sample.wide_window == 2, 0, torch.where(sample.wide_window == 5, 1, -1))
     assert torch.equal(renamed.wide_window, want)
