@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geogla.errors import ConfigError
-from geogla.gla import GLAConfig, attend, smooth_queries
+from geogla.gla import GLAConfig, _kernels, attend, smooth_queries
 from geogla.gla._kernels import Buffers, product_into
 from geogla.gla.exact import BlockPlan
 from geogla.gla.synthetic import structured_scene
@@ -164,6 +164,19 @@ def test_tiny_budget_forces_many_blocks_same_result(name: str) -> None:
     small = attend(keys, values, GLAConfig(**{**cfg.to_json(), "memory_budget_mb": 1}), offsets=offsets)
     torch.testing.assert_close(small, big, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(big, reference(keys, values, cfg, offsets), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "scalable"])
+def test_masked_numerators_zeroed_in_or_out_of_cache_give_the_same_bits(
+    algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # attention_rows zeroes masked numerators by a product with the mask's bytes for blocks that
+    # fit in cache and by masked_fill_ for larger ones: the same numbers either way.
+    keys, values, offsets = _clustered(4, 16, 16, 3, seed=5)
+    cfg = GLAConfig(algorithm=algorithm, far_samples=96, prototypes=4)  # type: ignore[arg-type]
+    in_cache = attend(keys.float(), values.float(), cfg, offsets=offsets)
+    monkeypatch.setattr(_kernels, "_CACHED_BLOCK_BYTES", 0)
+    assert torch.equal(attend(keys.float(), values.float(), cfg, offsets=offsets), in_cache)
 
 
 def test_bfloat16_blocked_matches_unblocked() -> None:

@@ -616,14 +616,14 @@ def test_isolated_queries_redone_from_the_wide_sample_change_fewer_labels(
 
 def test_wide_sample_is_a_uniform_sample_renumbered_with_the_windows() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=2)
-    sample = _summary(sc, 30, 6)
-    assert sample.wide_keys.shape == (16 * 30, 32)
+    sample = _summary(sc, 40, 6)
+    assert sample.wide_keys.shape == (12 * 40, 32)
     flat = sc.keys.reshape(-1, 32)
     # the tokens of lowest priority: each key is the key of a token of its window
     for w in range(9):
         mine = sample.wide_keys[sample.wide_window == w]
         assert bool((mine[:, None] == flat[None, w * 64:(w + 1) * 64]).all(dim=2).any(dim=1).all())
-    assert _summary(sc, 40, 6).wide_keys.shape[0] == 9 * 64  # capped at every token
+    assert _summary(sc, 50, 6).wide_keys.shape[0] == 9 * 64  # capped at every token
     renamed = sample.renumbered(torch.tensor([2, 5]), torch.tensor([0, 1]))
     want = torch.where(sample.wide_window == 2, 0, torch.where(sample.wide_window == 5, 1, -1))
     assert torch.equal(renamed.wide_window, want)

@@ -45,6 +45,10 @@ _ROW_ALIGN = 16
 # <= 256, exact even in bfloat16, so counts are exact for any T; and no T-wide temporary is made.
 _SUM_CHUNK = 256
 
+# A block of similarities up to this size stays in the last-level cache between passes (32 MiB
+# and more on the CPUs this project runs on); see attention_rows.
+_CACHED_BLOCK_BYTES = 24 * 2**20
+
 
 def entry_bytes(cdtype: torch.dtype, adtype: torch.dtype) -> int:
     """Work-memory bytes per entry of a block (:class:`Buffers`): similarity in the accumulate
@@ -344,7 +348,16 @@ def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, count
 
     # A~ = w (S - u m) < min(max A~, 0)  <=>  S < min(max S, u m)   (w > 0; same with c S).
     smax = s.amax(dim=-1, keepdim=True)
-    torch.lt(s, torch.minimum(smax, shift[..., None]), out=m)  # masked entries
+    # zero the masked numerators below by a product with the kept entries' 0/1 bytes while the
+    # block fits in cache (ten times faster than masked_fill_ there, on this project's CPU), else
+    # by masked_fill_ (faster from memory when few entries are kept, exact attention's case);
+    # the same bits either way (the numerators are finite)
+    in_cache = s.numel() * s.element_size() <= _CACHED_BLOCK_BYTES
+    threshold = torch.minimum(smax, shift[..., None])
+    if in_cache:
+        torch.ge(s, threshold, out=m)  # kept entries
+    else:
+        torch.lt(s, threshold, out=m)  # masked entries
     # softmax numerator exp(c (S - max S)) <= 1, zero where masked; the row constant
     # exp(-c max S) cancels in the normalisation.
     s.sub_(smax)
@@ -357,7 +370,10 @@ def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, count
     # exp and the mask in the accumulate dtype, in place, then one conversion: exp writing a
     # 16-bit output converts element by element, three times slower than this.
     s.exp_()
-    s.masked_fill_(m, 0.0)
+    if in_cache:
+        s.mul_(m.view(torch.uint8))
+    else:
+        s.masked_fill_(m, 0.0)
     e = buffers.weights(g, r, tk)
     if e.data_ptr() != s.data_ptr():
         e.copy_(s)

@@ -98,7 +98,7 @@ class GLAConfig:
             cover it, which hold its overlap duplicates and spatial neighbours).
         far_samples: scalable mode: number of representatives of the far keys; when it is at
             least ``T`` every key represents itself and the result is exact.  The summary also
-            keeps a uniform sample of ``16 far_samples`` keys (the wide sample) for the queries
+            keeps a uniform sample of ``12 far_samples`` keys (the wide sample) for the queries
             whose few similar keys the representatives miss.
         prototypes: scalable mode: number of spherical k-means prototypes that stratify the
             sample and start the proxy modes.

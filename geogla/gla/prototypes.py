@@ -46,9 +46,10 @@ _KMEANS_ITERATIONS = 10
 # The wide sample (isolated queries' first proxy round, geogla/gla/scalable.py) holds this many
 # tokens per representative: it finds a query's rare far positives that many times more often
 # than the sampled representatives (on the context-bias scenes at 256 windows, labels changed
-# against exact attention, 3 seeds: 0.24 / 0.14 / 0.25% with 8 per representative, 0.20 / 0.12 /
-# 0.21% with 16; each isolated query scans a quarter of it, geogla/gla/scalable.py).
-_WIDE_PER_REPRESENTATIVE = 16
+# against exact attention, 3 seeds: 0.24 / 0.14 / 0.25% with 8 per representative, 0.22 / 0.12 /
+# 0.23% with 12, 0.20 / 0.12 / 0.21% with 16, whose BER strayed further from exact attention's;
+# each isolated query scans a quarter of it, geogla/gla/scalable.py).
+_WIDE_PER_REPRESENTATIVE = 12
 # Up to one representative in this many is central (taken with certainty); on the hard
 # synthetic scene (benchmarks/bench_scalable.py) a half changed fewer labels than a quarter.
 _CENTRAL_SHARE = 2
@@ -123,7 +124,7 @@ class FarSample:
         anchor_key_sum: ``(M, Dk)`` sums of their keys, accumulate dtype (exact totals for the
             anchor control variates of :class:`geogla.gla.scalable._Work`).
         wide_window: ``(S,)`` int64 window of each token of the *wide sample*: a uniform random
-            sample of ``S = min(T, 16 R)`` tokens (``R = far_samples``), for the first proxy
+            sample of ``S = min(T, 12 R)`` tokens (``R = far_samples``), for the first proxy
             round of isolated queries (geogla/gla/scalable.py); empty when every token is a
             representative.
         wide_keys: ``(S, Dk)`` their keys, accumulate dtype.
@@ -274,7 +275,7 @@ def summary_bytes(total_tokens: int, key_dim: int, value_dim: int, config: GLACo
     computed: ``R = min(far_samples, T)`` representatives (their keys and values in float32, ids,
     stratum and flag), and ``K = prototypes`` strata and at most as many anchors.  ``R`` can
     exceed ``far_samples`` by up to ``K`` when the central keys leave some strata unsampled; the
-    wide sample holds ``min(T, 16 R)`` keys (none when every token is a representative)."""
+    wide sample holds ``min(T, 12 R)`` keys (none when every token is a representative)."""
     reps = min(config.far_samples, total_tokens)
     strata = config.prototypes
     per_rep = 4 * (key_dim + value_dim) + 3 * 8 + 1

@@ -37,19 +37,19 @@ How it is computed.
    group by :func:`far_estimator`) (on the hard synthetic scene at 16 windows it halves the changed
    labels: 1.13% -> 0.62%).  *Isolated* queries, those whose first proxy round finds fewer than
    ``_FEW_FAR_POSITIVES`` far positives among the representatives, redo that round with their far
-   keys from the summary's wide sample, 16 times the representatives, scanning the quarter of
+   keys from the summary's wide sample, 12 times the representatives, scanning the quarter of
    its strata most similar to them (:class:`WideSample`, :func:`wide_rounds`; all isolated
    queries of a call together, between the first proxy round of every group and the later ones):
    a key with a handful of similar keys far away is moved toward them and on to its mode by exact
    attention, and a sample that misses them leaves it behind (on the context-bias scenes at 64
-   windows, 3 seeds, it cuts the changed labels from 0.23 / 0.43 / 0.26% to 0.06 / 0.19 / 0.07%
+   windows, 3 seeds, it cuts the changed labels from 0.23 / 0.43 / 0.26% to 0.05 / 0.19 / 0.07%
    and the Boundary Error Rate from +28 / +4 / +39% of exact attention's to -3 / -8 / +4%).
 4. Exact whatever the sample: the row means ``m_i = max(0, q_i . mean_j k_j)`` over all ``T``
    keys (linearity), ``u`` from the true ``L``, every near key, the query smoothing (all windows
    covering a position are near).
 
 Cost: ``O(T (n_near + far_samples) D)``, ``n_near`` about 4 windows of tokens at half-window
-stride and radius 0, plus ``O(T prototypes D)`` for the summary, plus about ``4 far_samples D``
+stride and radius 0, plus ``O(T prototypes D)`` for the summary, plus about ``3 far_samples D``
 for each isolated query: linear in ``T``.  Work memory:
 ``far_samples + n_near`` keys and values, one budgeted block, ``O(T)`` integers, once per torch
 thread on a CPU (groups run on threads of their own, one torch thread each: thin products spread
