@@ -513,15 +513,16 @@ def test_context_bias_leans_each_window_toward_its_dominant_class() -> None:
 
 
 def _isolated(start: Tensor, near_keys: Tensor, rho: float, near_windows: list[int], n_windows: int,
-              weight: float) -> IsolatedQueries:
-    """``start`` as isolated queries of one group, their near positives among ``near_keys``."""
+              far_tokens: float) -> IsolatedQueries:
+    """``start`` as isolated queries of one group, their near positives among ``near_keys``, the
+    group's far wide keys standing for ``far_tokens`` tokens."""
     near_positive = (start @ near_keys.T > rho).to(start.dtype)
     near = torch.zeros(1, n_windows + 1, dtype=torch.bool)
     near[0, torch.tensor(near_windows) + 1] = True
     n = start.shape[0]
     return IsolatedQueries(torch.arange(n), start, start, near_positive @ near_keys,
                            near_positive.sum(dim=1, dtype=torch.float64), torch.zeros(n, dtype=torch.int64),
-                           near, torch.tensor([weight], dtype=torch.float64))
+                           near, torch.tensor([far_tokens], dtype=torch.float64))
 
 
 def test_wide_rounds_over_every_far_key_is_the_exact_round() -> None:
@@ -533,7 +534,7 @@ def test_wide_rounds_over_every_far_key_is_the_exact_round() -> None:
     window = torch.arange(300) // 100  # window 0 is the near one
     one = F.normalize(torch.ones(1, 8, dtype=torch.float64), dim=1)
     every = WideSample(keys, window, (0, 300), one, 1)  # the sample is every key, in one stratum
-    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 1.0), every, rho, 64)
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 200.0), every, rho, 64)  # 1 a key
     positive = (start @ keys.T > rho).double()
     assert bool((positive.sum(dim=1) > 0).all())
     torch.testing.assert_close(count, positive.sum(dim=1), rtol=0, atol=0)
@@ -541,12 +542,12 @@ def test_wide_rounds_over_every_far_key_is_the_exact_round() -> None:
     # every other far key in the sample, each standing for two
     half = (window > 0) & (torch.arange(300) % 2 == 0)
     sample = WideSample(keys[half], window[half], (0, int(half.sum())), one, 1)
-    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 2.0), sample, rho, 64)
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 3, 200.0), sample, rho, 64)  # 2 a key
     weighted = positive * torch.where(half, 2.0, torch.where(window > 0, 0.0, 1.0)).double()
     torch.testing.assert_close(count, weighted.sum(dim=1), rtol=0, atol=0)
     torch.testing.assert_close(q, F.normalize(weighted @ keys, dim=1))
     # no positive at all: the query keeps its own key, counted once
-    q, count = wide_rounds(_isolated(lonely, keys[:100], 0.999, [0], 3, 1.0), sample, 0.999, 64)
+    q, count = wide_rounds(_isolated(lonely, keys[:100], 0.999, [0], 3, 100.0), sample, 0.999, 64)
     assert float(count) == 1.0 and torch.equal(q, lonely)
 
 
@@ -561,7 +562,7 @@ def test_wide_rounds_scan_the_most_similar_strata_only() -> None:
     wide = WideSample(keys[order], window[order], bounds, centres, 2)
     start = F.normalize(torch.randn(50, 8, generator=gen, dtype=torch.float64), dim=1)
     rho = 0.3
-    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 4, 1.0), wide, rho, 64)
+    q, count = wide_rounds(_isolated(start, keys[:100], rho, [0], 4, 300.0), wide, rho, 64)  # 1 a key
     scanned = torch.topk(start @ centres.T, 2, dim=1).indices
     in_scanned = (stratum[None, :, None] == scanned[:, None, :]).any(dim=2) & (window > 0)[None]
     positive = (start @ keys.T > rho).double() * (in_scanned | (window == 0)[None]).double()
@@ -581,11 +582,11 @@ def test_wide_rounds_of_a_query_do_not_depend_on_the_others() -> None:
     bounds = (0, *torch.cumsum(torch.bincount(stratum, minlength=8), 0).tolist())
     wide = WideSample(keys[order], window[order], bounds, centres, 3)
     start = F.normalize(keys[:300] + 0.3 * torch.randn(300, 16, generator=gen), dim=1)
-    everything = _isolated(start, keys[:800], 0.5, [0], 20, 3.0)
+    everything = _isolated(start, keys[:800], 0.5, [0], 20, 3.0 * 15200)  # 3 a far key
     q, count = wide_rounds(everything, wide, 0.5, 64)
     assert bool((count > 3.5).any())  # far positives found
     some = torch.arange(7, 300, 13)
-    alone = _isolated(start[some], keys[:800], 0.5, [0], 20, 3.0)
+    alone = _isolated(start[some], keys[:800], 0.5, [0], 20, 3.0 * 15200)
     every = torch.arange(300)
     runs = ((everything, every, 1, 1), (everything, every, 64, 2), (alone, some, 64, 1))
     for isolated, rows, budget, threads in runs:

@@ -74,7 +74,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +131,6 @@ _FEW_FAR_POSITIVES = 2
 #: An isolated query scans the wide sample's strata (:class:`WideSample`) whose prototypes are most
 #: similar to it: this fraction of them (one in so many), rounded up.
 _WIDE_STRATA_SHARE = 4
-
-_Item = TypeVar("_Item")
 
 
 def near_groups(
@@ -407,13 +404,11 @@ class ScalableAttention:
             torch.cat(column) for column in zip(*(f for fs in found for f in fs), strict=True)
         )
         near = torch.zeros(len(groups), int(self.offsets.shape[0]) + 1, dtype=torch.bool, device=self.device)
-        weight = torch.empty(len(groups), dtype=torch.float64, device=self.device)
+        far_tokens = torch.empty(len(groups), dtype=torch.float64, device=self.device)
         for i, g in enumerate(groups):
-            windows = g.windows.to(self.device)
-            near[i, windows + 1] = True
-            far_tokens = (self.sample.n_windows - int(windows.numel())) * self.sample.n_tokens
-            weight[i] = self.wide.far_weight(windows, far_tokens)
-        isolated = IsolatedQueries(query, start, self_keys, near_sum, near_count, group, near, weight)
+            near[i, g.windows.to(self.device) + 1] = True
+            far_tokens[i] = (self.sample.n_windows - int(g.windows.numel())) * self.sample.n_tokens
+        isolated = IsolatedQueries(query, start, self_keys, near_sum, near_count, group, near, far_tokens)
         proxy[query], counts[query] = wide_rounds(isolated, self.wide, self.config.rho,
                                                   self.config.memory_budget_mb, len(call.workspaces))
         return proxy, counts
@@ -445,8 +440,7 @@ class _Call:
         if len(self.workspaces) == 1:
             run(range(len(self.groups)), self.workspaces[0])
             return
-        cost = [int(g.queries.numel()) for g in self.groups]
-        parts = _dealt(list(range(len(self.groups))), cost, len(self.workspaces))
+        parts = _dealt([int(g.queries.numel()) for g in self.groups], len(self.workspaces))
         _in_parallel([functools.partial(run, part, work)
                       for part, work in zip(parts, self.workspaces, strict=True)])
 
@@ -456,16 +450,16 @@ def _rows(first: tuple[Tensor, Tensor] | None, rows: Tensor) -> tuple[Tensor, Te
     return None if first is None else (first[0][rows], first[1][rows])
 
 
-def _dealt(items: Sequence[_Item], cost: Sequence[int], parts: int) -> list[list[_Item]]:
-    """``items`` dealt into ``parts`` lists of about equal total ``cost`` (costliest first; each
-    list in the items' order)."""
+def _dealt(cost: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of ``cost`` dealt into ``parts`` ascending lists of about equal total cost
+    (costliest first)."""
     dealt: list[list[int]] = [[] for _ in range(parts)]
     load = [0] * parts
-    for i in sorted(range(len(items)), key=lambda i: -cost[i]):
+    for i in sorted(range(len(cost)), key=lambda i: -cost[i]):
         lightest = load.index(min(load))
         dealt[lightest].append(i)
         load[lightest] += cost[i]
-    return [[items[i] for i in sorted(part)] for part in dealt]
+    return [sorted(part) for part in dealt]
 
 
 def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
@@ -886,11 +880,6 @@ class WideSample:
         return cls(key_matrix(sample.wide_keys[order], cdtype), sample.wide_window[order], bounds,
                    sample.centres.to(torch.float64), -(-n_strata // _WIDE_STRATA_SHARE))
 
-    def far_weight(self, windows: Tensor, far_tokens: int) -> float:
-        """Far tokens that each wide key outside the near ``windows`` stands for."""
-        n_near = int(torch.isin(self.window, windows.to(self.window.device)).sum())
-        return far_tokens / max(int(self.window.numel()) - n_near, 1)
-
     def nearest_strata(self, start: Tensor) -> Tensor:
         """``(r, scanned)`` int64, ascending: the strata whose prototypes are most similar to each
         of the queries ``start`` ``(r, D)`` (in float64, so that ties do not depend on the rows
@@ -909,10 +898,11 @@ class IsolatedQueries:
         start: ``(n, D)`` normalised starting queries, accumulate dtype; ``self_keys`` their own keys.
         near_sum: ``(n, D)`` key sum of their positives among their near keys (accumulate dtype),
             ``near_count`` ``(n,)`` float64 their number.
-        group: ``(n,)`` int64 each query's group: its row of ``near`` and ``weight``.
+        group: ``(n,)`` int64 each query's group: its row of ``near`` and ``far_tokens``.
         near: ``(G, L + 1)`` bool, column ``w + 1`` true where window ``w`` is one of the group's
             near windows (column 0: windows outside the part, never near).
-        weight: ``(G,)`` float64 far tokens each far wide key stands for, per group.
+        far_tokens: ``(G,)`` float64 the scene's tokens outside each group's near windows, which
+            its far wide keys stand for, in equal shares.
     """
 
     query: Tensor
@@ -922,7 +912,7 @@ class IsolatedQueries:
     near_count: Tensor
     group: Tensor
     near: Tensor
-    weight: Tensor
+    far_tokens: Tensor
 
 
 def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_mb: int, threads: int = 1
@@ -933,7 +923,7 @@ def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_
     A wide key outside a query's near windows, in one of the strata the query scans
     (:meth:`WideSample.nearest_strata`), is a far positive where its similarity, computed as a proxy
     round computes it (:func:`geogla.gla._kernels.mark_positives`), is above ``rho``; it counts its
-    group's :attr:`IsolatedQueries.weight` times.  A query without positives keeps its own key,
+    share of its group's :attr:`IsolatedQueries.far_tokens`.  A query without positives keeps its own key,
     with count 1, as in :func:`geogla.gla._kernels.proxy_rounds`.  The queries of each stratum
     are taken together, in products of at most ``budget_mb``, stratum after stratum (the queries
     split between ``threads`` threads), so that a query's sums are added in the order of its strata
@@ -945,8 +935,9 @@ def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_
     scanned, n_strata = int(strata.shape[1]), len(wide.bounds) - 1
     far_sum = torch.zeros(n_rows, dim, dtype=adtype, device=start.device)
     far_count = torch.zeros(n_rows, dtype=torch.float64, device=start.device)
-    # (G, S) 1 where a wide key is far from a group (a product with it is faster than masked_fill_)
-    far_column = (~isolated.near[:, wide.window + 1]).to(wide.mat.dtype)
+    far = ~isolated.near[:, wide.window + 1]  # (G, S): which wide keys are far from each group
+    weight = isolated.far_tokens / far.sum(dim=1).clamp_min(1).to(torch.float64)
+    far_column = far.to(wide.mat.dtype)  # a product with it is faster than masked_fill_
 
     def scan(part: Tensor) -> None:
         """The far sums of rows ``part``, stratum after stratum (each row's in ascending order)."""
@@ -977,7 +968,7 @@ def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_
         scan(every)
     else:
         _in_parallel([functools.partial(scan, part) for part in every.tensor_split(threads)])
-    weight = isolated.weight[isolated.group]
+    weight = weight[isolated.group]
     summed = isolated.near_sum + far_sum * weight.to(adtype)[:, None]
     count = isolated.near_count + far_count * weight
     empty = count == 0
