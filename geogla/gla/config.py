@@ -32,8 +32,10 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: 64 bytes (other float32 products), isolated queries' round over the far wide keys only; 7: the
 #: representatives' key and value rows weighed once a group (not the far columns of every block),
 #: their per-stratum sums less the near windows' (not summed anew), the wide sample's near keys
-#: masked in place.
-ATTENTION_VERSION = 8
+#: masked in place; 8: isolated queries scan the wide sample's strata most similar to them, a wide
+#: sample of 12 times the representatives; 9: a group's key columns hold only its far
+#: representatives (those in its near windows, weight 0, were columns too).
+ATTENTION_VERSION = 9
 
 
 @dataclass(frozen=True)

@@ -26,24 +26,24 @@ How it is computed.
    constant; all tokens at positions of a rectangle, in every window covering it, form a group of
    queries with the same near windows.
 3. Per group, in blocks of query rows under ``memory_budget_mb``: every step of
-   :mod:`geogla.gla.attention` (proxy rounds, counts, mask, softmax, ``A V``) runs over the keys
-   of the near windows, exactly (weight 1), plus the representatives outside them, each
-   weighted by the far tokens it stands for (1 for a central one; its stratum's far share for a
-   sampled one; 0 inside the near windows).  Counts ``|P_i|``, proxy sums, softmax numerators
-   and denominators are weighted sums; the far parts of the proxy sums and of the numerators get
-   a control-variate correction per stratum that makes them exact for strata wholly inside or
-   outside a query's positives; the proxy sums and counts a second one per anchor that makes them
-   exact where a query's far positives are an anchor's (:class:`FarEstimator`, built for each
-   group by :func:`far_estimator`) (on the hard synthetic scene at 16 windows it halves the changed
-   labels: 1.13% -> 0.62%).  *Isolated* queries, those whose first proxy round finds fewer than
-   ``_FEW_FAR_POSITIVES`` far positives among the representatives, redo that round with their far
-   keys from the summary's wide sample, 12 times the representatives, scanning the quarter of
-   its strata most similar to them (:class:`WideSample`, :func:`wide_rounds`; all isolated
-   queries of a call together, between the first proxy round of every group and the later ones):
-   a key with a handful of similar keys far away is moved toward them and on to its mode by exact
-   attention, and a sample that misses them leaves it behind (on the context-bias scenes at 64
-   windows, 3 seeds, it cuts the changed labels from 0.23 / 0.43 / 0.26% to 0.05 / 0.19 / 0.07%
-   and the Boundary Error Rate from +28 / +4 / +39% of exact attention's to -3 / -8 / +4%).
+   :mod:`geogla.gla._kernels` (proxy rounds, counts, mask, softmax, ``A V``) runs over the keys of
+   the near windows, exactly (weight 1), plus the representatives outside them, each weighted by the
+   far tokens it stands for (1 for a central one; its stratum's far share for a sampled one; those
+   inside the near windows are near keys already and take no column). Counts ``|P_i|``, proxy sums,
+   softmax numerators and denominators are weighted sums; the far parts of the proxy sums and of the
+   numerators get a control-variate correction per stratum that makes them exact for strata wholly
+   inside or outside a query's positives; the proxy sums and counts a second one per anchor that
+   makes them exact where a query's far positives are an anchor's (:class:`FarEstimator`, built for
+   each group by :func:`far_estimator`) (on the hard synthetic scene at 16 windows it halves the
+   changed labels: 1.13% -> 0.62%).  *Isolated* queries, those whose first proxy round finds fewer
+   than ``_FEW_FAR_POSITIVES`` far positives among the representatives, redo that round with their
+   far keys from the summary's wide sample, 12 times the representatives, scanning the quarter of
+   its strata most similar to them (:class:`WideSample`, :func:`wide_rounds`; all isolated queries
+   of a call together, between the first proxy round of every group and the later ones): a key with
+   a handful of similar keys far away is moved toward them and on to its mode by exact attention,
+   and a sample that misses them leaves it behind (on the context-bias scenes at 64 windows, 3
+   seeds, it cuts the changed labels from 0.23 / 0.43 / 0.26% to 0.05 / 0.19 / 0.07% and the
+   Boundary Error Rate from +28 / +4 / +39% of exact attention's to -3 / -8 / +4%).
 4. Exact whatever the sample: the row means ``m_i = max(0, q_i . mean_j k_j)`` over all ``T``
    keys (linearity), ``u`` from the true ``L``, every near key, the query smoothing (all windows
    covering a position are near).
@@ -574,9 +574,10 @@ class FarEstimator:
     """How the far representatives enter the sums of one group of queries (a
     :class:`geogla.gla._kernels.FarTerms`); built by :func:`far_estimator`, immutable.
 
-    Key columns ``0 .. R - 1`` of a block are the representatives, the rest near keys (exact).
-    A representative stands for :attr:`weight` far keys (0 in a near window).  The far part of a
-    sum ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax numerator, ``x`` keys or values)
+    Key columns ``0 .. F - 1`` of a block are the representatives outside the group's near windows
+    (:attr:`rows`; those inside are among the exact near keys and take no column), the rest near
+    keys (exact).  A representative stands for :attr:`weight` far keys.  The far part of a sum
+    ``sum_j z_ij x_j`` (``z`` a 0/1 positive mask or a softmax numerator, ``x`` keys or values)
     is estimated per stratum ``h`` as ``HT_h(z x) + zbar_ih (X_h - HT_h(x))``: ``HT_h`` the weighted
     sum over the far sampled representatives of ``h``, ``X_h`` the exact sum of ``x`` over the far
     non-central tokens of ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``
@@ -588,39 +589,37 @@ class FarEstimator:
     representatives (or none).
 
     Attributes:
-        n_far: ``R``, the representatives (key columns ``0 .. R - 1``).
+        rows: ``(F,)`` int64 the far representatives, ascending indices into the sample (ordered by
+            :meth:`geogla.gla.prototypes.FarSample.sampled_first`): key columns ``0 .. F - 1``.
+        n_far: ``F``.
         n_sampled: the sampled ones among them, columns ``0 .. n_sampled - 1`` (the central ones
-            follow: :meth:`geogla.gla.prototypes.FarSample.sampled_first`).
-        weight: ``(R,)`` far keys each representative stands for, accumulate dtype; ``weight_c``
-            the same in the compute dtype (it scales masks and numerators).
-        far_c: ``(R, 1)`` compute dtype, 1 for a far representative (0 in a near window).
+            follow).
+        weight: ``(F,)`` far keys each representative stands for (1 for a central one), accumulate
+            dtype; ``weight_c`` the same in the compute dtype (it scales masks and numerators).
         cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
         share_c: ``(n_sampled, K)`` compute dtype: ``z_sampled @ share_c = zbar``.
-        counting, central_counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``,
-            counted per slot (a stratum's sampled representatives or the central ones, at most
-            ``_SLOT`` each; the sampled ones' slots first) in compute-dtype products of the
-            sampled columns of ``z`` with ``counting`` and of the central ones with
-            ``central_counting`` (one-hot: exact whatever their shape because every count fits
-            the dtype's integers), then weighed in a small accumulate-dtype one;
-            ``slot_weigh``'s columns: the far count, ``zbar`` per stratum, the weighted size on
-            the sampled ones.  The last ``M`` columns of ``counting`` give each anchor's weighted
-            overlap with ``z`` (``anchor_positive * weight`` in the compute dtype: it only
-            chooses the anchor).
+        counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
+            stratum's sampled representatives, at most ``_SLOT`` each) in a compute-dtype product
+            of the sampled columns of ``z`` with ``counting`` (one-hot: exact whatever their shape
+            because every count fits the dtype's integers), then weighed in a small
+            accumulate-dtype one; ``slot_weigh``'s columns: the far count, ``zbar`` per stratum, the
+            weighted size.  The central ones weigh 1: their count is a row sum.  The last ``M``
+            columns of ``counting`` give each anchor's weighted overlap with ``z``
+            (``anchor_positive * weight`` in the compute dtype: it only chooses the anchor).
         anchor_key_fix, anchor_count_fix: ``(M + 1, D)``, ``(M + 1,)`` the estimator's error on
             each anchor's positives (row ``M``: no anchor, 0).
         anchor_size: ``(M,)`` estimated far positives of each anchor; ``anchor_scale`` their largest.
     """
 
+    rows: Tensor
     n_far: int
     n_sampled: int
     weight: Tensor
     weight_c: Tensor
-    far_c: Tensor
     cv_keys: Tensor
     cv_values: Tensor
     share_c: Tensor
     counting: Tensor
-    central_counting: Tensor
     slot_weigh: Tensor
     anchor_key_fix: Tensor
     anchor_count_fix: Tensor
@@ -629,23 +628,21 @@ class FarEstimator:
 
     def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Weighted far counts ``(g, r)`` (float64), ``zbar`` ``(g, r, K)`` of 0/1 ``z`` (its
-        first ``R`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
+        first ``F`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
         cdtype, adtype = self.weight_c.dtype, self.weight.dtype
         sampled = z[..., : self.n_sampled].to(cdtype)  # a bool mask without proxy rounds
-        central = z[..., self.n_sampled : self.n_far].to(cdtype)
-        n_sampled_slots = self.counting.shape[1] - (self.anchor_size.numel())
+        n_slots = self.slot_weigh.shape[0]
         counted = (sampled @ self.counting).to(adtype)
-        counted_central = (central @ self.central_counting).to(adtype)
-        far = (counted[..., :n_sampled_slots] @ self.slot_weigh[:n_sampled_slots]
-               + counted_central @ self.slot_weigh[n_sampled_slots:])
+        far = counted[..., :n_slots] @ self.slot_weigh
+        central = row_sum(z[..., self.n_sampled : self.n_far], torch.float64)
         size = far[..., -1:]
         if not self.anchor_size.numel():
             anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
         else:
-            overlap = counted[..., n_sampled_slots:]
+            overlap = counted[..., n_slots:]
             differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
             anchor = first_near_minimum(differ, size + self.anchor_scale)
-        return far[..., 0].to(torch.float64), far[..., 1:-1], anchor
+        return far[..., 0].to(torch.float64) + central, far[..., 1:-1], anchor
 
     def _counted(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         counts = row_sum(z[..., self.n_far :], torch.float64)
@@ -668,9 +665,8 @@ class FarEstimator:
         return counts, share @ self.cv_keys + self.anchor_key_fix[anchor]
 
     def far_found(self, z: Tensor) -> Tensor:
-        """Far representatives among the 0/1 positives ``z`` ``(r, Tk)``, per row, float32 (exact
-        up to 256 in bfloat16; compare the result with an integer minus a half)."""
-        return (z[:, : self.n_far] @ self.far_c)[:, 0].float()
+        """Far representatives among the 0/1 positives ``z`` ``(r, Tk)``, per row, float64 (exact)."""
+        return row_sum(z[:, : self.n_far], torch.float64)
 
     def numerators(self, e: Tensor) -> Tensor | None:
         """The correction to add to ``e @ V`` for the softmax numerators ``e``, the
@@ -729,39 +725,26 @@ def far_estimator(
     windows take out of the summary's totals; ``anchor_positive`` ``(M, R)``: which representatives
     are positives of each anchor, 0/1 in the accumulate dtype; ``sums``: the representatives'
     sums, :meth:`SampledSums.of`)."""
-    weight = sample.far_weights(windows, rest.count)  # accumulate dtype: counts
+    near = torch.isin(sample.window, windows)
+    rows = (~near).nonzero().flatten()
+    weight = sample.far_weights(windows, rest.count)[rows]  # accumulate dtype: counts
     cdtype, adtype = sample.values.dtype, weight.dtype
-    n_far = int(sample.token.numel())
+    n_far = int(rows.numel())
+    n_sampled = n_far - int(sample.central[rows].sum())
+    if bool(sample.central[rows[:n_sampled]].any()):
+        raise ValueError("far_estimator needs the sampled representatives first (FarSample.sampled_first)")
     device = weight.device
-    if not n_far:
-        empty = torch.zeros(0, dtype=adtype, device=device)
-        return FarEstimator(
-            0,
-            0,
-            weight,
-            weight.to(cdtype),
-            empty.to(cdtype)[:, None],
-            empty,
-            empty,
-            empty.to(cdtype),
-            empty.to(cdtype),
-            empty.to(cdtype),
-            empty,
-            empty,
-            empty.to(torch.float64),
-            empty,
-            0.0,
-        )
     n_strata = sample.rest_size.numel()
+    n_anchors = anchor_positive.shape[0]
 
     # Strata control variates.  A far sampled representative of stratum h weighs w_h (its
     # weight); the weighted far sums per stratum are w_h times the sums over all sampled ones
     # less those in the near windows.
-    near = torch.isin(sample.window, windows)
-    idx = (~near & ~sample.central).nonzero().flatten()
+    idx = rows[:n_sampled]  # the far sampled ones
     stratum_of = sample.stratum[idx]
+    sampled_weight = weight[:n_sampled]
     stratum_weight = torch.zeros(n_strata, dtype=adtype, device=device)
-    stratum_weight[stratum_of] = weight[idx]
+    stratum_weight[stratum_of] = sampled_weight
     near_idx = (near & ~sample.central).nonzero().flatten()
     near_member = F.one_hot(sample.stratum[near_idx], n_strata).to(adtype)  # (n, K)
     near_keys = sample.keys[near_idx]
@@ -770,34 +753,20 @@ def far_estimator(
         sums.keys - near_member.T @ near_keys)
     cv_values = (sample.rest_value_sum - rest.value_sum) - stratum_weight[:, None] * (
         sums.values - near_member.T @ sums.rep_values[near_idx])
-    share = torch.zeros(n_far, dtype=adtype, device=device)  # each one's weight / F_h
-    share[idx] = weight[idx] / n_far_tokens.clamp_min(1.0)[stratum_of]
-    n_sampled = int(n_far - sample.central.sum())
-    if bool(sample.central[:n_sampled].any()):
-        raise ValueError("far_estimator needs the sampled representatives first (FarSample.sampled_first)")
+    share = sampled_weight / n_far_tokens.clamp_min(1.0)[stratum_of]  # each one's weight / F_h
     share_c = torch.zeros(n_sampled, n_strata, dtype=cdtype, device=device)  # z_sampled @ share_c = zbar
-    share_c[idx, stratum_of] = share[idx].to(cdtype)
+    share_c[torch.arange(n_sampled, device=device), stratum_of] = share.to(cdtype)
 
-    # Slot counts: the far representatives' weights are equal within a stratum's sampled ones
-    # (and 1 for the central ones), so 0/1 z's far representatives are counted per slot.
-    far = (weight > 0).nonzero().flatten()
-    group = torch.where(sample.central[far], n_strata, sample.stratum[far])
-    order, slot = _slots(group, n_strata + 1)
-    group_sorted = group[order]
+    # Slot counts: the far sampled representatives' weights are equal within a stratum, so 0/1
+    # z's are counted per slot.
+    order, slot = _slots(stratum_of, n_strata)
     n_slots = int(slot[-1]) + 1 if slot.numel() else 0
-    rows = far[order]
-    sampled_rows = group_sorted < n_strata  # their slots come first: central ones sort last
-    n_sampled_slots = int(slot[sampled_rows][-1]) + 1 if bool(sampled_rows.any()) else 0
-    counting = torch.zeros(n_sampled, n_sampled_slots + anchor_positive.shape[0], dtype=cdtype,
-                           device=device)
-    counting[rows[sampled_rows], slot[sampled_rows]] = 1.0
-    central_counting = torch.zeros(n_far - n_sampled, n_slots - n_sampled_slots, dtype=cdtype, device=device)
-    central_counting[rows[~sampled_rows] - n_sampled, slot[~sampled_rows] - n_sampled_slots] = 1.0
+    counting = torch.zeros(n_sampled, n_slots + n_anchors, dtype=cdtype, device=device)
+    counting[order, slot] = 1.0
     weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=device)
-    weigh[slot, 0] = weight[rows]
-    at, stratum = slot[sampled_rows], group_sorted[sampled_rows]
-    weigh[at, 1 + stratum] = share[rows[sampled_rows]]
-    weigh[at, -1] = weight[rows[sampled_rows]]
+    weigh[slot, 0] = sampled_weight[order]
+    weigh[slot, 1 + stratum_of[order]] = share[order]
+    weigh[slot, -1] = sampled_weight[order]
 
     # Anchor control variates: the estimator's error on each anchor's own far positives.
     y = anchor_positive  # (M, R)
@@ -811,22 +780,18 @@ def far_estimator(
     far_sum = sample.anchor_key_sum - rest.anchor_key_sum
     zero = torch.zeros(1, cv_keys.shape[1], dtype=adtype, device=device)
     anchor_size = per_stratum.sum(dim=1)
-    sampled_weight = torch.zeros(n_far, dtype=adtype, device=device)
-    sampled_weight[idx] = weight[idx]
     # not from the slot counts: whether a representative is an anchor's positive varies within a slot
-    counting[:, n_sampled_slots:] = (y * sampled_weight)[:, :n_sampled].T
-    weight_c = weight.to(cdtype)
+    counting[:, n_slots:] = (y[:, idx] * sampled_weight).T
     return FarEstimator(
+        rows=rows,
         n_far=n_far,
         n_sampled=n_sampled,
         weight=weight,
-        weight_c=weight_c,
-        far_c=(weight_c > 0).to(cdtype)[:, None],
+        weight_c=weight.to(cdtype),
         cv_keys=cv_keys,
         cv_values=cv_values,
         share_c=share_c,
         counting=counting,
-        central_counting=central_counting,
         slot_weigh=weigh,
         anchor_key_fix=torch.cat([far_sum - weighted_keys - ybar @ cv_keys, zero]),
         anchor_count_fix=torch.cat(
@@ -954,14 +919,13 @@ def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_
                 rows = part[order[r0 : min(r0 + step, b)] // scanned]  # each row once a stratum
                 z = torch.empty(1, int(rows.numel()), c1 - c0, dtype=mat.dtype, device=mat.device)
                 mark_positives(start[rows][None], mat, dim, rho, z)
-                # rows come group by group: one column mask per run of a group
-                groups, sizes = torch.unique_consecutive(isolated.group[rows], return_counts=True)
-                first = 0
-                for g, size in zip(groups.tolist(), sizes.tolist(), strict=True):
-                    z[0, first : first + size].mul_(far_column[g, c0:c1])
-                    first += size
-                far_sum[rows] += aggregate(z, mat, dim, adtype)[0]
-                far_count[rows] += row_sum(z, torch.float64)[0]
+                z[0].mul_(far_column[:, c0:c1].index_select(0, isolated.group[rows]))
+                count = row_sum(z, torch.float64)[0]
+                far_count[rows] += count
+                # most rows find no far positive in most of their strata: only the others aggregate
+                found = (count > 0).nonzero().flatten()
+                if found.numel():
+                    far_sum[rows[found]] += aggregate(z[:, found], mat, dim, adtype)[0]
 
     every = torch.arange(n_rows, device=start.device)
     if threads <= 1 or n_rows < 2:
@@ -978,7 +942,7 @@ def wide_rounds(isolated: IsolatedQueries, wide: WideSample, rho: float, budget_
 
 @dataclass(frozen=True)
 class _GroupState:
-    """One group loaded into the workspace: ``tk`` key columns (``R`` representatives, then its
+    """One group loaded into the workspace: ``tk`` key columns (its far representatives, then its
     near keys), each query's own key and normalised starting query (None when not asked for),
     and its far estimator."""
 
@@ -992,11 +956,12 @@ class _Workspace:
     """Work memory of scalable attention (one per thread), allocated once and reused by every
     group and call.
 
-    Key rows ``0 .. R - 1`` hold the far representatives, rows ``R ..`` the current group's near
-    keys (:meth:`load` writes them); ``R + max_near`` keys and values and one block of work memory,
-    whatever the number of groups and calls.  The representatives' rows of the matrices that
-    positives and numerators multiply (:attr:`weighted`, :attr:`wvals`) are weighed by what each
-    stands for, once a group, rather than the block's far columns, once a block and round.
+    Key rows ``0 .. F - 1`` hold the group's far representatives (:attr:`FarEstimator.rows`), the
+    rows after them its near keys (:meth:`load` writes both); ``R + max_near`` keys and values and
+    one block of work memory, whatever the number of groups and calls.  The representatives' rows
+    of the matrices that positives and numerators multiply (:attr:`weighted`, :attr:`wvals`) are
+    weighed by what each stands for, once a group, rather than the block's far columns, once a
+    block and round.
     """
 
     def __init__(self, sample: FarSample, offsets: Tensor, max_near: int, config: GLAConfig,
@@ -1004,16 +969,14 @@ class _Workspace:
         device = sample.keys.device
         self.offsets, self.config, self.grid, self.max_near = offsets, config, grid, max_near
         self.n_tokens, self.dim = sample.n_tokens, int(sample.keys.shape[1])
-        self.n_far = int(sample.token.numel())
-        rows = self.n_far + max_near
+        rows = int(sample.token.numel()) + max_near
         # Compute-dtype keys for the proxy similarities and aggregations (with a column of ones
         # in bfloat16: see geogla/gla/_kernels.py); accumulate-dtype keys for the final
         # similarity (mask and softmax exponents) and the empty-positive fallback.
         template = torch.zeros(rows, self.dim, dtype=adtype, device=device)
         self.mat = key_matrix(template, cdtype)
         self.acc = self.mat if self.mat.dtype == adtype and self.mat.shape[1] == self.dim else template
-        self.mat[: self.n_far, : self.dim] = sample.keys
-        self.acc[: self.n_far] = sample.keys
+        self.rep_mat, self.rep_keys = key_matrix(sample.keys, cdtype), sample.keys
         # weighed copies: keys for the proxy sums, values with a last column of weights (the
         # softmax denominators)
         self.weighted = torch.zeros_like(self.mat)
@@ -1024,21 +987,23 @@ class _Workspace:
         self.buffers = Buffers(min(self.rows, max_near), rows, cdtype, adtype, device)
 
     def load(self, group: NearGroup, near: NearWindows, terms: FarEstimator, start: bool) -> _GroupState:
-        """Write ``group``'s near keys and values (read in ``near``) after the representatives;
+        """Write ``group``'s far representatives and its near keys and values (read in ``near``);
         ``start``: compute its starting queries too."""
         slots = near.slots(group.windows.tolist())
-        n = self.n_tokens
-        tk = self.n_far + int(group.windows.numel()) * n
-        near_rows = slice(self.n_far, tk)
+        n, n_far = self.n_tokens, terms.n_far
+        tk = n_far + int(group.windows.numel()) * n
+        far_rows, near_rows = slice(0, n_far), slice(n_far, tk)
+        torch.index_select(self.rep_mat, 0, terms.rows, out=self.mat[far_rows])
         near_keys = near.keys[slots].reshape(-1, self.dim)
         self.mat[near_rows, : self.dim] = near_keys
         if self.acc is not self.mat:
+            torch.index_select(self.rep_keys, 0, terms.rows, out=self.acc[far_rows])
             self.acc[near_rows] = near_keys
         weight = terms.weight_c[:, None]
-        torch.mul(self.mat[: self.n_far], weight, out=self.weighted[: self.n_far])
+        torch.mul(self.mat[far_rows], weight, out=self.weighted[far_rows])
         self.weighted[near_rows] = self.mat[near_rows]
-        torch.mul(self.rep_values, weight, out=self.wvals[: self.n_far, : self.dim_v])
-        self.wvals[: self.n_far, self.dim_v] = terms.weight_c
+        torch.mul(self.rep_values[terms.rows], weight, out=self.wvals[far_rows, : self.dim_v])
+        self.wvals[far_rows, self.dim_v] = terms.weight_c
         self.wvals[near_rows, : self.dim_v] = near.values[slots].reshape(-1, self.dim_v)
         self.wvals[near_rows, self.dim_v] = 1.0
         keys = self.acc[near_rows].view(-1, n, self.dim)
@@ -1065,9 +1030,10 @@ class _Workspace:
         q, counts = proxy_rounds(state.start[r0:r1][None], self.mat[:tk], self.dim,
                                  state.self_keys[r0:r1][None], self.config, z, state.terms, steps=1,
                                  weighted=self.weighted[:tk])
-        isolated = (state.terms.far_found(z[0]) < _FEW_FAR_POSITIVES - 0.5).nonzero().flatten()
-        near_positive = z[0, isolated, self.n_far : tk].to(self.acc.dtype)
-        near_sum = near_positive @ self.acc[self.n_far : tk]
+        isolated = (state.terms.far_found(z[0]) < _FEW_FAR_POSITIVES).nonzero().flatten()
+        n_far = state.terms.n_far
+        near_positive = z[0, isolated, n_far:tk].to(self.acc.dtype)
+        near_sum = near_positive @ self.acc[n_far:tk]
         return q[0], counts[0], isolated, near_sum, near_positive.sum(dim=1, dtype=torch.float64)
 
     def proxies(self, state: _GroupState, r0: int, r1: int, first: tuple[Tensor, Tensor] | None
