@@ -192,7 +192,7 @@ def test_config_fields_validate_and_round_trip() -> None:
     assert (defaults.algorithm, defaults.near_radius, defaults.far_samples, defaults.prototypes) == (
         "auto",
         0,
-        4096,
+        3072,
         64,
     )
     for bad in (
@@ -340,7 +340,7 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
         z = y[m][est.rows][None, None]  # one query whose far positives are anchor m's: only far columns
         counts, correction = est.positives(z)
         assert correction is not None
-        return float(counts), ((z * est.weight) @ sample.keys[est.rows] + correction)[0, 0]
+        return float(counts), (z @ est.weighed_keys(sample.keys[est.rows]) + correction)[0, 0]
 
     counts, summed = far_sums(estimator)
     assert counts == pytest.approx(float(positive.sum()), abs=1e-3)
@@ -349,9 +349,10 @@ def test_far_positives_of_an_anchor_are_summed_exactly() -> None:
     assert float((strata_only - flat_keys[positive].sum(dim=0)).norm()) > 1e-2
 
 
-def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The far counts and zbar come from exact per-slot counts in a bfloat16 product; slots of
-    # at most 3 representatives here, so that every stratum is split over several.
+def test_far_counts_by_slots_and_folded_rows_equal_the_weighted_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The far counts come from exact per-slot counts in a bfloat16 product; slots of at most 3
+    # representatives here, so that every stratum is split over several.  The strata's control
+    # variates are folded into the representatives' rows: z @ rows = HT(z x) + zbar (X - HT(x)).
     monkeypatch.setattr(scalable, "_SLOT", 3)
     sc = structured_scene(4, 4, side=8, dim=32, seed=4)
     cfg = GLAConfig(algorithm="scalable", far_samples=120, prototypes=6, rho=0.4)
@@ -362,9 +363,9 @@ def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyP
     group = near_groups(sc.offsets, (8, 8), 0, [5])[0]
     estimator = attention.far_estimator(group, attention.near_windows(source, group.windows.tolist()))
     sample = attention.sample  # as the estimator orders the representatives
-    assert estimator.slot_weigh.shape[0] > 2 * sample.rest_size.numel()
+    assert estimator.slot_weight.shape[0] > 2 * sample.rest_size.numel()
     z = (torch.rand(1, 7, estimator.n_far, generator=torch.Generator().manual_seed(0)) > 0.5).to(bf16)
-    far, zbar, _ = estimator.far_counts(z)
+    far, _ = estimator.far_counts(z)
     weight = estimator.weight.double()
     z_far = z[0].double()
     torch.testing.assert_close(far[0], z_far @ weight, rtol=1e-6, atol=1e-6)
@@ -375,7 +376,12 @@ def test_far_counts_by_slots_equal_the_weighted_sums(monkeypatch: pytest.MonkeyP
     share = torch.zeros(estimator.n_far, 6, dtype=torch.float64)
     idx = sampled.nonzero().flatten()
     share[idx, stratum[idx]] = weight[idx] / stratum_total[stratum[idx]]
-    torch.testing.assert_close(zbar[0].double(), z_far @ share, rtol=1e-6, atol=1e-6)
+    zbar = z_far @ share
+    keys, values = sample.keys[estimator.rows].double(), sample.values[estimator.rows].double()
+    for x, rows, cv in ((keys, estimator.weighed_keys(keys.float()), estimator.cv_keys),
+                        (values, estimator.weighed_values(values.float()), estimator.cv_values)):
+        want = (z_far * weight) @ x + zbar @ cv.double()
+        torch.testing.assert_close(z_far @ rows.double(), want, rtol=1e-5, atol=1e-4)
 
 
 def test_anchor_choice_takes_the_first_of_values_equal_up_to_rounding() -> None:
@@ -617,8 +623,8 @@ def test_isolated_queries_redone_from_the_wide_sample_change_fewer_labels(
 
 def test_wide_sample_is_a_uniform_sample_renumbered_with_the_windows() -> None:
     sc = structured_scene(3, 3, side=8, dim=32, seed=2)
-    sample = _summary(sc, 40, 6)
-    assert sample.wide_keys.shape == (12 * 40, 32)
+    sample = _summary(sc, 30, 6)
+    assert sample.wide_keys.shape == (prototypes._WIDE_PER_REPRESENTATIVE * 30, 32)  # under the 576 tokens
     flat = sc.keys.reshape(-1, 32)
     # the tokens of lowest priority: each key is the key of a token of its window
     for w in range(9):

@@ -12,8 +12,9 @@ Two phases per block (docs/method.md, section 3b):
    final queries and the counts ``|P_i|`` of the last round;
 2. :func:`attention_rows`: ``S = Q K^T``, normalisation, masking, softmax numerator and ``E V``.
 
-Scalable attention's far keys are weighted representatives: its :class:`FarTerms` weigh their
-columns and correct the sums; exact attention uses :data:`EXACT` (every key counts once).
+Scalable attention's far keys are weighted representatives: its :class:`FarTerms` count their
+columns weighted and correct the proxy sums, and the key and value rows they multiply come
+weighed; exact attention uses :data:`EXACT` (every key counts once).
 
 Precision.  The compute dtype (float32, or bfloat16: ``cdtype``) is that of the proxy
 similarities and of the aggregations ``P K`` and ``E V``; the accumulate dtype (``adtype``:
@@ -242,11 +243,6 @@ class FarTerms(Protocol):
         whose key rows are weighed by what each key stands for (:func:`proxy_rounds`)."""
         ...
 
-    def numerators(self, e: Tensor) -> Tensor | None:
-        """The correction to add to ``e @ V`` for the softmax numerators ``e``, the value rows
-        weighed like the keys of :meth:`positives` (None: none)."""
-        ...
-
 
 class _ExactTerms:
     """Every key column counts once."""
@@ -256,9 +252,6 @@ class _ExactTerms:
 
     def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         return row_sum(z, torch.float64), None
-
-    def numerators(self, e: Tensor) -> Tensor | None:
-        return None
 
 
 #: :class:`FarTerms` of exact attention.
@@ -377,13 +370,10 @@ def attention_rows(q: Tensor, keys: Tensor, values: Tensor, shift: Tensor, count
     e = buffers.weights(g, r, tk)
     if e.data_ptr() != s.data_ptr():
         e.copy_(s)
-    correction = terms.numerators(e)
     if denominator is None:
         denom = row_sum(e, adtype)
         numer = torch.matmul(e, values).to(adtype)
     else:
         full = torch.matmul(e, values).to(adtype)
         numer, denom = full[..., :denominator], full[..., denominator].clone()
-    if correction is not None:
-        numer += correction
     return numer.div_(denom[..., None])

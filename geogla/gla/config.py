@@ -34,8 +34,10 @@ _ALGORITHMS = ("exact", "scalable", "auto")
 #: their per-stratum sums less the near windows' (not summed anew), the wide sample's near keys
 #: masked in place; 8: isolated queries scan the wide sample's strata most similar to them, a wide
 #: sample of 12 times the representatives; 9: a group's key columns hold only its far
-#: representatives (those in its near windows, weight 0, were columns too).
-ATTENTION_VERSION = 9
+#: representatives (those in its near windows, weight 0, were columns too); 10: 3072
+#: representatives by default (was 4096) and a wide sample of 16 times them (the same 49152 keys),
+#: the strata's control variates folded into the representatives' key and value rows.
+ATTENTION_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class GLAConfig:
             cover it, which hold its overlap duplicates and spatial neighbours).
         far_samples: scalable mode: number of representatives of the far keys; when it is at
             least ``T`` every key represents itself and the result is exact.  The summary also
-            keeps a uniform sample of ``12 far_samples`` keys (the wide sample) for the queries
+            keeps a uniform sample of ``16 far_samples`` keys (the wide sample) for the queries
             whose few similar keys the representatives miss.
         prototypes: scalable mode: number of spherical k-means prototypes that stratify the
             sample and start the proxy modes.
@@ -134,7 +136,7 @@ class GLAConfig:
     algorithm: AlgorithmChoice = "auto"
     exact_max_tokens: int = 32768
     near_radius: int = 0
-    far_samples: int = 4096
+    far_samples: int = 3072
     prototypes: int = 64
     seed: int = 0
     context_radius: int | None = None

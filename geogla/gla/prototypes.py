@@ -45,11 +45,13 @@ _FIT_PER_PROTOTYPE = 256
 _KMEANS_ITERATIONS = 10
 # The wide sample (isolated queries' first proxy round, geogla/gla/scalable.py) holds this many
 # tokens per representative: it finds a query's rare far positives that many times more often
-# than the sampled representatives (on the context-bias scenes at 256 windows, labels changed
-# against exact attention, 3 seeds: 0.24 / 0.14 / 0.25% with 8 per representative, 0.22 / 0.12 /
-# 0.23% with 12, 0.20 / 0.12 / 0.21% with 16, whose BER strayed further from exact attention's;
-# each isolated query scans a quarter of it, geogla/gla/scalable.py).
-_WIDE_PER_REPRESENTATIVE = 12
+# than the sampled representatives (on the context-bias scenes at 256 windows, 4096
+# representatives, labels changed against exact attention, 3 seeds: 0.24 / 0.14 / 0.25% with 8 per
+# representative, 0.22 / 0.12 / 0.23% with 12, 0.20 / 0.12 / 0.21% with 16, whose BER strayed
+# further from exact attention's; with 3072 representatives, 16 keeps those 49152 keys: 0.24 /
+# 0.15 / 0.24%, where 12 gave 0.26 / 0.16 / 0.25% and a BER 13% above exact attention's on one
+# seed; each isolated query scans a quarter of it, geogla/gla/scalable.py).
+_WIDE_PER_REPRESENTATIVE = 16
 # Up to one representative in this many is central (taken with certainty); on the hard
 # synthetic scene (benchmarks/bench_scalable.py) a half changed fewer labels than a quarter.
 _CENTRAL_SHARE = 2

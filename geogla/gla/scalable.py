@@ -37,19 +37,20 @@ How it is computed.
    each group by :func:`far_estimator`) (on the hard synthetic scene at 16 windows it halves the
    changed labels: 1.13% -> 0.62%).  *Isolated* queries, those whose first proxy round finds fewer
    than ``_FEW_FAR_POSITIVES`` far positives among the representatives, redo that round with their
-   far keys from the summary's wide sample, 12 times the representatives, scanning the quarter of
+   far keys from the summary's wide sample, 16 times the representatives, scanning the quarter of
    its strata most similar to them (:class:`WideSample`, :func:`wide_rounds`; all isolated queries
    of a call together, between the first proxy round of every group and the later ones): a key with
    a handful of similar keys far away is moved toward them and on to its mode by exact attention,
    and a sample that misses them leaves it behind (on the context-bias scenes at 64 windows, 3
-   seeds, it cuts the changed labels from 0.23 / 0.43 / 0.26% to 0.05 / 0.19 / 0.07% and the
-   Boundary Error Rate from +28 / +4 / +39% of exact attention's to -3 / -8 / +4%).
+   seeds, 4096 representatives, it cut the changed labels from 0.23 / 0.43 / 0.26% to 0.05 /
+   0.19 / 0.07% and the Boundary Error Rate from +28 / +4 / +39% of exact attention's to -3 / -8 /
+   +4%).
 4. Exact whatever the sample: the row means ``m_i = max(0, q_i . mean_j k_j)`` over all ``T``
    keys (linearity), ``u`` from the true ``L``, every near key, the query smoothing (all windows
    covering a position are near).
 
 Cost: ``O(T (n_near + far_samples) D)``, ``n_near`` about 4 windows of tokens at half-window
-stride and radius 0, plus ``O(T prototypes D)`` for the summary, plus about ``3 far_samples D``
+stride and radius 0, plus ``O(T prototypes D)`` for the summary, plus about ``4 far_samples D``
 for each isolated query: linear in ``T``.  Work memory:
 ``far_samples + n_near`` keys and values, one budgeted block, ``O(T)`` integers, once per torch
 thread on a CPU (groups run on threads of their own, one torch thread each: thin products spread
@@ -582,7 +583,11 @@ class FarEstimator:
     sum over the far sampled representatives of ``h``, ``X_h`` the exact sum of ``x`` over the far
     non-central tokens of ``h`` and ``zbar_ih = HT_h(z) / F_h`` their estimated mean of ``z``
     (regression estimator: exact when ``z`` is constant over a stratum, a cluster entirely inside
-    or outside a query's positives).  For the 0/1 positives a second correction per anchor
+    or outside a query's positives).  As ``zbar_ih`` sums ``z_ij w_h / F_h`` over the far sampled
+    representatives ``j`` of ``h``, the correction is a sum over them too: each one's key and value
+    rows carry, besides ``w_h x_j``, the share ``w_h / F_h`` of its stratum's ``X_h - HT_h(x)``
+    (:meth:`weighed_keys`, :meth:`weighed_values`), and the block's products ``z @ rows`` give the
+    estimates whole.  For the 0/1 positives a second correction per anchor
     (proxy mode) ``m``: writing ``z = y_m + d`` with ``y_m`` the anchor's positives, whose far sums
     are known exactly, only ``d`` is estimated: exact where a query's far positives are the
     anchor's; each query takes the anchor whose positives differ least from its own on the
@@ -595,17 +600,18 @@ class FarEstimator:
         n_sampled: the sampled ones among them, columns ``0 .. n_sampled - 1`` (the central ones
             follow).
         weight: ``(F,)`` far keys each representative stands for (1 for a central one), accumulate
-            dtype; ``weight_c`` the same in the compute dtype (it scales masks and numerators).
+            dtype; ``weight_c`` the same in the compute dtype (the softmax denominators' column).
         cv_keys, cv_values: ``(K, D)``, ``(K, Dv)`` per stratum ``X_h - HT_h(x)``.
-        share_c: ``(n_sampled, K)`` compute dtype: ``z_sampled @ share_c = zbar``.
-        counting, slot_weigh: the far counts and ``zbar`` of 0/1 ``z``, counted per slot (a
-            stratum's sampled representatives, at most ``_SLOT`` each) in a compute-dtype product
-            of the sampled columns of ``z`` with ``counting`` (one-hot: exact whatever their shape
-            because every count fits the dtype's integers), then weighed in a small
-            accumulate-dtype one; ``slot_weigh``'s columns: the far count, ``zbar`` per stratum, the
-            weighted size.  The central ones weigh 1: their count is a row sum.  The last ``M``
-            columns of ``counting`` give each anchor's weighted overlap with ``z``
-            (``anchor_positive * weight`` in the compute dtype: it only chooses the anchor).
+        stratum, share: ``(n_sampled,)`` the far sampled representatives' strata (int64) and
+            ``w_h / F_h`` (accumulate dtype).
+        counting, slot_weight: the far counts of 0/1 ``z``, counted per slot (a stratum's sampled
+            representatives, at most ``_SLOT`` each) in a compute-dtype product of the sampled
+            columns of ``z`` with ``counting`` (one-hot: exact whatever their shape because every
+            count fits the dtype's integers), then weighed by ``slot_weight`` ``(n_slots,)`` (the
+            accumulate-dtype weight of each slot's representatives).  The central ones weigh 1:
+            their count is a row sum.  The last ``M`` columns of ``counting`` give each anchor's
+            weighted overlap with ``z`` (``anchor_positive * weight`` in the compute dtype: it only
+            chooses the anchor).
         anchor_key_fix, anchor_count_fix: ``(M + 1, D)``, ``(M + 1,)`` the estimator's error on
             each anchor's positives (row ``M``: no anchor, 0).
         anchor_size: ``(M,)`` estimated far positives of each anchor; ``anchor_scale`` their largest.
@@ -618,38 +624,38 @@ class FarEstimator:
     weight_c: Tensor
     cv_keys: Tensor
     cv_values: Tensor
-    share_c: Tensor
+    stratum: Tensor
+    share: Tensor
     counting: Tensor
-    slot_weigh: Tensor
+    slot_weight: Tensor
     anchor_key_fix: Tensor
     anchor_count_fix: Tensor
     anchor_size: Tensor
     anchor_scale: Tensor | float
 
-    def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Weighted far counts ``(g, r)`` (float64), ``zbar`` ``(g, r, K)`` of 0/1 ``z`` (its
-        first ``F`` columns; more are ignored), and the anchor each row takes (``M`` for none)."""
+    def far_counts(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Weighted far counts ``(g, r)`` (float64) of 0/1 ``z`` (its first ``F`` columns; more
+        are ignored), and the anchor each row takes (``M`` for none)."""
         cdtype, adtype = self.weight_c.dtype, self.weight.dtype
         sampled = z[..., : self.n_sampled].to(cdtype)  # a bool mask without proxy rounds
-        n_slots = self.slot_weigh.shape[0]
+        n_slots = self.slot_weight.shape[0]
         counted = (sampled @ self.counting).to(adtype)
-        far = counted[..., :n_slots] @ self.slot_weigh
+        size = (counted[..., :n_slots] @ self.slot_weight)[..., None]  # the sampled ones'
         central = row_sum(z[..., self.n_sampled : self.n_far], torch.float64)
-        size = far[..., -1:]
         if not self.anchor_size.numel():
             anchor = torch.zeros(size.shape[:-1], dtype=torch.int64, device=size.device)
         else:
             overlap = counted[..., n_slots:]
             differ = torch.cat([size + self.anchor_size - 2 * overlap, size], dim=-1)
             anchor = first_near_minimum(differ, size + self.anchor_scale)
-        return far[..., 0].to(torch.float64) + central, far[..., 1:-1], anchor
+        return size[..., 0].to(torch.float64) + central, anchor
 
-    def _counted(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _counted(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         counts = row_sum(z[..., self.n_far :], torch.float64)
         if not self.n_far:
-            return counts, None, None
-        far, share, anchor = self.far_counts(z)
-        return counts + (far + self.anchor_count_fix[anchor]).clamp_min(0.0), share, anchor
+            return counts, None
+        far, anchor = self.far_counts(z)
+        return counts + (far + self.anchor_count_fix[anchor]).clamp_min(0.0), anchor
 
     def count(self, z: Tensor) -> Tensor:
         """Row counts of 0/1 (or boolean) ``z`` ``(g, r, Tk)``: near keys exactly plus the weighted
@@ -657,25 +663,28 @@ class FarEstimator:
         return self._counted(z)[0]
 
     def positives(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Counts of the positives ``z`` (:meth:`count`) and the correction to add to ``z @ K``
-        with the representatives' key rows weighed by :attr:`weight_c`."""
-        counts, share, anchor = self._counted(z)
-        if share is None or anchor is None:
-            return counts, None
-        return counts, share @ self.cv_keys + self.anchor_key_fix[anchor]
+        """Counts of the positives ``z`` (:meth:`count`) and the anchor correction to add to
+        ``z @ K`` with the representatives' key rows :meth:`weighed_keys`."""
+        counts, anchor = self._counted(z)
+        return counts, None if anchor is None else self.anchor_key_fix[anchor]
+
+    def weighed_keys(self, keys: Tensor) -> Tensor:
+        """The far representatives' key rows ``(F, D)`` for their keys ``keys``: ``w_j k_j``, plus
+        the sampled ones' shares of their strata's corrections (accumulate dtype)."""
+        return self._weighed(keys, self.cv_keys)
+
+    def weighed_values(self, values: Tensor) -> Tensor:
+        """The far representatives' value rows ``(F, Dv)`` for their values, like :meth:`weighed_keys`."""
+        return self._weighed(values, self.cv_values)
+
+    def _weighed(self, x: Tensor, correction: Tensor) -> Tensor:
+        rows = x.to(self.weight.dtype) * self.weight[:, None]
+        rows[: self.n_sampled] += self.share[:, None] * correction[self.stratum]
+        return rows
 
     def far_found(self, z: Tensor) -> Tensor:
         """Far representatives among the 0/1 positives ``z`` ``(r, Tk)``, per row, float64 (exact)."""
         return row_sum(z[:, : self.n_far], torch.float64)
-
-    def numerators(self, e: Tensor) -> Tensor | None:
-        """The correction to add to ``e @ V`` for the softmax numerators ``e``, the
-        representatives' value rows weighed by :attr:`weight_c` (the strata's; numerators are not
-        0/1, so their strata means in the compute dtype suffice for it)."""
-        if not self.n_far:
-            return None
-        share = (e[..., : self.n_sampled] @ self.share_c).to(self.weight.dtype)
-        return share @ self.cv_values
 
     def without_anchor_variates(self) -> FarEstimator:
         """The same estimator with the strata's control variates only (for comparisons)."""
@@ -754,8 +763,6 @@ def far_estimator(
     cv_values = (sample.rest_value_sum - rest.value_sum) - stratum_weight[:, None] * (
         sums.values - near_member.T @ sums.rep_values[near_idx])
     share = sampled_weight / n_far_tokens.clamp_min(1.0)[stratum_of]  # each one's weight / F_h
-    share_c = torch.zeros(n_sampled, n_strata, dtype=cdtype, device=device)  # z_sampled @ share_c = zbar
-    share_c[torch.arange(n_sampled, device=device), stratum_of] = share.to(cdtype)
 
     # Slot counts: the far sampled representatives' weights are equal within a stratum, so 0/1
     # z's are counted per slot.
@@ -763,10 +770,8 @@ def far_estimator(
     n_slots = int(slot[-1]) + 1 if slot.numel() else 0
     counting = torch.zeros(n_sampled, n_slots + n_anchors, dtype=cdtype, device=device)
     counting[order, slot] = 1.0
-    weigh = torch.zeros(n_slots, n_strata + 2, dtype=adtype, device=device)
-    weigh[slot, 0] = sampled_weight[order]
-    weigh[slot, 1 + stratum_of[order]] = share[order]
-    weigh[slot, -1] = sampled_weight[order]
+    slot_weight = torch.zeros(n_slots, dtype=adtype, device=device)
+    slot_weight[slot] = sampled_weight[order]
 
     # Anchor control variates: the estimator's error on each anchor's own far positives.
     y = anchor_positive  # (M, R)
@@ -790,9 +795,10 @@ def far_estimator(
         weight_c=weight.to(cdtype),
         cv_keys=cv_keys,
         cv_values=cv_values,
-        share_c=share_c,
+        stratum=stratum_of,
+        share=share,
         counting=counting,
-        slot_weigh=weigh,
+        slot_weight=slot_weight,
         anchor_key_fix=torch.cat([far_sum - weighted_keys - ybar @ cv_keys, zero]),
         anchor_count_fix=torch.cat(
             [far_count - per_stratum.sum(dim=1).to(torch.float64), far_count.new_zeros(1)]
@@ -960,7 +966,8 @@ class _Workspace:
     rows after them its near keys (:meth:`load` writes both); ``R + max_near`` keys and values and
     one block of work memory, whatever the number of groups and calls.  The representatives' rows
     of the matrices that positives and numerators multiply (:attr:`weighted`, :attr:`wvals`) are
-    weighed by what each stands for, once a group, rather than the block's far columns, once a
+    weighed by what each stands for, with their strata's control variates
+    (:meth:`FarEstimator.weighed_keys`), once a group, rather than the block's far columns, once a
     block and round.
     """
 
@@ -999,10 +1006,9 @@ class _Workspace:
         if self.acc is not self.mat:
             torch.index_select(self.rep_keys, 0, terms.rows, out=self.acc[far_rows])
             self.acc[near_rows] = near_keys
-        weight = terms.weight_c[:, None]
-        torch.mul(self.mat[far_rows], weight, out=self.weighted[far_rows])
+        self.weighted[far_rows, : self.dim] = terms.weighed_keys(self.acc[far_rows, : self.dim])
         self.weighted[near_rows] = self.mat[near_rows]
-        torch.mul(self.rep_values[terms.rows], weight, out=self.wvals[far_rows, : self.dim_v])
+        self.wvals[far_rows, : self.dim_v] = terms.weighed_values(self.rep_values.index_select(0, terms.rows))
         self.wvals[far_rows, self.dim_v] = terms.weight_c
         self.wvals[near_rows, : self.dim_v] = near.values[slots].reshape(-1, self.dim_v)
         self.wvals[near_rows, self.dim_v] = 1.0
