@@ -71,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -433,34 +434,36 @@ class _Call:
         return work.load(self.groups[i], self.near, estimator, start)
 
     def each_group(self, step: Callable[[int, _Workspace], None]) -> None:
-        """``step(i, workspace)`` for every group ``i``, each thread with its workspace."""
-        def run(part: Sequence[int], work: _Workspace) -> None:
-            for i in part:
+        """``step(i, workspace)`` for every group ``i``, each thread with its workspace.
+
+        Threads take the next group when they are free, costliest first (queries times key
+        columns): groups' costs differ by half (edge groups have fewer near windows), and a fixed
+        deal left one thread idle for a tenth of a pass.  A group's result does not depend on the
+        thread that computes it.
+        """
+        if len(self.workspaces) == 1:
+            for i in range(len(self.groups)):
+                step(i, self.workspaces[0])
+            return
+        n_reps, n_tokens = int(self.attention.sample.token.numel()), self.attention.sample.n_tokens
+        cost = [int(g.queries.numel()) * (n_reps + int(g.windows.numel()) * n_tokens) for g in self.groups]
+        queue = iter(sorted(range(len(self.groups)), key=lambda i: -cost[i]))
+        lock = threading.Lock()
+
+        def run(work: _Workspace) -> None:
+            while True:
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
                 step(i, work)
 
-        if len(self.workspaces) == 1:
-            run(range(len(self.groups)), self.workspaces[0])
-            return
-        parts = _dealt([int(g.queries.numel()) for g in self.groups], len(self.workspaces))
-        _in_parallel([functools.partial(run, part, work)
-                      for part, work in zip(parts, self.workspaces, strict=True)])
+        _in_parallel([functools.partial(run, work) for work in self.workspaces])
 
 
 def _rows(first: tuple[Tensor, Tensor] | None, rows: Tensor) -> tuple[Tensor, Tensor] | None:
     """Rows ``rows`` of the first proxies and counts (None: no proxy rounds)."""
     return None if first is None else (first[0][rows], first[1][rows])
-
-
-def _dealt(cost: Sequence[int], parts: int) -> list[list[int]]:
-    """Indices of ``cost`` dealt into ``parts`` ascending lists of about equal total cost
-    (costliest first)."""
-    dealt: list[list[int]] = [[] for _ in range(parts)]
-    load = [0] * parts
-    for i in sorted(range(len(cost)), key=lambda i: -cost[i]):
-        lightest = load.index(min(load))
-        dealt[lightest].append(i)
-        load[lightest] += cost[i]
-    return [sorted(part) for part in dealt]
 
 
 def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
